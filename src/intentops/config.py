@@ -1,0 +1,295 @@
+"""The one typed run configuration.
+
+Every knob is defined here once, with its default and description. The CLI reads it from YAML (`--config`), the
+Kubeflow pipeline exposes each knob as a flat parameter (`section__field`, see `flat_fields`), and the local run uses
+the same defaults, so the three doors can never drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_ROOT.parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tiny-cpu.yaml"
+EXAMPLE_DIR = PROJECT_ROOT / "examples" / "assistant"
+FLAT_SEPARATOR = "__"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the file and field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    manifest: str = Field(str(EXAMPLE_DIR / "manifest.jsonl"), description="iTAG manifest: local path or s3:// URI.")
+    catalog: str = Field(str(EXAMPLE_DIR / "catalog.yaml"), description="Intent catalog YAML: local path or s3:// URI.")
+    max_reject_rate: float = Field(0.05, ge=0, le=1, description="Fail conversion when more manifest lines are rejected.")
+    min_examples_per_intent: int = Field(50, ge=0, description="Fewer single-intent training examples is an error.")
+    max_imbalance_ratio: float = Field(3.0, ge=1, description="Largest/smallest intent count above this warns.")
+    max_text_chars: int = Field(512, ge=1, description="Longer utterances are flagged too_long.")
+    multi_share_min: float = Field(0.0, ge=0, le=1, description="Multi-intent/multi-turn share below this warns.")
+    multi_share_max: float = Field(0.5, ge=0, le=1, description="Multi-intent/multi-turn share above this warns.")
+    severities: dict[str, Literal["error", "warning", "off"]] = Field(
+        default_factory=dict, description="Override a validation check's severity, e.g. {imbalance: error}."
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each intent held out for validation.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Share of each intent held out for testing.")
+    unseen_intents: list[str] = Field(
+        default_factory=list, description="Intents left out of training entirely, tested as unseen."
+    )
+    unseen_domain: str = Field("", description="Leave every intent of this catalog domain out of training.")
+    seed: int = Field(42, description="Seed for deterministic splitting.")
+
+
+class ModelConfig(_Section):
+    profile: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random small Qwen2 built here.")
+    base_model: str = Field("", description="pretrained: HF folder path or s3:// prefix (e.g. Qwen2.5-7B-Instruct).")
+    tiny_hidden_size: int = Field(96, ge=8, description="tiny profile: hidden size.")
+    tiny_num_layers: int = Field(2, ge=1, description="tiny profile: decoder layers.")
+    tiny_num_heads: int = Field(4, ge=1, description="tiny profile: attention heads.")
+    tiny_num_kv_heads: int = Field(2, ge=1, description="tiny profile: key/value heads.")
+    tiny_intermediate_size: int = Field(192, ge=8, description="tiny profile: MLP width.")
+    tiny_vocab_size: int = Field(3000, ge=300, description="tiny profile: BPE vocabulary trained on the data.")
+    tiny_max_positions: int = Field(1024, ge=64, description="tiny profile: max positions.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, else fp32.")
+    lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get LoRA adapters.",
+    )
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit (bitsandbytes, GPU only).")
+    cache_dir: str = Field("", description="Where s3:// models are fetched once; empty = ~/.cache/intentops.")
+
+
+class PromptConfig(_Section):
+    output_mode: Literal["answer", "thought"] = Field("answer", description="answer: call only; thought: reason first.")
+    category_definitions: bool = Field(True, description="Show each intent's description and parameters.")
+    few_shot: Literal["none", "fixed", "similar"] = Field("none", description="In-context examples in the prompt.")
+    few_shot_k: int = Field(3, ge=0, description="How many in-context examples.")
+    similarity: Literal["tfidf", "embedding"] = Field("tfidf", description="How similar examples are retrieved.")
+    numeric_labels: bool = Field(False, description="Answer with the intent's number instead of its name.")
+    uncertain_label: bool = Field(False, description="Offer an explicit `uncertain()` answer.")
+    system_prompt: str = Field(
+        "You are an intent detection expert. Pick the tool that serves the user's request and answer with the call.",
+        description="First line of the system prompt.",
+    )
+
+
+class SftConfig(_Section):
+    epochs: float = Field(3.0, gt=0, description="Training epochs.")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation.")
+    max_length: int = Field(1024, ge=16, description="Max tokens per example (prompt + completion).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Warm-up share of steps.")
+    logging_steps: int = Field(10, ge=1, description="Log every N steps.")
+    save_steps: int = Field(200, ge=1, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    resume: bool = Field(True, description="Resume from the last checkpoint in the output folder if one exists.")
+    deepspeed: str = Field("", description="DeepSpeed JSON config path (configs/deepspeed/*.json); empty = none.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    seed: int = Field(42, description="Training seed.")
+
+
+class GrpoConfig(_Section):
+    stage1_max_steps: int = Field(200, ge=1, description="GRPO stage-1 optimizer steps.")
+    stage2_max_steps: int = Field(100, ge=1, description="GRPO stage-2 optimizer steps on the hard set.")
+    learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size (completions, divisible by num_generations).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation.")
+    num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (group size).")
+    beta: float = Field(0.04, ge=0, description="KL coefficient against the reference model.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("dapo", description="TRL GRPO loss variant.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="group: GRPO; batch: REINFORCE++-baseline; none: Dr. GRPO."
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
+    max_prompt_length: int = Field(1024, ge=16, description="Prompt tokens kept.")
+    max_completion_length: int = Field(64, ge=4, description="Generated tokens per rollout.")
+    use_vllm: bool = Field(False, description="Generate rollouts with vLLM (only when vllm is importable).")
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM in-process or a separate server.")
+    reward_format_weight: float = Field(1.0, ge=0, description="Weight of the format reward.")
+    reward_intent_weight: float = Field(1.0, ge=0, description="Weight of the intent reward.")
+    reward_params_weight: float = Field(1.0, ge=0, description="Weight of the parameter reward.")
+    strict_format: bool = Field(True, description="Strict template (seed 000) vs loose format reward.")
+    collapse_threshold: float = Field(0.05, ge=0, description="Mean reward share at or below this counts as collapse.")
+    collapse_patience: int = Field(20, ge=1, description="Steps of collapse before training stops with an error.")
+    logging_steps: int = Field(5, ge=1, description="Log every N steps.")
+    save_steps: int = Field(100, ge=1, description="Checkpoint every N steps.")
+    deepspeed: str = Field("", description="DeepSpeed JSON config path; empty = none.")
+    seed: int = Field(42, description="Training seed.")
+
+
+class MiningConfig(_Section):
+    hard_threshold: float = Field(
+        1.0, ge=0, le=1, description="A sample is hard when its share of perfect rollouts is below this."
+    )
+    easy_per_hard: float = Field(0.0, ge=0, description="Easy samples mixed in per hard sample (seed 000: 0 best).")
+    last_steps_only: int = Field(0, ge=0, description="Score only rollouts of the last N logged steps; 0 = all.")
+    seed: int = Field(42, description="Seed for sampling easy examples.")
+
+
+class EvaluationConfig(_Section):
+    decoding: Literal["generate", "label_scoring", "vllm", "auto"] = Field(
+        "auto", description="auto: vllm when importable, else batched generation."
+    )
+    batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per answer.")
+    baselines: bool = Field(True, description="Log majority-class and TF-IDF + linear baselines with every evaluation.")
+    max_samples: int = Field(0, ge=0, description="Evaluate at most N test records; 0 = all.")
+
+
+class GateConfig(_Section):
+    mode: Literal["enabled", "dry_run", "disabled"] = Field(
+        "enabled", description="enabled blocks promotion; dry_run records the decision but passes."
+    )
+    min_intent_accuracy: float = Field(0.8, ge=0, le=1, description="Minimum intent accuracy.")
+    min_param_accuracy: float = Field(0.7, ge=0, le=1, description="Minimum parameter accuracy.")
+    min_per_intent_recall: float = Field(0.5, ge=0, le=1, description="Every seen intent needs at least this recall.")
+    max_format_error_rate: float = Field(0.05, ge=0, le=1, description="Maximum share of unparseable answers.")
+    min_unseen_accuracy: float = Field(0.0, ge=0, le=1, description="Minimum accuracy on unseen intents, if any.")
+    max_regression: float = Field(0.01, ge=0, le=1, description="Allowed drop against the champion's metrics.")
+
+
+class RegistryConfig(_Section):
+    tracking_uri: str = Field("", description="MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or local sqlite.")
+    experiment: str = Field("intentops", description="MLflow experiment (one per pipeline).")
+    model_name: str = Field("intent-detector", description="Registered model name.")
+
+
+class ServingConfig(_Section):
+    target: Literal["kserve", "k8s", "local"] = Field("local", description="Where deploy puts the model.")
+    namespace: str = Field("intentops", description="Kubernetes namespace for serving objects.")
+    service_name: str = Field("intent-detector", description="InferenceService / Deployment name.")
+    vllm_image: str = Field("", description="Override the pinned vLLM server image; empty = images/versions.env.")
+    max_model_len: int = Field(4096, ge=64, description="vLLM --max-model-len.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
+    canary_percent: int = Field(10, ge=0, le=100, description="Traffic to a new version before full promotion.")
+    ready_timeout_s: int = Field(900, ge=1, description="Wait this long for Ready.")
+    smoke_min_valid: float = Field(0.95, ge=0, le=1, description="Smoke test: share of answers that must be valid.")
+    local_port: int = Field(5005, ge=1, le=65535, description="Port of the local MLflow model server.")
+
+
+class ClusterConfig(_Section):
+    gpu_node_selector_key: str = Field("nvidia.com/gpu.present", description="Node label of the GPU pool.")
+    gpu_node_selector_value: str = Field("true", description="Value of that label.")
+    gpu_toleration_key: str = Field("nvidia.com/gpu", description="Taint key tolerated by GPU stages.")
+    gpus_per_training_stage: int = Field(1, ge=0, description="nvidia.com/gpu per training/eval stage.")
+    s3_secret: str = Field("intentops-s3", description="Secret with AWS_ACCESS_KEY_ID/SECRET and endpoint.")
+    mlflow_secret: str = Field("intentops-mlflow", description="Secret with MLFLOW_TRACKING_URI and credentials.")
+
+
+class RunConfig(_Section):
+    """Everything a run needs; YAML files under configs/ are instances of it."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """`{section__field: value}` for every knob: the pipeline's parameter set."""
+        return {
+            f"{section}{FLAT_SEPARATOR}{key}": value
+            for section, values in self.model_dump().items()
+            for key, value in values.items()
+        }
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+        """Rebuild a config from flat knobs (as a pipeline passes them) over `base` (defaults if None)."""
+        nested = (base or cls()).model_dump()
+        for name, value in flat.items():
+            section, sep, key = name.partition(FLAT_SEPARATOR)
+            if not sep or section not in nested or key not in nested[section]:
+                raise ConfigError(f"unknown configuration knob {name!r}")
+            nested[section][key] = value
+        return _validated(nested, source="flat parameters")
+
+    def to_yaml(self, path: str | Path) -> None:
+        from intentops.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True))
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class FlatField:
+    name: str
+    type: type
+    default: Any
+    description: str
+
+
+def flat_fields() -> list[FlatField]:
+    """Every knob as a flat, typed field with its default and description (for pipeline signatures and docs)."""
+    fields: list[FlatField] = []
+    defaults = RunConfig()
+    for section_name, section_field in RunConfig.model_fields.items():
+        section_model = section_field.annotation
+        section_value = getattr(defaults, section_name)
+        for key, info in section_model.model_fields.items():
+            value = getattr(section_value, key)
+            fields.append(
+                FlatField(
+                    name=f"{section_name}{FLAT_SEPARATOR}{key}",
+                    type=_kfp_type(value),
+                    default=value,
+                    description=info.description or "",
+                )
+            )
+    return fields
+
+
+def _kfp_type(value: Any) -> type:
+    for candidate in (bool, int, float, str, list, dict):
+        if isinstance(value, candidate):
+            return candidate
+    raise TypeError(f"unsupported knob type {type(value).__name__}")
+
+
+def _validated(data: dict[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a RunConfig from YAML (None = configs/tiny-cpu.yaml) and apply flat `section__field` overrides."""
+    source = Path(path) if path else DEFAULT_CONFIG
+    if not source.exists():
+        raise ConfigError(f"{source}: configuration file not found")
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    config = _validated(raw, source=str(source))
+    return RunConfig.from_flat(overrides, base=config) if overrides else config

@@ -1,0 +1,229 @@
+"""One prompt builder for training, evaluation and serving.
+
+The catalog is rendered as tool APIs (name, parameters, description), so adding, splitting or merging an intent
+changes the prompt, not the weights. The GenCLS++ strategies (seed 001) are options: category definitions, fixed or
+similar in-context examples, numeric labels, an explicit uncertain label; the output is either the call string alone
+(`answer`) or a reasoning block then the call in the strict template of seed 000 (`thought`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from intentops.catalog import UNCERTAIN_INTENT, Catalog, load_catalog
+from intentops.config import PromptConfig
+from intentops.grammar import Call, GrammarError, parse_calls, render_calls
+
+MODEL_CARD = "intentops.json"
+CATALOG_FILE = "catalog.yaml"
+FEWSHOT_FILE = "fewshot_examples.jsonl"
+
+_THOUGHT_STRICT = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL)
+_ANSWER_TAG = re.compile(r"<answer>(?P<answer>.+?)</answer>", re.DOTALL)
+_NUMERIC_LABEL = re.compile(r"#(\d+)(?=\s*[(（])")
+_LOOSE_CALL = re.compile(r"[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）](?:\s*[;；]\s*[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）])*")
+
+
+class PromptBuilder:
+    """Builds chat messages and assistant targets, and reads the call back out of a completion."""
+
+    def __init__(self, catalog: Catalog, cfg: PromptConfig, examples: list[dict[str, Any]] | None = None) -> None:
+        self.catalog = catalog
+        self.cfg = cfg
+        self.examples = list(examples or [])
+        self._labels = list(catalog.names) + ([UNCERTAIN_INTENT] if cfg.uncertain_label else [])
+        self._number_of = {name: index for index, name in enumerate(self._labels, start=1)}
+        self._name_of = {str(index): name for name, index in self._number_of.items()}
+        self._fixed_examples = self._pick_fixed_examples() if cfg.few_shot == "fixed" else []
+        self._retriever = _TfidfRetriever(self.examples) if cfg.few_shot == "similar" and self.examples else None
+        if cfg.few_shot == "similar" and cfg.similarity != "tfidf":
+            raise ValueError(f"prompt.similarity={cfg.similarity!r} is not available; use 'tfidf'")
+        self._base_system = self._render_system()
+
+    @property
+    def labels(self) -> list[str]:
+        """Every answer the model may give: the catalog intents, plus `uncertain` when enabled."""
+        return list(self._labels)
+
+    # ---- prompts -------------------------------------------------------------------------------------------
+
+    def system_prompt(self, text: str | None = None) -> str:
+        examples = self._examples_for(text)
+        if not examples:
+            return self._base_system
+        shots = "\n".join(f"User: {ex['text']}\nAssistant: {self.target(ex['output'])}" for ex in examples)
+        return f"{self._base_system}\n\nExamples:\n{shots}"
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": self.system_prompt(text)},
+            {"role": "user", "content": text},
+        ]
+
+    def target(self, output: str) -> str:
+        """What the assistant should answer for a gold call string."""
+        calls = parse_calls(output)
+        answer = self._render_answer(calls)
+        if self.cfg.output_mode == "answer":
+            return answer
+        return f"<think>{self._reasoning(calls)}</think><answer>{answer}</answer>"
+
+    # ---- reading completions ---------------------------------------------------------------------------------
+
+    def extract(self, completion: str) -> str | None:
+        """The canonical call string a completion answers with, or None when its format is broken."""
+        calls = self.extract_calls(completion)
+        return render_calls(calls) if calls is not None else None
+
+    def extract_calls(self, completion: str) -> list[Call] | None:
+        text = completion.strip()
+        if self.cfg.output_mode == "thought":
+            match = _ANSWER_TAG.search(text)
+            if not match:
+                return None
+            text = match.group("answer").strip()
+        return self._parse_answer(text)
+
+    def format_ok(self, completion: str, strict: bool = True) -> bool:
+        """Strict: the completion is exactly the template. Loose: a well-formed answer appears somewhere in it."""
+        text = completion.strip()
+        if self.cfg.output_mode == "thought":
+            match = _THOUGHT_STRICT.match(text) if strict else _ANSWER_TAG.search(text)
+            return bool(match) and self._parse_answer(match.group("answer").strip()) is not None
+        if strict:
+            return self._parse_answer(text) is not None
+        return any(self._parse_answer(m.group(0)) is not None for m in _LOOSE_CALL.finditer(text))
+
+    def label_continuations(self) -> dict[str, str]:
+        """Intent -> the assistant text that commits to it; label scoring (seed 001) ranks these continuations."""
+        if self.cfg.output_mode != "answer":
+            raise ValueError("label scoring needs prompt.output_mode='answer'")
+        return {name: f"{self._label_token(name)}(" for name in self._labels}
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.cfg.model_dump()
+
+    def save(self, model_dir: str | Path) -> None:
+        """Write what serving needs to rebuild this builder next to the weights (catalog and few-shot pool)."""
+        from intentops.io import write_jsonl
+
+        model_dir = Path(model_dir)
+        self.catalog.to_yaml(model_dir / CATALOG_FILE)
+        if self.cfg.few_shot != "none":
+            write_jsonl(model_dir / FEWSHOT_FILE, ({"text": e["text"], "output": e["output"]} for e in self.examples))
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path) -> PromptBuilder:
+        """Rebuild the builder a model was trained with, from its folder (catalog.yaml + intentops.json)."""
+        model_dir = Path(model_dir)
+        card_path = model_dir / MODEL_CARD
+        if not card_path.exists():
+            raise FileNotFoundError(f"{card_path}: model card missing; is {model_dir} an IntentOps model folder?")
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        cfg = PromptConfig.model_validate(card.get("prompt", {}))
+        examples = []
+        if (model_dir / FEWSHOT_FILE).exists():
+            from intentops.io import read_jsonl
+
+            examples = list(read_jsonl(model_dir / FEWSHOT_FILE))
+        return cls(load_catalog(model_dir / CATALOG_FILE), cfg, examples)
+
+    # ---- internals ---------------------------------------------------------------------------------------------
+
+    def _label_token(self, name: str) -> str:
+        return f"#{self._number_of[name]}" if self.cfg.numeric_labels else name
+
+    def _render_answer(self, calls: list[Call]) -> str:
+        return ";".join(
+            render_calls([Call(self._label_token(c.name) if c.name in self._number_of else c.name, c.args)])
+            for c in calls
+        )
+
+    def _parse_answer(self, text: str) -> list[Call] | None:
+        if self.cfg.numeric_labels:
+            text = _NUMERIC_LABEL.sub(lambda m: self._name_of.get(m.group(1), f"unknown_label_{m.group(1)}"), text)
+        try:
+            return parse_calls(text)
+        except GrammarError:
+            return None
+
+    def _render_system(self) -> str:
+        lines = [self.cfg.system_prompt.strip(), "", "Tools:"]
+        for name in self._labels:
+            prefix = f"#{self._number_of[name]} " if self.cfg.numeric_labels else ""
+            if name == UNCERTAIN_INTENT:
+                lines.append(f"- {prefix}uncertain(): none of the tools fits, or the request is unclear.")
+                continue
+            intent = self.catalog.get(name)
+            assert intent is not None
+            if not self.cfg.category_definitions:
+                lines.append(f"- {prefix}{intent.signature()}")
+                continue
+            lines.append(f"- {prefix}{intent.signature()}: {intent.description}")
+            lines.extend(f"    {p.name}: {p.description}" for p in intent.parameters if p.description)
+        label = "the tool's number" if self.cfg.numeric_labels else "the tool's name"
+        if self.cfg.output_mode == "answer":
+            lines += ["", f"Answer with the call only, using {label}, e.g. {self._example_answer()}."]
+        else:
+            lines += [
+                "",
+                "First reason briefly inside <think></think>, then give the call inside <answer></answer>, "
+                f"using {label}, e.g. <think>...</think><answer>{self._example_answer()}</answer>.",
+            ]
+        lines.append("Several requests: separate the calls with ';'. Copy argument values from the user's words.")
+        return "\n".join(lines)
+
+    def _example_answer(self) -> str:
+        intent = next((i for i in self.catalog.intents if i.parameters), self.catalog.intents[0])
+        args = tuple(f"<{p.name}>" for p in intent.parameters)
+        return render_calls([Call(self._label_token(intent.name), args)])
+
+    def _reasoning(self, calls: list[Call]) -> str:
+        parts = []
+        for call in calls:
+            intent = self.catalog.get(call.name)
+            purpose = intent.description.split(".")[0].split("。")[0] if intent else "no tool fits"
+            params = intent.parameters if intent else ()
+            named = ", ".join(f"{p.name}={v}" for p, v in zip(params, call.args, strict=False))
+            parts.append(f"The user wants: {purpose}; tool {call.name}" + (f" with {named}" if named else ""))
+        return ". ".join(parts) + "."
+
+    def _pick_fixed_examples(self) -> list[dict[str, Any]]:
+        """The same k examples for every prompt, spread over intents, chosen reproducibly."""
+        by_intent: dict[str, list[dict[str, Any]]] = {}
+        for example in self.examples:
+            by_intent.setdefault(example.get("intent", ""), []).append(example)
+        rng = random.Random(0)
+        order = sorted(by_intent)
+        rng.shuffle(order)
+        picked = [rng.choice(by_intent[name]) for name in order[: self.cfg.few_shot_k]]
+        return picked
+
+    def _examples_for(self, text: str | None) -> list[dict[str, Any]]:
+        if self.cfg.few_shot == "fixed":
+            return self._fixed_examples
+        if self._retriever is not None and text is not None:
+            return self._retriever.nearest(text, self.cfg.few_shot_k)
+        return []
+
+
+class _TfidfRetriever:
+    """k most similar training utterances by character n-gram TF-IDF (works for zh and en alike)."""
+
+    def __init__(self, examples: list[dict[str, Any]]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.examples = examples
+        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True)
+        self.matrix = self.vectorizer.fit_transform([e["text"] for e in examples])
+
+    def nearest(self, text: str, k: int) -> list[dict[str, Any]]:
+        scores = (self.matrix @ self.vectorizer.transform([text]).T).toarray().ravel()
+        ranked = [i for i in scores.argsort()[::-1] if self.examples[i]["text"] != text]
+        return [self.examples[i] for i in ranked[:k]]

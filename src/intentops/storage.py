@@ -1,0 +1,285 @@
+"""Local paths and s3:// URIs behind one small API, so every stage reads and writes the same way on a laptop,
+in a Kubeflow pod (MinIO) or against AWS S3.
+
+The S3 endpoint comes from the `endpoint_url` argument, else `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or
+`MLFLOW_S3_ENDPOINT_URL` (the variable MLflow users already set for MinIO); credentials come from the usual boto3
+chain (environment, shared files, instance role). Errors name the URI and say what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from intentops.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+S3_SCHEME = "s3://"
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+_READ_BUFFER = 1 << 20
+
+
+class StorageError(ValueError):
+    """A URI that cannot be read or written; the message names the URI and the cause."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """The bucket, key, prefix or local path does not exist."""
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    return str(uri).startswith(S3_SCHEME)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> (`bucket`, `some/key`)."""
+    if not is_s3(uri):
+        raise StorageError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket name")
+    return bucket, key
+
+
+def endpoint_url(explicit: str | None = None) -> str | None:
+    """The S3 endpoint to use: the argument, else the first endpoint variable set, else AWS's default."""
+    if explicit:
+        return explicit
+    for name in ENDPOINT_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def s3_client(endpoint: str | None = None) -> Any:
+    """A boto3 S3 client for the configured endpoint (path-style addressing, which MinIO needs)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url(endpoint),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+    )
+
+
+@contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    """Turn botocore failures into StorageError subclasses that name the URI."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise StorageError(
+            f"{uri}: no S3 credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            f"(and AWS_ENDPOINT_URL for MinIO)"
+        ) from None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code in ("NoSuchBucket",):
+            raise StorageNotFoundError(f"{uri}: bucket {split_s3(uri)[0]!r} does not exist") from None
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise StorageNotFoundError(f"{uri}: no such object") from None
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise StorageError(f"{uri}: access denied ({code}); check the S3 credentials and bucket policy") from None
+        raise StorageError(f"{uri}: S3 error {code}: {error.get('Message', exc)}") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"{uri}: {exc}") from None
+
+
+class _S3RawReader(io.RawIOBase):
+    """Adapts a get_object body to io.RawIOBase so it can be buffered and decoded without loading it whole."""
+
+    def __init__(self, body: Any, uri: str) -> None:
+        self._body = body
+        self._uri = uri
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with _s3_errors(self._uri):
+            chunk = self._body.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+@contextmanager
+def open_uri(
+    uri: str | os.PathLike[str], mode: str = "r", encoding: str = "utf-8", endpoint: str | None = None
+) -> Iterator[IO[Any]]:
+    """Open a local file or an S3 object for streaming reads (`r` text, `rb` bytes).
+
+    S3 objects are streamed from get_object through a 1 MiB buffer, so a manifest of any size reads in constant memory.
+    """
+    if mode not in ("r", "rb"):
+        raise ValueError(f"open_uri: mode {mode!r} not supported (only 'r' and 'rb'; write with upload())")
+    if not is_s3(uri):
+        path = Path(uri)
+        if not path.is_file():
+            raise StorageNotFoundError(f"{path}: no such file")
+        with open(path, mode, encoding=encoding if mode == "r" else None) as handle:
+            yield handle
+        return
+    text_uri = str(uri)
+    bucket, key = split_s3(text_uri)
+    if not key or key.endswith("/"):
+        raise StorageError(f"{text_uri}: names a prefix, not an object")
+    with _s3_errors(text_uri):
+        body = s3_client(endpoint).get_object(Bucket=bucket, Key=key)["Body"]
+    binary = io.BufferedReader(_S3RawReader(body, text_uri), buffer_size=_READ_BUFFER)
+    stream: IO[Any] = binary if mode == "rb" else io.TextIOWrapper(binary, encoding=encoding)
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+def _list_prefix(client: Any, uri: str) -> list[dict[str, Any]]:
+    """Every object under `uri` treated as a folder (a trailing slash is implied)."""
+    bucket, key = split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    objects: list[dict[str, Any]] = []
+    with _s3_errors(uri):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            objects.extend(obj for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
+    return objects
+
+
+def _head(client: Any, uri: str) -> dict[str, Any] | None:
+    """Object metadata, or None when `uri` is not an object (it may still be a prefix)."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    if not key or key.endswith("/"):
+        return None
+    with _s3_errors(uri):
+        try:
+            return client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None  # a missing bucket also answers 404 to HEAD; listing the prefix names it
+            raise
+
+
+def _relative_key(key: str, uri: str) -> str:
+    prefix = split_s3(uri)[1].rstrip("/")
+    return key[len(prefix) + 1 :] if prefix else key
+
+
+def _fetch(client: Any, uri: str, dest: Path) -> str:
+    """Download `uri` (object or prefix) to `dest` atomically; returns `file` or `dir`."""
+    bucket, _ = split_s3(uri)
+    if _head(client, uri) is not None:
+        with atomic_path(dest) as tmp, _s3_errors(uri):
+            client.download_file(bucket, split_s3(uri)[1], str(tmp))
+        return "file"
+    objects = _list_prefix(client, uri)
+    if not objects:
+        raise StorageNotFoundError(f"{uri}: no such object or prefix")
+    with atomic_path(dest) as tmp:
+        for obj in objects:
+            target = tmp / _relative_key(obj["Key"], uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _s3_errors(f"{S3_SCHEME}{bucket}/{obj['Key']}"):
+                client.download_file(bucket, obj["Key"], str(target))
+    log.info("downloaded %d objects from %s to %s", len(objects), uri, dest)
+    return "dir"
+
+
+def download(uri: str, dest: str | Path, endpoint: str | None = None) -> Path:
+    """Copy an S3 object or prefix (or a local file or folder) to `dest`, atomically."""
+    target = Path(dest)
+    if is_s3(uri):
+        _fetch(s3_client(endpoint), uri, target)
+        return target
+    source = Path(uri)
+    if not source.exists():
+        raise StorageNotFoundError(f"{source}: no such file or folder")
+    with atomic_path(target) as tmp:
+        if source.is_dir():
+            shutil.copytree(source, tmp)
+        else:
+            shutil.copy2(source, tmp)
+    return target
+
+
+def upload(path: str | Path, uri: str, endpoint: str | None = None) -> str:
+    """Copy a local file to an object, or a local folder to a prefix (keys keep the relative paths).
+
+    A non-s3 `uri` is treated as a local destination, so callers need no branch for local runs.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise StorageNotFoundError(f"{source}: no such file or folder to upload")
+    if not is_s3(uri):
+        download(str(source), uri)
+        return uri
+    client = s3_client(endpoint)
+    bucket, key = split_s3(uri)
+    if source.is_file():
+        if not key or key.endswith("/"):
+            key = key + source.name
+        with _s3_errors(f"{S3_SCHEME}{bucket}/{key}"):
+            client.upload_file(str(source), bucket, key)
+        return f"{S3_SCHEME}{bucket}/{key}"
+    prefix = key.rstrip("/")
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    for file in files:
+        object_key = "/".join(part for part in (prefix, file.relative_to(source).as_posix()) if part)
+        with _s3_errors(f"{S3_SCHEME}{bucket}/{object_key}"):
+            client.upload_file(str(file), bucket, object_key)
+    log.info("uploaded %d files from %s to %s", len(files), source, uri)
+    return f"{S3_SCHEME}{bucket}/{prefix}"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("INTENTOPS_CACHE", Path.home() / ".cache" / "intentops"))
+
+
+def ensure_local(uri: str | Path, cache_dir: str | Path | None = None, endpoint: str | None = None) -> Path:
+    """A local path for `uri`: local paths come back as they are; S3 objects or prefixes are fetched once.
+
+    The cache entry is keyed by the URI and the ETag(s), so a changed object is fetched again while an unchanged one
+    (a base model of many GB, a catalog) is reused across stages and runs.
+    """
+    if not is_s3(uri):
+        path = Path(uri)
+        if not path.exists():
+            raise StorageNotFoundError(f"{path}: no such file or folder")
+        return path
+    text_uri = str(uri)
+    client = s3_client(endpoint)
+    head = _head(client, text_uri)
+    if head is not None:
+        version = str(head.get("ETag", "")).strip('"')
+    else:
+        objects = _list_prefix(client, text_uri)
+        if not objects:
+            raise StorageNotFoundError(f"{text_uri}: no such object or prefix")
+        version = hashlib.sha256(
+            "\n".join(f"{obj['Key']}\t{obj.get('ETag', '')}" for obj in objects).encode("utf-8")
+        ).hexdigest()
+    key = hashlib.sha256(f"{text_uri}\n{version}".encode()).hexdigest()[:24]
+    name = split_s3(text_uri)[1].rstrip("/").rsplit("/", 1)[-1] or split_s3(text_uri)[0]
+    target = Path(cache_dir or default_cache_dir()) / key / name
+    if target.exists():
+        log.debug("cache hit for %s at %s", text_uri, target)
+        return target
+    _fetch(client, text_uri, target)
+    return target

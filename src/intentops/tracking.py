@@ -1,0 +1,89 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage.
+
+Stages run as separate processes (KFP pods, or subprocesses under kfp.local), so the parent run is found by its
+`intentops.pipeline_run_id` tag, or created by whichever stage gets there first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from intentops.config import RunConfig
+
+if TYPE_CHECKING:
+    import mlflow
+
+log = logging.getLogger(__name__)
+
+PIPELINE_RUN_TAG = "intentops.pipeline_run_id"
+STAGE_TAG = "intentops.stage"
+ROLE_TAG = "intentops.role"
+DEFAULT_LOCAL_STORE = "mlflow.db"
+_MAX_PARAM_CHARS = 500
+
+
+def resolve_tracking_uri(cfg: RunConfig) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else a sqlite store in the working directory."""
+    return (
+        cfg.registry.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI", "")
+        or f"sqlite:///{Path.cwd() / DEFAULT_LOCAL_STORE}"
+    )
+
+
+def configure(cfg: RunConfig) -> str:
+    """Point mlflow at the run's tracking store and experiment; returns the experiment id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
+    return mlflow.set_experiment(cfg.registry.experiment).experiment_id
+
+
+def parent_run_id(cfg: RunConfig, pipeline_run_id: str) -> str:
+    """The id of the pipeline's parent run, created (with the whole config as params) if it does not exist yet."""
+    from mlflow import MlflowClient
+
+    experiment_id = configure(cfg)
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}' and tags.`{ROLE_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline-{pipeline_run_id}",
+        tags={PIPELINE_RUN_TAG: pipeline_run_id, ROLE_TAG: "pipeline"},
+    )
+    for key, value in cfg.flat().items():
+        client.log_param(run.info.run_id, key, str(value)[:_MAX_PARAM_CHARS])
+    log.info("MLflow: created parent run %s for pipeline run %s", run.info.run_id, pipeline_run_id)
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    cfg: RunConfig,
+    pipeline_run_id: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Run the block inside an MLflow run for `stage`, nested under the pipeline's parent run when there is one."""
+    import mlflow
+
+    configure(cfg)
+    parent = parent_run_id(cfg, pipeline_run_id) if pipeline_run_id else None
+    tags = {STAGE_TAG: stage, ROLE_TAG: "stage"}
+    if pipeline_run_id:
+        tags[PIPELINE_RUN_TAG] = pipeline_run_id
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
+        if params:
+            mlflow.log_params({key: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
+        yield run
