@@ -157,9 +157,7 @@ def parse_catalog(raw: Any, source: str = "<catalog>") -> Catalog:
             )
             raise CatalogError(f"{source}: intent {label!r} (entry {index}): {problems}") from None
         if intent.name in seen:
-            raise CatalogError(
-                f"{source}: intent {intent.name!r} (entry {index}) duplicates entry {seen[intent.name]}"
-            )
+            raise CatalogError(f"{source}: intent {intent.name!r} (entry {index}) duplicates entry {seen[intent.name]}")
         param_names = [p.name for p in intent.parameters]
         if len(param_names) != len(set(param_names)):
             raise CatalogError(f"{source}: intent {intent.name!r} (entry {index}) repeats a parameter name")

@@ -33,7 +33,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     manifest: str = Field(str(EXAMPLE_DIR / "manifest.jsonl"), description="iTAG manifest: local path or s3:// URI.")
     catalog: str = Field(str(EXAMPLE_DIR / "catalog.yaml"), description="Intent catalog YAML: local path or s3:// URI.")
-    max_reject_rate: float = Field(0.05, ge=0, le=1, description="Fail conversion when more manifest lines are rejected.")
+    max_reject_rate: float = Field(
+        0.05, ge=0, le=1, description="Fail conversion when more manifest lines are rejected."
+    )
     min_examples_per_intent: int = Field(50, ge=0, description="Fewer single-intent training examples is an error.")
     max_imbalance_ratio: float = Field(3.0, ge=1, description="Largest/smallest intent count above this warns.")
     max_text_chars: int = Field(512, ge=1, description="Longer utterances are flagged too_long.")
@@ -61,7 +63,9 @@ class ModelConfig(_Section):
     tiny_intermediate_size: int = Field(192, ge=8, description="tiny profile: MLP width.")
     tiny_vocab_size: int = Field(3000, ge=300, description="tiny profile: BPE vocabulary trained on the data.")
     tiny_max_positions: int = Field(1024, ge=64, description="tiny profile: max positions.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, else fp32.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPU, else fp32."
+    )
     lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
@@ -274,9 +278,7 @@ def _validated(data: dict[str, Any], source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{source}: {problems}") from None
 
 

@@ -25,7 +25,9 @@ FEWSHOT_FILE = "fewshot_examples.jsonl"
 _THOUGHT_STRICT = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL)
 _ANSWER_TAG = re.compile(r"<answer>(?P<answer>.+?)</answer>", re.DOTALL)
 _NUMERIC_LABEL = re.compile(r"#(\d+)(?=\s*[(（])")
-_LOOSE_CALL = re.compile(r"[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）](?:\s*[;；]\s*[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）])*")
+_LOOSE_CALL = re.compile(
+    r"[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）](?:\s*[;；]\s*[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）])*"
+)
 
 
 class PromptBuilder:
@@ -116,7 +118,8 @@ class PromptBuilder:
         model_dir = Path(model_dir)
         self.catalog.to_yaml(model_dir / CATALOG_FILE)
         if self.cfg.few_shot != "none":
-            write_jsonl(model_dir / FEWSHOT_FILE, ({"text": e["text"], "output": e["output"]} for e in self.examples))
+            fields = ("text", "output", "intent")
+            write_jsonl(model_dir / FEWSHOT_FILE, ({k: e.get(k) for k in fields} for e in self.examples))
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> PromptBuilder:

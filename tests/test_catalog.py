@@ -1,0 +1,84 @@
+import pytest
+
+from intentops.catalog import CatalogError, load_catalog, parse_catalog
+
+BASE = {
+    "name": "demo",
+    "intents": [
+        {
+            "name": "weather_search",
+            "description": "Weather. 天气。",
+            "domain": "weather",
+            "parameters": [{"name": "city", "type": "string", "description": "City"}],
+        },
+        {
+            "name": "play_music",
+            "description": "Play music",
+            "domain": "music",
+            "parameters": [{"name": "artist", "required": False}],
+        },
+    ],
+}
+
+
+def test_load_and_hash_is_stable(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    catalog = parse_catalog(BASE)
+    catalog.to_yaml(path)
+    again = load_catalog(path)
+    assert again == catalog
+    assert again.content_hash == catalog.content_hash
+    assert catalog.names == ["weather_search", "play_music"]
+    assert catalog.get("weather_search").signature() == "weather_search(city: string)"
+    assert catalog.get("play_music").signature() == "play_music([artist: string])"
+    assert catalog.domains == ["music", "weather"]
+
+
+def test_hash_changes_with_content():
+    changed = {**BASE, "intents": [*BASE["intents"], {"name": "volume_up", "description": "Louder"}]}
+    assert parse_catalog(changed).content_hash != parse_catalog(BASE).content_hash
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "weather_search", "description": "again"}, "duplicates entry 0"),
+        ({"name": "bad-name", "description": "x"}, "not an identifier"),
+        (
+            {"name": "f", "description": "x", "parameters": [{"name": "p", "type": "blob"}]},
+            "unknown parameter type",
+        ),
+        ({"name": "f", "description": " "}, "description is empty"),
+        ({"name": "uncertain", "description": "x"}, "reserved"),
+        ({"name": "f", "description": "x", "colour": "red"}, "Extra inputs"),
+        (
+            {"name": "f", "description": "x", "parameters": [{"name": "p"}, {"name": "p"}]},
+            "repeats a parameter",
+        ),
+    ],
+)
+def test_bad_entries_name_file_and_entry(entry, message):
+    raw = {**BASE, "intents": [*BASE["intents"], entry]}
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(raw, source="cat.yaml")
+    assert "cat.yaml" in str(info.value)
+    assert message in str(info.value)
+    assert "entry 2" in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(CatalogError, match="not found"):
+        load_catalog(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("intents: [", encoding="utf-8")
+    with pytest.raises(CatalogError, match="not valid YAML"):
+        load_catalog(bad)
+    with pytest.raises(CatalogError, match="'intents' list"):
+        parse_catalog(["x"])
+
+
+def test_subset():
+    catalog = parse_catalog(BASE)
+    assert catalog.subset(["play_music"]).names == ["play_music"]
+    with pytest.raises(CatalogError, match="unknown intents: nope"):
+        catalog.subset(["nope"])

@@ -1,0 +1,106 @@
+import pytest
+
+from intentops.catalog import parse_catalog
+from intentops.config import PromptConfig
+from intentops.prompting import PromptBuilder
+
+CATALOG = parse_catalog(
+    {
+        "intents": [
+            {
+                "name": "weather_search",
+                "description": "Look up the weather. 查询天气。",
+                "parameters": [{"name": "city", "description": "City name"}],
+            },
+            {
+                "name": "play_music",
+                "description": "Play music. 播放音乐。",
+                "parameters": [{"name": "artist", "required": False}],
+            },
+            {"name": "volume_down", "description": "Lower the volume."},
+        ]
+    }
+)
+EXAMPLES = [
+    {"text": "杭州天气怎么样", "output": "weather_search(杭州)", "intent": "weather_search"},
+    {"text": "play some jazz by Miles", "output": "play_music(Miles)", "intent": "play_music"},
+    {"text": "太吵了，小声点", "output": "volume_down()", "intent": "volume_down"},
+    {"text": "北京明天下雨吗", "output": "weather_search(北京)", "intent": "weather_search"},
+]
+
+
+def test_catalog_rendered_as_tools_with_definitions():
+    system = PromptBuilder(CATALOG, PromptConfig()).messages("hi")[0]["content"]
+    assert "weather_search(city: string): Look up the weather" in system
+    assert "city: City name" in system
+    short = PromptBuilder(CATALOG, PromptConfig(category_definitions=False)).system_prompt()
+    assert "Look up the weather" not in short and "- volume_down()" in short
+
+
+def test_new_intent_changes_prompt_not_code():
+    bigger = parse_catalog(
+        {"intents": [*CATALOG.model_dump()["intents"], {"name": "taxi", "description": "Call a taxi"}]}
+    )
+    assert "taxi()" in PromptBuilder(bigger, PromptConfig()).system_prompt()
+
+
+@pytest.mark.parametrize("mode", ["answer", "thought"])
+@pytest.mark.parametrize("numeric", [False, True])
+def test_target_round_trips_through_extract(mode, numeric):
+    builder = PromptBuilder(CATALOG, PromptConfig(output_mode=mode, numeric_labels=numeric))
+    for gold in ["weather_search(杭州)", "play_music()", "volume_down();play_music(周杰伦)"]:
+        target = builder.target(gold)
+        assert builder.extract(target) == gold
+        assert builder.format_ok(target, strict=True)
+    if numeric:
+        assert builder.target("weather_search(杭州)").count("#1(杭州)") == 1
+
+
+def test_strict_vs_loose_format():
+    answer = PromptBuilder(CATALOG, PromptConfig())
+    assert answer.format_ok("weather_search(杭州)")
+    assert not answer.format_ok("Sure! weather_search(杭州)")
+    assert answer.format_ok("Sure! weather_search(杭州)", strict=False)
+    assert not answer.format_ok("no idea", strict=False)
+    thought = PromptBuilder(CATALOG, PromptConfig(output_mode="thought"))
+    assert thought.format_ok("<think>x</think><answer>volume_down()</answer>")
+    assert not thought.format_ok("<answer>volume_down()</answer>")
+    assert thought.format_ok("blah <answer>volume_down()</answer>", strict=False)
+    assert thought.extract("<think>x</think>") is None
+
+
+def test_uncertain_label_and_label_continuations():
+    builder = PromptBuilder(CATALOG, PromptConfig(uncertain_label=True, numeric_labels=True))
+    assert builder.labels[-1] == "uncertain"
+    assert builder.label_continuations() == {
+        "weather_search": "#1(",
+        "play_music": "#2(",
+        "volume_down": "#3(",
+        "uncertain": "#4(",
+    }
+    assert builder.extract("#4()") == "uncertain()"
+    assert builder.extract("#9()") == "unknown_label_9()"
+    with pytest.raises(ValueError, match="output_mode='answer'"):
+        PromptBuilder(CATALOG, PromptConfig(output_mode="thought")).label_continuations()
+
+
+def test_few_shot_fixed_and_similar():
+    fixed = PromptBuilder(CATALOG, PromptConfig(few_shot="fixed", few_shot_k=2), EXAMPLES)
+    assert fixed.system_prompt("a") == fixed.system_prompt("b")
+    assert fixed.system_prompt("a").count("User: ") == 2
+    similar = PromptBuilder(CATALOG, PromptConfig(few_shot="similar", few_shot_k=1), EXAMPLES)
+    assert "北京明天下雨吗" in similar.system_prompt("上海明天下雨吗")
+    assert "杭州天气怎么样" in similar.system_prompt("杭州天气好吗")
+
+
+def test_saved_builder_is_rebuilt_from_model_dir(tmp_path):
+    import json
+
+    cfg = PromptConfig(few_shot="fixed", few_shot_k=2, numeric_labels=True)
+    builder = PromptBuilder(CATALOG, cfg, EXAMPLES)
+    builder.save(tmp_path)
+    (tmp_path / "intentops.json").write_text(json.dumps({"prompt": builder.to_dict()}), encoding="utf-8")
+    again = PromptBuilder.from_model_dir(tmp_path)
+    assert again.messages("杭州天气") == builder.messages("杭州天气")
+    with pytest.raises(FileNotFoundError, match="model card missing"):
+        PromptBuilder.from_model_dir(tmp_path / "nope")
