@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as exc:
+        if args.verbose:
+            raise
         print(f"intentops {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
