@@ -2,8 +2,8 @@
 in a Kubeflow pod (MinIO) or against AWS S3.
 
 The S3 endpoint comes from the `endpoint_url` argument, else `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or
-`MLFLOW_S3_ENDPOINT_URL` (the variable MLflow users already set for MinIO); credentials come from the usual boto3
-chain (environment, shared files, instance role). Errors name the URI and say what is missing.
+`MLFLOW_S3_ENDPOINT_URL` (the variable MLflow users already set for MinIO); credentials come from the usual
+boto3 chain (environment, shared files, instance role). Errors name the URI and say what is missing.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def open_uri(
 ) -> Iterator[IO[Any]]:
     """Open a local file or an S3 object for streaming reads (`r` text, `rb` bytes).
 
-    S3 objects are streamed from get_object through a 1 MiB buffer, so a manifest of any size reads in constant memory.
+    S3 objects are streamed from get_object through a 1 MiB buffer, so a manifest of any size reads in
+    constant memory.
     """
     if mode not in ("r", "rb"):
         raise ValueError(f"open_uri: mode {mode!r} not supported (only 'r' and 'rb'; write with upload())")
@@ -255,8 +256,8 @@ def default_cache_dir() -> Path:
 def ensure_local(uri: str | Path, cache_dir: str | Path | None = None, endpoint: str | None = None) -> Path:
     """A local path for `uri`: local paths come back as they are; S3 objects or prefixes are fetched once.
 
-    The cache entry is keyed by the URI and the ETag(s), so a changed object is fetched again while an unchanged one
-    (a base model of many GB, a catalog) is reused across stages and runs.
+    The cache entry is keyed by the URI and the ETag(s), so a changed object is fetched again while an
+    unchanged one (a base model of many GB, a catalog) is reused across stages and runs.
     """
     if not is_s3(uri):
         path = Path(uri)

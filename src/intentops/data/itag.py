@@ -1,37 +1,41 @@
 """Convert a PAI iTAG export manifest into IntentOps records, accounting for every line.
 
-The usual throwaway script (seed 002) loads the whole file, takes the first `label-*` key it meets (often the machine
-pre-label), prints and drops anything odd and dumps one big list at the end. Here the manifest is streamed in chunks
-(local or s3://), the reviewed label `label-<id>` wins over the pre-label `label-<id>-system`, every excluded line is
-written to rejects.jsonl with a reason id, and all outputs are written as they go into a temporary folder that only
-becomes DIR when the run completes.
+The usual throwaway script (seed 002) loads the whole file, takes the first `label-*` key it meets
+(often the machine pre-label), prints and drops anything odd and dumps one big list at the end. Here the
+manifest is streamed in chunks (local or s3://), the reviewed label `label-<id>` wins over the pre-label
+`label-<id>-system`, every excluded line is written to rejects.jsonl with a reason id, and all outputs are
+written as they go into a temporary folder that only becomes DIR when the run completes.
 
 Manifest line (one JSON object per line):
 
     {"data": {"instruction": "我想聽音樂"},
-     "label-194...-system": {"results": [{"MarkResult": "{\\"annotations\\": [{\\"labels\\": {\\"output\\": ...}}]}"}],
-                             "abandonFlag": 0},
-     "label-194...": {"results": [...]},
+     "label-194...-system": {"results": [{"MarkResult": "<JSON string>"}], "abandonFlag": 0},
+     "label-194...": {"results": [{"MarkResult": "<JSON string>"}]},
      "abandonFlag": 0}
+
+where the MarkResult string holds `{"annotations": [{"labels": {"output": "play_music()"}}], ...}`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
 import re
 import time
-from collections import Counter
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
-import orjson
+import msgspec
 from tqdm import tqdm
 
-from intentops.grammar import Call, GrammarError, parse_calls, render_calls
+from intentops.grammar import GrammarError, parse_calls, render_calls
 from intentops.io import atomic_path, write_json
 from intentops.storage import is_s3, open_uri
 
@@ -47,7 +51,13 @@ REJECT_REASONS: dict[str, str] = {
 }
 RAW_CHARS = 500
 _CHUNK = 4 << 20
+_PARALLEL_FROM_BYTES = 64 << 20
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
 _BOM = b"\xef\xbb\xbf"
+_ABANDON = (1, "1")
+_DECODED_KEYS = ("data", "abandonFlag")
+_MAX_OTHER_KEYS = 16
 _TURN_KEYS = ("turns", "messages")
 _USER_ROLES = ("user", "human")
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
@@ -79,6 +89,7 @@ class ConvertReport:
     multi_turn: int = 0
     languages: dict[str, int] = field(default_factory=dict)
     intents: dict[str, int] = field(default_factory=dict)
+    workers: int = 1
     seconds: float = 0.0
 
     @property
@@ -144,7 +155,10 @@ def detect_lang(text: str) -> str:
 
 
 def join_turns(turns: list[str]) -> str:
-    """Concatenate user turns as seed 002 does (`我想聽音樂。給我放個X的音樂吧。`); a space separates Latin-script turns."""
+    """Concatenate user turns as seed 002 does (`我想聽音樂。給我放個X的音樂吧。`).
+
+    A space separates turns that do not end in CJK text or punctuation, so English turns stay readable.
+    """
     text = ""
     for turn in turns:
         piece = turn.strip()
@@ -170,104 +184,443 @@ def _user_turns(value: list[Any]) -> list[str]:
 
 def _instruction(data: Any) -> tuple[str, int]:
     """The utterance and how many user turns it joins (0 when there is none)."""
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         return "", 0
     value = data.get("instruction")
     if value is None:
         value = next((data[key] for key in _TURN_KEYS if isinstance(data.get(key), list)), None)
-    if isinstance(value, str):
+    if type(value) is str:
         return value.strip(), 1
-    if isinstance(value, list):
+    if type(value) is list:
         turns = [turn for turn in _user_turns(value) if turn.strip()]
         return join_turns(turns), len(turns)
     return "", 0
 
 
+def _is_abandoned(holder: Any) -> bool:
+    return type(holder) is dict and holder.get("abandonFlag") in _ABANDON
+
+
 def _first_mark(label: Any) -> Any:
-    """The raw MarkResult of a label's first result (compared before parsing: equal strings need no parse)."""
-    if isinstance(label, dict):
-        results = label.get("results")
-        if isinstance(results, list) and results and isinstance(results[0], dict):
-            return results[0].get("MarkResult")
-    return None
+    """The raw MarkResult of a label's first result (equal strings need no parse to compare)."""
+    try:
+        return label["results"][0]["MarkResult"]
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
-def _label_output(label: Any) -> tuple[str | None, str]:
-    """(output, why not) for one `label-*` object: the first result whose annotation has a non-empty output."""
-    if not isinstance(label, dict):
-        return None, "label is not an object"
-    results = label.get("results")
-    if not isinstance(results, list) or not results:
-        return None, "label has no results"
+def _mark_output(mark: Any) -> tuple[str | None, str]:
+    """(output, why not) for one MarkResult: the first annotation with a non-empty `labels.output`."""
+    if type(mark) is str:
+        return _mark_text_output(mark)
+    annotations = mark.get("annotations") if type(mark) is dict else None
     why = "no annotation with labels.output"
-    for result in results:
-        mark = result.get("MarkResult") if isinstance(result, dict) else None
-        if isinstance(mark, str):
-            try:
-                mark = orjson.loads(mark)
-            except orjson.JSONDecodeError:
-                why = "MarkResult is not valid JSON"
-                continue
-        annotations = mark.get("annotations") if isinstance(mark, dict) else None
-        for annotation in annotations if isinstance(annotations, list) else ():
-            labels = annotation.get("labels") if isinstance(annotation, dict) else None
-            output = labels.get("output") if isinstance(labels, dict) else None
-            if isinstance(output, str) and output.strip():
+    for annotation in annotations if type(annotations) is list else ():
+        labels = annotation.get("labels") if type(annotation) is dict else None
+        output = labels.get("output") if type(labels) is dict else None
+        if type(output) is str:
+            if output.strip():
                 return output, ""
-            if output is not None and not isinstance(output, str):
-                why = f"labels.output is a {type(output).__name__}, not a string"
+            why = "labels.output is empty"
+        elif output is not None:
+            why = f"labels.output is a {type(output).__name__}, not a string"
     return None, why
 
 
-def _pick_labels(line: dict[str, Any]) -> tuple[Any, Any]:
-    """(reviewed label, system pre-label): `label-<id>` and its `label-<id>-system` twin, else whichever exists."""
-    reviewed_key = system_key = None
-    for key in line:
-        if key.startswith("label-"):
-            if key.endswith("-system"):
-                system_key = system_key or key
-            elif reviewed_key is None:
-                reviewed_key = key
-    if reviewed_key is not None and f"{reviewed_key}-system" in line:
-        system_key = f"{reviewed_key}-system"
-    return (line[reviewed_key] if reviewed_key else None), (line[system_key] if system_key else None)
+@lru_cache(maxsize=1 << 14)
+def _mark_text_output(mark: str) -> tuple[str | None, str]:
+    """MarkResult strings carry no per-line ids, so equal labels give equal strings: parse each once."""
+    try:
+        parsed = _decode(mark)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None, "MarkResult is not valid JSON"
+    return _mark_output(parsed) if type(parsed) is not str else (None, "MarkResult is a JSON string")
 
 
-def _is_abandoned(holder: Any) -> bool:
-    return isinstance(holder, dict) and holder.get("abandonFlag") in (1, "1")
+def _label_output(label: Any) -> tuple[str | None, str]:
+    """(output, why not) for one `label-*` object: the first result with an annotation output."""
+    results = label.get("results") if type(label) is dict else None
+    if type(results) is not list or not results:
+        return None, "the label has no results"
+    why = ""
+    for result in results:
+        output, why = _mark_output(result.get("MarkResult") if type(result) is dict else None)
+        if output is not None:
+            return output, ""
+    return None, why
 
 
-@lru_cache(maxsize=1 << 16)
-def _canonical(output: str) -> tuple[str, tuple[Call, ...]]:
-    """Canonical call string and calls; cached because labelled outputs repeat heavily (`play_music()`)."""
+def _reviewed_key(item: dict[str, Any]) -> str | None:
+    """The first `label-*` key without the `-system` suffix: the reviewed (human) label."""
+    for key in item:
+        if key.startswith("label-") and not key.endswith("-system"):
+            return key
+    return None
+
+
+def _pick_labels(item: dict[str, Any]) -> tuple[Any, Any]:
+    """(reviewed, system pre-label): `label-<id>` and its `label-<id>-system` twin, else whichever exists."""
+    reviewed_key = _reviewed_key(item)
+    system_key = f"{reviewed_key}-system" if reviewed_key is not None else None
+    if system_key not in item:
+        system_key = next((key for key in item if key.startswith("label-") and key.endswith("-system")), None)
+    return (item[reviewed_key] if reviewed_key else None), (item[system_key] if system_key else None)
+
+
+@dataclass(frozen=True)
+class _Output:
+    """A parsed label output with its JSON fragments serialised once (outputs repeat heavily)."""
+
+    canonical: str
+    intent: str
+    calls: int
+    record_fields: bytes
+    train_output: bytes
+
+
+@lru_cache(maxsize=1 << 14)
+def _parse_output(output: str) -> _Output:
     calls = parse_calls(output)
-    return render_calls(calls), tuple(calls)
+    canonical = render_calls(calls)
+    fields = _encode(
+        {
+            "output": canonical,
+            "intent": calls[0].name,
+            "params": list(calls[0].args),
+            "calls": [{"name": call.name, "args": list(call.args)} for call in calls],
+        }
+    )
+    return _Output(canonical, calls[0].name, len(calls), fields[1:-1], _encode(canonical))
 
 
 def _same_output(reviewed: str, system: str | None) -> bool:
     if system is None:
         return False
     try:
-        return _canonical(reviewed)[0] == _canonical(system)[0]
+        return _parse_output(reviewed).canonical == _parse_output(system).canonical
     except GrammarError:
         return reviewed.strip() == system.strip()
 
 
-def _lines(stream: IO[bytes], digest: Any, progress: tqdm) -> Iterator[bytes]:
-    """Split a binary stream into lines in large chunks, hashing the bytes on the way."""
-    rest = b""
-    while chunk := stream.read(_CHUNK):
-        digest.update(chunk)
-        progress.update(len(chunk))
-        pieces = (rest + chunk).split(b"\n")
-        rest = pieces.pop()
-        yield from pieces
-    if rest:
-        yield rest
+@dataclass
+class _Batch:
+    """The converted form of a run of manifest lines: serialised outputs plus counts, merged in line order."""
+
+    records: bytes = b""
+    train: bytes = b""
+    rejects: list[bytes] = field(default_factory=list)
+    converted: int = 0
+    empty: int = 0
+    abandoned: int = 0
+    human_overrides: int = 0
+    reviewed: int = 0
+    multi_intent: int = 0
+    multi_turn: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+    intents: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, line: int, reason: str, raw: bytes, detail: str = "") -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        text = raw.decode("utf-8", "replace")
+        row: dict[str, Any] = {"line": line, "reason": reason, "detail": detail or REJECT_REASONS[reason]}
+        row["raw"] = text[:RAW_CHARS]
+        if len(text) > RAW_CHARS:
+            row["raw_chars"] = len(text)
+        self.rejects.append(_encode(row) + b"\n")
+
+
+class _Labelled(NamedTuple):
+    """What a usable line contributes: the utterance, its user turns and the winning label's output."""
+
+    text: str
+    turns: int
+    output: str
+    reviewed: bool
+    overridden: bool
+
+
+class _Excluded(NamedTuple):
+    """Why a line contributes nothing: `abandoned` or a reject reason id, with a human-readable detail."""
+
+    reason: str
+    detail: str = ""
+
+
+def _override(output: str, reviewed: Any, system: Any) -> bool:
+    """Whether the reviewer changed the pre-label (identical MarkResult strings need no parsing)."""
+    if system is None or _first_mark(system) == _first_mark(reviewed):
+        return False
+    return not _same_output(output, _label_output(system)[0])
+
+
+def _careful(item: Any) -> _Labelled | _Excluded:
+    """Apply every rule to one parsed line, in order: abandoned, instruction, label output."""
+    if type(item) is not dict:
+        return _Excluded("not_object", f"JSON {type(item).__name__}, expected an object")
+    reviewed, system = _pick_labels(item)
+    label = reviewed if reviewed is not None else system
+    if _is_abandoned(item) or _is_abandoned(label):
+        return _Excluded("abandoned")
+    text, turns = _instruction(item.get("data"))
+    if not text:
+        return _Excluded("missing_instruction")
+    if label is None:
+        return _Excluded("missing_output", "no label-* key")
+    output, why = _label_output(label)
+    if output is None:
+        return _Excluded("missing_output", why)
+    overridden = reviewed is not None and _override(output, reviewed, system)
+    return _Labelled(text, turns, output, reviewed is not None, overridden)
+
+
+class _Data(msgspec.Struct):
+    instruction: Any = None
+
+
+class _Result(msgspec.Struct):
+    MarkResult: Any = None
+
+
+class _Label(msgspec.Struct):
+    results: list[_Result] = []
+    abandonFlag: Any = None
+
+
+@lru_cache(maxsize=16)
+def _line_decoder(reviewed_key: str, other_keys: tuple[str, ...]) -> msgspec.json.Decoder:
+    """A typed decoder for lines of one labelling task (`label-<id>`, `label-<id>-system`).
+
+    It materialises only the fields conversion reads and skips the rest (ids, timestamps, titles) without
+    building Python objects, which is most of the cost of parsing an iTAG line. Any top-level key it was not
+    built for (another task's `label-*` key, say) fails the decode, so such lines take the careful path.
+    """
+    fields: list[tuple[str, Any, Any]] = [
+        ("data", _Data | None, None),
+        ("reviewed", _Label | None, None),
+        ("system", _Label | None, None),
+        ("abandonFlag", Any, None),
+    ]
+    rename = {"reviewed": reviewed_key, "system": f"{reviewed_key}-system"}
+    for index, key in enumerate(other_keys):
+        fields.append((f"other{index}", msgspec.Raw, msgspec.Raw()))
+        rename[f"other{index}"] = key
+    line_type = msgspec.defstruct("ItagLine", fields, rename=rename, forbid_unknown_fields=True)
+    return msgspec.json.Decoder(line_type)
+
+
+def _regular(line: bytes, decoder: msgspec.json.Decoder) -> tuple[str, str] | None:
+    """(text, output) by the fast path for the shape iTAG exports; None sends the line to `_careful`.
+
+    Nearly every line is one reviewed label, optionally next to an identical pre-label, with a string
+    instruction. This path accepts only such lines, with no top-level key the decoder was not built for, so
+    `_careful` would return the same record with no human override (tests/test_itag.py checks the agreement).
+    """
+    try:
+        item = decoder.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    reviewed, system = item.reviewed, item.system
+    if reviewed is None or not reviewed.results or item.data is None:
+        return None
+    if item.abandonFlag in _ABANDON or reviewed.abandonFlag in _ABANDON:
+        return None
+    text = item.data.instruction
+    mark = reviewed.results[0].MarkResult
+    if type(text) is not str or not (text := text.strip()):
+        return None
+    if system is not None and (not system.results or system.results[0].MarkResult != mark):
+        return None  # the reviewer may have changed the pre-label: let _careful compare them
+    output = _mark_output(mark)[0]
+    return (text, output) if output is not None else None
+
+
+def _decoder_for(item: dict[str, Any], current: tuple[str, tuple[str, ...]] | None) -> tuple[str, tuple[str, ...]]:
+    """The (reviewed key, other top-level keys) a fast decoder should know after seeing `item`.
+
+    Other keys accumulate (lines may carry optional keys such as abandonRemark), up to a bound.
+    """
+    reviewed_key = _reviewed_key(item)
+    if reviewed_key is None:
+        return current or ("", ())
+    others = {key for key in item if not key.startswith("label-") and key not in _DECODED_KEYS}
+    if current is not None and current[0] == reviewed_key:
+        others |= set(current[1])
+    return reviewed_key, tuple(sorted(others))[:_MAX_OTHER_KEYS]
+
+
+_LANG_BYTES = {"zh": b',"lang":"zh","turns":', "en": b',"lang":"en","turns":'}
+
+
+def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
+    """Convert the newline-separated lines of `chunk`, numbered from `first_line` (runs in worker processes).
+
+    Records are assembled from JSON-encoded pieces (the text once, the parsed output once per distinct output
+    string), which is what keeps a million-line manifest fast.
+    """
+    batch = _Batch()
+    encode = _encode
+    languages = batch.languages
+    intents = batch.intents
+    records: list[bytes] = []
+    train: list[bytes] = []
+    decoder: msgspec.json.Decoder | None = None
+    decoder_keys: tuple[str, tuple[str, ...]] | None = None
+    reviewed_count = overrides = multi_intent = multi_turn = 0
+    lines = chunk.split(b"\n")
+    if chunk.endswith(b"\n"):
+        lines.pop()  # the block ends with a complete line, not with an empty one
+    for number, line in enumerate(lines, start=first_line):
+        if number == 1 and line.startswith(_BOM):
+            line = line[3:]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line or line.isspace():
+            batch.empty += 1
+            continue
+        regular = _regular(line, decoder) if decoder is not None else None
+        if regular is not None:
+            text, output = regular
+            turns, reviewed, overridden = 1, True, False
+        else:
+            try:
+                item = _decode(line)
+            except UnicodeDecodeError:
+                batch.reject(number, "not_utf8", line)
+                continue
+            except msgspec.DecodeError as exc:
+                batch.reject(number, "not_json", line, f"not valid JSON: {exc}")
+                continue
+            if type(item) is dict:
+                keys = _decoder_for(item, decoder_keys)
+                if keys != decoder_keys and keys[0]:
+                    decoder, decoder_keys = _line_decoder(*keys), keys
+            labelled = _careful(item)
+            if type(labelled) is _Excluded:
+                if labelled.reason == "abandoned":
+                    batch.abandoned += 1
+                else:
+                    batch.reject(number, labelled.reason, line, labelled.detail)
+                continue
+            text, turns, output, reviewed, overridden = labelled
+        try:
+            parsed = _parse_output(output)
+        except GrammarError as exc:
+            batch.reject(number, "unparseable_output", line, exc.reason)
+            continue
+        lang = "zh" if _HAN.search(text) else "en"  # detect_lang, inlined on the hot path
+        text_json = encode(text)
+        line_number = b"%d" % number
+        records.append(
+            b"".join(
+                (
+                    b'{"id":"itag-',
+                    line_number,
+                    b'","text":',
+                    text_json,
+                    b",",
+                    parsed.record_fields,
+                    _LANG_BYTES[lang],
+                    b"%d" % turns,
+                    b',"reviewed":true,"source_line":' if reviewed else b',"reviewed":false,"source_line":',
+                    line_number,
+                    b"}\n",
+                )
+            )
+        )
+        train.append(b'{"instruction":%b,"output":%b}' % (text_json, parsed.train_output))
+        reviewed_count += reviewed
+        overrides += overridden
+        multi_intent += parsed.calls > 1
+        multi_turn += turns > 1
+        languages[lang] = languages.get(lang, 0) + 1
+        intents[parsed.intent] = intents.get(parsed.intent, 0) + 1
+    batch.reviewed, batch.human_overrides = reviewed_count, overrides
+    batch.multi_intent, batch.multi_turn = multi_intent, multi_turn
+    batch.converted = len(records)
+    batch.records = b"".join(records)  # one blob each: cheap to send back from a worker process
+    batch.train = b",\n".join(train)
+    return batch
+
+
+def _convert_file_chunk(path: str, offset: int, length: int, first_line: int) -> _Batch:
+    """`_convert_chunk` on a block a worker reads itself from a local manifest (page cache, not a pipe)."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        chunk = handle.read(length)
+    if len(chunk) != length:
+        raise OSError(f"{path}: changed while being converted (short read at byte {offset})")
+    return _convert_chunk(first_line, chunk)
+
+
+class _Chunker:
+    """Cuts a binary stream into blocks of whole lines, counting lines and bytes on the way.
+
+    A helper thread hashes the blocks (hashlib releases the GIL on large buffers), so the manifest digest costs
+    the converting thread nothing. Use as a context manager; `sha256()` waits for the last block.
+    """
+
+    def __init__(self, stream: IO[bytes], progress: tqdm) -> None:
+        self.stream = stream
+        self.progress = progress
+        self.bytes_read = 0
+        self.lines = 0
+        self._digest = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest-sha256")
+
+    def __enter__(self) -> _Chunker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hasher.shutdown(wait=True)
+
+    def sha256(self) -> str:
+        self._hasher.shutdown(wait=True)
+        return self._digest.hexdigest()
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        """(number of the first line, byte offset, block of whole lines including their newlines)."""
+        while block := self.stream.read(_CHUNK):
+            if not block.endswith(b"\n"):
+                block += self.stream.readline()  # finish the last line
+            self._hasher.submit(self._digest.update, block)
+            yield self.lines + 1, self.bytes_read, block
+            self.bytes_read += len(block)
+            self.lines += block.count(b"\n") + (not block.endswith(b"\n"))
+            self.progress.update(len(block))
+
+
+def _parallel(chunks: Iterator[tuple[int, int, bytes]], workers: int, local_path: str | None) -> Iterator[_Batch]:
+    """Convert chunks in worker processes, yielding results in order with a bounded number in flight.
+
+    Workers read blocks of a local manifest from the file themselves; blocks of an S3 stream are sent to them.
+    """
+    context = multiprocessing.get_context("spawn")  # safe even when the caller runs threads (boto3, moto)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pending: deque[Future[_Batch]] = deque()
+    try:
+        for first, offset, chunk in chunks:
+            if local_path is not None:
+                pending.append(pool.submit(_convert_file_chunk, local_path, offset, len(chunk), first))
+            else:
+                pending.append(pool.submit(_convert_chunk, first, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers(manifest_bytes: int | None) -> int:
+    """One process for small manifests (worker start-up would dominate), else up to 4 worker processes."""
+    if manifest_bytes is not None and manifest_bytes < _PARALLEL_FROM_BYTES:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 class _Writer:
-    """The four outputs, written line by line into the temporary folder."""
+    """records.jsonl, train.json (a JSON array written element by element) and rejects.jsonl."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True)
@@ -275,22 +628,15 @@ class _Writer:
         self.rejects = open(folder / "rejects.jsonl", "wb", buffering=1 << 20)  # noqa: SIM115
         self.train = open(folder / "train.json", "wb", buffering=1 << 20)  # noqa: SIM115
         self.train.write(b"[")
-        self._train_separator = b"\n"
+        self._separator = b"\n"
 
-    def record(self, record: dict[str, Any]) -> None:
-        self.records.write(orjson.dumps(record))
-        self.records.write(b"\n")
-        self.train.write(self._train_separator)
-        self.train.write(orjson.dumps({"instruction": record["text"], "output": record["output"]}))
-        self._train_separator = b",\n"
-
-    def reject(self, line: int, reason: str, raw: bytes, detail: str) -> None:
-        text = raw.decode("utf-8", "replace")
-        row = {"line": line, "reason": reason, "detail": detail, "raw": text[:RAW_CHARS]}
-        if len(text) > RAW_CHARS:
-            row["raw_chars"] = len(text)
-        self.rejects.write(orjson.dumps(row))
-        self.rejects.write(b"\n")
+    def write(self, batch: _Batch) -> None:
+        self.records.write(batch.records)
+        self.rejects.writelines(batch.rejects)
+        if batch.train:
+            self.train.write(self._separator)
+            self.train.write(batch.train)
+            self._separator = b",\n"
 
     def close(self) -> None:
         self.train.write(b"\n]\n")
@@ -299,107 +645,70 @@ class _Writer:
 
 
 def convert_manifest(
-    manifest_uri: str | Path, out_dir: str | Path, max_reject_rate: float = 0.05
+    manifest_uri: str | Path,
+    out_dir: str | Path,
+    max_reject_rate: float = 0.05,
+    workers: int | None = None,
 ) -> ConvertReport:
-    """Stream an iTAG manifest (local or s3://) into records.jsonl, train.json, rejects.jsonl and report.json.
+    """Stream an iTAG manifest (local or s3://) into records.jsonl, train.json, rejects.jsonl, report.json.
 
-    Memory stays flat whatever the manifest length. The report is always written, also when the reject rate is above
-    `max_reject_rate` (check `report.passed`, or call `report.raise_for_status()`), so nothing is lost.
+    Memory stays flat whatever the manifest length: the file is read in 4 MiB blocks and each block is
+    written out before more than a few are in flight. `workers` processes convert blocks in parallel (None:
+    one for small files, else up to 4); the output is identical for any worker count. The report is always
+    written, also when the reject rate is above `max_reject_rate` (check `report.passed`, or call
+    `report.raise_for_status()`), so nothing is lost.
     """
     uri = str(manifest_uri)
-    size = None if is_s3(uri) else Path(uri).stat().st_size if Path(uri).is_file() else None
-    digest = hashlib.sha256()
-    rejected: Counter[str] = Counter()
-    languages: Counter[str] = Counter()
-    intents: Counter[str] = Counter()
+    size = Path(uri).stat().st_size if not is_s3(uri) and Path(uri).is_file() else None
+    processes = workers if workers is not None else default_workers(size)
     report = ConvertReport(uri, "", 0, str(out_dir), max_reject_rate)
+    totals = _Batch()
     started = time.perf_counter()
-    loads = orjson.loads
     with (
-        atomic_path(out_dir) as tmp,
         open_uri(uri, "rb") as stream,
+        atomic_path(out_dir) as tmp,
         tqdm(total=size, unit="B", unit_scale=True, desc="convert-itag", disable=None) as progress,
+        _Chunker(stream, progress) as chunker,
     ):
         writer = _Writer(tmp)
-
-        def reject(line: int, reason: str, raw: bytes, detail: str = "") -> None:
-            rejected[reason] += 1
-            writer.reject(line, reason, raw, detail or REJECT_REASONS[reason])
-
-        number = 0
-        for number, line in enumerate(_lines(stream, digest, progress), start=1):
-            raw = line[3:] if number == 1 and line.startswith(_BOM) else line
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if not raw.strip():
-                report.empty_lines += 1
-                continue
-            try:
-                item = loads(raw)
-            except orjson.JSONDecodeError as exc:
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    reject(number, "not_utf8", raw)
-                else:
-                    reject(number, "not_json", raw, f"not valid JSON: {exc}")
-                continue
-            if not isinstance(item, dict):
-                reject(number, "not_object", raw, f"JSON {type(item).__name__}, expected an object")
-                continue
-            reviewed, system = _pick_labels(item)
-            label = reviewed if reviewed is not None else system
-            if _is_abandoned(item) or _is_abandoned(label):
-                report.abandoned += 1
-                continue
-            text, turns = _instruction(item.get("data"))
-            if not text:
-                reject(number, "missing_instruction", raw)
-                continue
-            output, why = _label_output(label) if label is not None else (None, "no label-* key")
-            if output is None:
-                reject(number, "missing_output", raw, why)
-                continue
-            try:
-                canonical, calls = _canonical(output)
-            except GrammarError as exc:
-                reject(number, "unparseable_output", raw, exc.reason)
-                continue
-            if reviewed is not None:
-                report.reviewed += 1
-                if system is not None and _first_mark(system) != _first_mark(reviewed):
-                    system_output, _ = _label_output(system)
-                    report.human_overrides += not _same_output(output, system_output)
-            else:
-                report.system_only += 1
-            lang = detect_lang(text)
-            first = calls[0]
-            writer.record(
-                {
-                    "id": f"itag-{number}",
-                    "text": text,
-                    "output": canonical,
-                    "intent": first.name,
-                    "params": list(first.args),
-                    "calls": [{"name": call.name, "args": list(call.args)} for call in calls],
-                    "lang": lang,
-                    "turns": turns,
-                    "reviewed": reviewed is not None,
-                    "source_line": number,
-                }
-            )
-            report.converted += 1
-            report.multi_intent += len(calls) > 1
-            report.multi_turn += turns > 1
-            languages[lang] += 1
-            intents[first.name] += 1
+        chunks = iter(chunker)
+        batches = (
+            (_convert_chunk(first, chunk) for first, _, chunk in chunks)
+            if processes <= 1
+            else _parallel(chunks, processes, None if is_s3(uri) else uri)
+        )
+        for batch in batches:
+            writer.write(batch)
+            for name in (
+                "converted",
+                "empty",
+                "abandoned",
+                "human_overrides",
+                "reviewed",
+                "multi_intent",
+                "multi_turn",
+            ):
+                setattr(totals, name, getattr(totals, name) + getattr(batch, name))
+            for name in ("rejected", "languages", "intents"):
+                merged = getattr(totals, name)
+                for key, count in getattr(batch, name).items():
+                    merged[key] = merged.get(key, 0) + count
         writer.close()
-        report.total_lines = number
-        report.manifest_sha256 = digest.hexdigest()
-        report.manifest_bytes = progress.n
-        report.rejected = dict(sorted(rejected.items()))
-        report.languages = dict(sorted(languages.items()))
-        report.intents = dict(sorted(intents.items()))
+        report.total_lines = chunker.lines
+        report.converted = totals.converted
+        report.empty_lines = totals.empty
+        report.abandoned = totals.abandoned
+        report.human_overrides = totals.human_overrides
+        report.reviewed = totals.reviewed
+        report.system_only = report.converted - totals.reviewed
+        report.multi_intent = totals.multi_intent
+        report.multi_turn = totals.multi_turn
+        report.rejected = dict(sorted(totals.rejected.items()))
+        report.languages = dict(sorted(totals.languages.items()))
+        report.intents = dict(sorted(totals.intents.items()))
+        report.manifest_sha256 = chunker.sha256()
+        report.manifest_bytes = chunker.bytes_read
+        report.workers = processes
         report.seconds = round(time.perf_counter() - started, 3)
         write_json(tmp / "report.json", report.to_dict())
     (log.info if report.passed else log.error)("convert-itag %s -> %s: %s", uri, out_dir, report.message)

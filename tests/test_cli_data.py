@@ -1,0 +1,125 @@
+"""`intentops convert itag | validate | split | prepare`, run in-process through intentops.cli.main."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from intentops.cli import main
+from intentops.io import write_jsonl
+from tests.test_itag import SEED_PAIRS, itag_line, write_manifest
+from tests.test_split import _records
+from tests.test_validate import CATALOG
+
+
+@pytest.fixture
+def catalog_file(tmp_path: Path) -> Path:
+    CATALOG.to_yaml(tmp_path / "catalog.yaml")
+    return tmp_path / "catalog.yaml"
+
+
+@pytest.fixture
+def records_file(tmp_path: Path) -> Path:
+    write_jsonl(tmp_path / "records.jsonl", _records())
+    return tmp_path / "records.jsonl"
+
+
+def _stdout_json(capsys: pytest.CaptureFixture[str]) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_convert_itag_exit_status_follows_reject_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", [*(itag_line(t, o) for t, o in SEED_PAIRS), "garbage"])
+    assert main(["convert", "itag", str(manifest), "--out", str(tmp_path / "ok"), "--max-reject-rate", "0.5"]) == 0
+    summary = _stdout_json(capsys)
+    assert summary["converted"] == 4 and summary["rejected"] == {"not_json": 1} and summary["passed"] is True
+
+    assert main(["convert", "itag", str(manifest), "--out", str(tmp_path / "strict")]) == 1
+    captured = capsys.readouterr()
+    assert "reject rate 20.00% exceeds the maximum 5.00%" in captured.err
+    assert (tmp_path / "strict" / "records.jsonl").exists() and (tmp_path / "strict" / "rejects.jsonl").exists()
+
+
+def test_convert_itag_reads_s3_and_reports_missing_input(
+    tmp_path: Path, s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", [itag_line(t, o) for t, o in SEED_PAIRS])
+    boto3.client("s3").upload_file(str(manifest), s3_bucket, "itag/export.manifest")
+    out = f"s3://{s3_bucket}/records/run1"
+    assert main(["convert", "itag", f"s3://{s3_bucket}/itag/export.manifest", "--out", out]) == 0
+    assert _stdout_json(capsys)["converted"] == 4
+    listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="records/run1/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [
+        f"records/run1/{name}" for name in ("records.jsonl", "rejects.jsonl", "report.json", "train.json")
+    ]
+
+    assert main(["convert", "itag", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "x")]) == 2
+    assert "absent.jsonl: no such file" in capsys.readouterr().err
+    assert main(["convert", "itag", f"s3://{s3_bucket}/itag/none", "--out", str(tmp_path / "x")]) == 2
+    assert f"s3://{s3_bucket}/itag/none: no such object" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_validate_exit_status_and_s3_catalog(
+    tmp_path: Path,
+    records_file: Path,
+    catalog_file: Path,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("INTENTOPS_CACHE", str(tmp_path / "cache"))
+    boto3.client("s3").upload_file(str(catalog_file), s3_bucket, "catalogs/mini.yaml")
+    args = ["validate", str(records_file), "--catalog", f"s3://{s3_bucket}/catalogs/mini.yaml"]
+    assert main([*args, "--out", str(tmp_path / "v1"), "--set", "data__min_examples_per_intent=10"]) == 0
+    summary = _stdout_json(capsys)
+    assert summary["passed"] is True and summary["errors"] == {}
+    assert summary["warnings"] == {"duplicate_text": 1}  # _records() repeats one utterance on purpose
+    assert list((tmp_path / "cache").rglob("mini.yaml"))
+
+    assert main([*args, "--out", str(tmp_path / "v2")]) == 1  # tiny-cpu config asks for 50 examples per intent
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["errors"] == {"min_examples_per_intent": 5}
+    assert "min_examples_per_intent (5)" in captured.err and "report.md" in captured.err
+    assert json.loads((tmp_path / "v2" / "report.json").read_text())["passed"] is False
+
+    override = "data__severities={min_examples_per_intent: warning}"
+    assert main([*args, "--out", str(tmp_path / "v3"), "--set", override]) == 0
+
+
+def test_split_and_prepare(
+    tmp_path: Path, records_file: Path, catalog_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--catalog", str(catalog_file), "--set", "data__min_examples_per_intent=10"]
+    assert main(["split", str(records_file), "--out", str(tmp_path / "s"), *common]) == 0
+    summary = _stdout_json(capsys)
+    assert summary["train"] + summary["val"] + summary["test"] == len(_records())
+
+    unseen = ["--set", "data__unseen_intents=[find_nearby]"]
+    assert main(["prepare", str(records_file), "--out", str(tmp_path / "p"), *common, *unseen]) == 0
+    summary = _stdout_json(capsys)
+    assert summary["unseen_intents"] == ["find_nearby"]
+    assert summary["dataset_hash"] == json.loads((tmp_path / "p" / "manifest.json").read_text())["dataset_hash"]
+    assert (tmp_path / "p" / "validation" / "report.md").exists()
+
+    assert main(["prepare", str(records_file), "--out", str(tmp_path / "f"), "--catalog", str(catalog_file)]) == 1
+    assert "dataset validation failed: min_examples_per_intent" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "f").iterdir()] == ["validation"]
+
+    bad = ["--set", "data__unseen_intents=[nope]"]
+    assert main(["split", str(records_file), "--out", str(tmp_path / "b"), *common, *bad]) == 2
+    assert "not in the catalog: nope" in capsys.readouterr().err
+
+
+def test_help_describes_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert "itag" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["convert", "itag", "--help"])
+    text = capsys.readouterr().out
+    assert "--max-reject-rate" in text and "human_overrides" in text
