@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ STAGE_TAG = "intentops.stage"
 ROLE_TAG = "intentops.role"
 DEFAULT_LOCAL_STORE = "mlflow.db"
 _MAX_PARAM_CHARS = 500
+_PARAMS_PER_REQUEST = 100
+_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9_.:/-]+$")
 
 
 def resolve_tracking_uri(cfg: RunConfig) -> str:
@@ -45,11 +48,17 @@ def configure(cfg: RunConfig) -> str:
 
 
 def parent_run_id(cfg: RunConfig, pipeline_run_id: str) -> str:
-    """The id of the pipeline's parent run, created (with the whole config as params) if it does not exist yet."""
+    """The id of the pipeline's parent run, created (with the whole config as params) if it does not exist yet.
+
+    Stages of one pipeline run are sequential, so find-or-create needs no lock.
+    """
     from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     experiment_id = configure(cfg)
     client = MlflowClient()
+    if not _SAFE_RUN_ID.match(pipeline_run_id):
+        raise ValueError(f"pipeline run id {pipeline_run_id!r}: use letters, digits and . _ : / - only")
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}' and tags.`{ROLE_TAG}` = 'pipeline'",
@@ -62,8 +71,9 @@ def parent_run_id(cfg: RunConfig, pipeline_run_id: str) -> str:
         run_name=f"pipeline-{pipeline_run_id}",
         tags={PIPELINE_RUN_TAG: pipeline_run_id, ROLE_TAG: "pipeline"},
     )
-    for key, value in cfg.flat().items():
-        client.log_param(run.info.run_id, key, str(value)[:_MAX_PARAM_CHARS])
+    params = [Param(key, str(value)[:_MAX_PARAM_CHARS]) for key, value in cfg.flat().items()]
+    for start in range(0, len(params), _PARAMS_PER_REQUEST):
+        client.log_batch(run.info.run_id, params=params[start : start + _PARAMS_PER_REQUEST])
     log.info("MLflow: created parent run %s for pipeline run %s", run.info.run_id, pipeline_run_id)
     return run.info.run_id
 
@@ -75,7 +85,11 @@ def stage_run(
     pipeline_run_id: str | None = None,
     params: dict[str, Any] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Run the block inside an MLflow run for `stage`, nested under the pipeline's parent run when there is one."""
+    """Run the block inside an MLflow run for `stage`, nested under the pipeline's parent run when there is one.
+
+    The parent shows RUNNING while a stage runs and FINISHED (or FAILED) after it, so the UI tells where a
+    pipeline run stands.
+    """
     import mlflow
 
     configure(cfg)
@@ -83,7 +97,16 @@ def stage_run(
     tags = {STAGE_TAG: stage, ROLE_TAG: "stage"}
     if pipeline_run_id:
         tags[PIPELINE_RUN_TAG] = pipeline_run_id
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
-        if params:
-            mlflow.log_params({key: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
-        yield run
+    client = mlflow.MlflowClient()
+    if parent:
+        client.update_run(parent, status="RUNNING")
+    outcome = "FAILED"
+    try:
+        with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
+            if params:
+                mlflow.log_params({key: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
+            yield run
+        outcome = "FINISHED"
+    finally:
+        if parent:
+            client.update_run(parent, status=outcome)

@@ -1,0 +1,129 @@
+"""`intentops register | promote | rollback | champion`: the MLflow model registry from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from intentops.cli import add_config_argument, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "register",
+        help="Register a candidate model in MLflow (challenger; champion only if the gate passed).",
+        description=(
+            "Log the model folder as an MLflow pyfunc with its catalog, prompt config, evaluation and gate decision, "
+            "register it as a new version tagged with catalog/dataset hashes, pipeline run id and git commit, set "
+            "@challenger, and set @champion only when gate.json says passed. Re-running the same pipeline run id "
+            "returns the version it already registered."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="Model folder (Hugging Face files + intentops.json).")
+    parser.add_argument("--eval", dest="eval_dir", help="Evaluation folder with metrics.json (logged with the model).")
+    parser.add_argument("--gate", dest="gate_path", help="gate.json; without it the version is a challenger only.")
+    parser.add_argument(
+        "--dataset", required=True, help="Dataset folder or its manifest.json (records the dataset hash)."
+    )
+    parser.add_argument("--pipeline-run-id", required=True, help="Pipeline run id (makes registration idempotent).")
+    _common(parser)
+    parser.set_defaults(handler=_register)
+
+    parser = subparsers.add_parser(
+        "promote",
+        help="Make a registered version the champion by hand.",
+        description="Point @champion at VERSION, bypassing the gate; the replaced champion is recorded for rollback.",
+    )
+    parser.add_argument("version", help="Registered model version number.")
+    parser.add_argument("--reason", default="manual promotion", help="Why (kept as a version tag).")
+    _common(parser)
+    parser.set_defaults(handler=_promote)
+
+    parser = subparsers.add_parser(
+        "rollback",
+        help="Move @champion back to the previous champion.",
+        description="Point @champion at the version the current champion replaced (its intentops.previous_champion).",
+    )
+    _common(parser)
+    parser.set_defaults(handler=_rollback)
+
+    parser = subparsers.add_parser(
+        "champion",
+        help="Show the current champion, its tags and the previous champion.",
+        description="Print the version behind @champion; exit status 1 when there is no champion yet.",
+    )
+    parser.add_argument("--json", action="store_true", help="Print the champion as JSON.")
+    _common(parser)
+    parser.set_defaults(handler=_champion)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--tracking-uri", help="MLflow tracking server (overrides registry.tracking_uri).")
+    parser.add_argument("--model-name", help="Registered model name (overrides registry.model_name).")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    cfg = config_from_args(args)
+    if args.tracking_uri:
+        cfg.registry.tracking_uri = args.tracking_uri
+    if args.model_name:
+        cfg.registry.model_name = args.model_name
+    return cfg
+
+
+def _print_version(version: Any, title: str) -> None:
+    print(f"{title}: {version.name} version {version.version} ({version.model_uri})")
+    print(f"  aliases: {', '.join(version.aliases) or '-'}")
+    print(f"  previous champion: {version.previous_champion or '-'}")
+    print(f"  run: {version.run_id or '-'}  created: {version.created_at}")
+    for key in sorted(version.tags):
+        print(f"  {key} = {version.tags[key]}")
+
+
+def _register(args: argparse.Namespace) -> int:
+    from intentops.registry import register_model
+
+    version = register_model(
+        args.model,
+        _config(args),
+        pipeline_run_id=args.pipeline_run_id,
+        eval_dir=args.eval_dir,
+        gate_path=args.gate_path,
+        dataset_manifest=args.dataset,
+    )
+    _print_version(version, "registered")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from intentops.registry import promote
+
+    _print_version(promote(_config(args), args.version, reason=args.reason), "champion")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from intentops.registry import rollback
+
+    _print_version(rollback(_config(args)), "champion")
+    return 0
+
+
+def _champion(args: argparse.Namespace) -> int:
+    from intentops.registry import champion_info
+
+    cfg = _config(args)
+    champion = champion_info(cfg)
+    if champion is None:
+        if args.json:
+            print(json.dumps(None))
+        else:
+            print(f"{cfg.registry.model_name} has no champion yet")
+        return 1
+    if args.json:
+        print(json.dumps(champion.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print_version(champion, "champion")
+    return 0
