@@ -1,0 +1,1 @@
+"""IntentOps Kubeflow components: one folder per pipeline stage (component.py + README.md), see README.md."""

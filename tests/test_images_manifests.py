@@ -1,0 +1,192 @@
+"""images/ (one pinned versions file, Dockerfiles, build script) and manifests/ (kustomize + schema validation)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+
+from intentops.config import PROJECT_ROOT
+
+IMAGES = PROJECT_ROOT / "images"
+MANIFESTS = PROJECT_ROOT / "manifests"
+VERSIONS = {key: value for key, value in dotenv_values(IMAGES / "versions.env").items() if value is not None}
+DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
+KUSTOMIZATIONS = [MANIFESTS / "base", *sorted(p for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
+KUBERNETES_VERSION = "1.30"
+
+
+def _pinned(image: str) -> bool:
+    """registry/name:tag with a real tag (or a digest), never latest."""
+    if "@sha256:" in image:
+        return True
+    name, sep, tag = image.rpartition(":")
+    return bool(sep) and "/" not in tag and bool(tag) and tag != "latest" and bool(name)
+
+
+def test_every_image_in_versions_env_is_pinned():
+    images = {key: value for key, value in VERSIONS.items() if key.endswith("_IMAGE")}
+    assert {"TRAINER_IMAGE", "SERVER_IMAGE", "VLLM_IMAGE", "PYTORCH_IMAGE", "MLFLOW_SERVER_IMAGE"} <= set(images)
+    for key, image in images.items():
+        assert _pinned(image), f"{key}={image} is not pinned to an explicit tag"
+        assert "$" not in image, f"{key}: unresolved reference"
+    assert VERSIONS["VLLM_IMAGE"].startswith("vllm/vllm-openai:v")
+    assert not re.search(r":latest\b", (IMAGES / "versions.env").read_text())
+
+
+def test_bash_and_python_read_versions_env_the_same_way():
+    script = f"set -a; source {IMAGES / 'versions.env'}; env -0"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, check=True, env={"PATH": os.environ["PATH"]})
+    bash = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
+    for key, value in VERSIONS.items():
+        assert bash[key] == value, key
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_bases_come_from_versions_env(dockerfile):
+    text = dockerfile.read_text(encoding="utf-8")
+    froms = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    assert froms, dockerfile
+    declared = re.findall(r"^ARG\s+(\w+)(=.*)?$", text, flags=re.MULTILINE)
+    assert not [name for name, default in declared if default], f"{dockerfile}: ARG defaults would bypass versions.env"
+    for base in froms:
+        match = re.fullmatch(r"\$\{(\w+)\}", base)
+        assert match, f"{dockerfile}: FROM {base} must be an ARG filled from images/versions.env"
+        assert _pinned(VERSIONS[match.group(1)])
+    for name, _ in declared:
+        assert name in VERSIONS, f"{dockerfile}: ARG {name} has no pin in versions.env"
+    assert not re.search(r":latest\b", text)
+
+
+def test_build_script_passes_every_pin_and_tags_the_pinned_names():
+    out = subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), "--dry-run"], capture_output=True, text=True, check=True, cwd="/"
+    ).stdout
+    builds = [line for line in out.splitlines() if line.startswith("docker build")]
+    pushes = [line.split()[-1] for line in out.splitlines() if line.startswith("docker push")]
+    assert len(builds) == len(DOCKERFILES)
+    tags = {"trainer": "TRAINER_IMAGE", "server": "SERVER_IMAGE", "mlflow": "MLFLOW_SERVER_IMAGE"}
+    for dockerfile in DOCKERFILES:
+        line = next(line for line in builds if f"{dockerfile}" in line)
+        for name in re.findall(r"^ARG\s+(\w+)", dockerfile.read_text(), flags=re.MULTILINE):
+            assert f"--build-arg {name}={VERSIONS[name]}" in line, (dockerfile, name)
+        assert f"--tag {VERSIONS[tags[dockerfile.parent.name]]}" in line
+    assert sorted(pushes) == sorted(VERSIONS[tag] for tag in tags.values())
+    bad = subprocess.run(["bash", str(IMAGES / "build.sh"), "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument 'nope'" in bad.stderr
+
+
+def test_components_and_manifests_use_the_same_pins():
+    from components._common import TRAINER_IMAGE
+
+    assert VERSIONS["TRAINER_IMAGE"] == TRAINER_IMAGE
+    images = {
+        container["image"]
+        for objects in map(_kustomize, KUSTOMIZATIONS)
+        for obj in objects
+        for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    }
+    assert images == {VERSIONS["MLFLOW_SERVER_IMAGE"], VERSIONS["POSTGRES_IMAGE"]}
+
+
+# ---- manifests -------------------------------------------------------------------------------------------------
+
+
+def _kustomize_command() -> list[str]:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    message = "needs `kustomize` (v4.2+) or `kubectl` >= 1.22 on PATH to build manifests/"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _kustomize(folder: Path) -> list[dict]:
+    out = subprocess.run([*_kustomize_command(), str(folder)], capture_output=True, text=True)
+    assert out.returncode == 0, f"kustomize build {folder}: {out.stderr}"
+    return [obj for obj in yaml.safe_load_all(out.stdout) if obj]
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: p.name)
+def test_kustomize_builds_and_every_object_passes_schema_validation(folder):
+    import kubernetes_validate
+
+    objects = _kustomize(folder)
+    assert objects
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "intentops", obj["metadata"]["name"]
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "intentops", obj["metadata"]["name"]
+
+
+def test_schema_validation_rejects_a_broken_object():
+    import kubernetes_validate
+
+    deployment = next(obj for obj in _kustomize(MANIFESTS / "base") if obj["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["replicas"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def _by_kind(objects: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
+
+
+def test_mlflow_server_uses_postgres_and_serves_s3_artifacts():
+    objects = _by_kind(_kustomize(MANIFESTS / "base"))
+    container = objects["Deployment", "mlflow"]["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in args)
+    assert "--serve-artifacts" in args
+    assert "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in args
+    assert objects["ConfigMap", "mlflow-config"]["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    env = {item["name"]: item["valueFrom"] for item in container["env"]}
+    assert env["POSTGRES_PASSWORD"]["secretKeyRef"]["name"] == "intentops-postgres"
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {
+        "name": "intentops-s3",
+        "key": "AWS_SECRET_ACCESS_KEY",
+        "optional": True,
+    }
+    assert ("StatefulSet", "intentops-postgres") in objects
+    assert objects["Service", "mlflow"]["spec"]["ports"][0]["port"] == 5000
+
+
+def test_pipeline_runner_may_deploy_models_and_nothing_cluster_wide():
+    objects = _by_kind(_kustomize(MANIFESTS / "base"))
+    role = objects["Role", "intentops-deployer"]
+    allowed = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for verb in ("create", "patch", "get", "list", "watch", "delete"):
+        assert ("serving.kserve.io", "inferenceservices", verb) in allowed
+        assert ("serving.kserve.io", "servingruntimes", verb) in allowed
+        assert ("apps", "deployments", verb) in allowed
+        assert ("", "services", verb) in allowed
+    assert not any(resource == "secrets" for _, resource, _ in allowed)
+    binding = objects["RoleBinding", "intentops-deployer"]
+    assert binding["roleRef"]["name"] == "intentops-deployer"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+    assert not [key for key in objects if key[0].startswith("Cluster")]
+
+
+def test_overlays_change_what_they_say():
+    gpu = _by_kind(_kustomize(MANIFESTS / "overlays" / "gpu-pool"))
+    assert gpu["ResourceQuota", "intentops-gpu-budget"]["spec"]["hard"]["requests.nvidia.com/gpu"] == "8"
+    managed = _by_kind(_kustomize(MANIFESTS / "overlays" / "managed-postgres"))
+    assert ("StatefulSet", "intentops-postgres") not in managed
+    assert ("Service", "intentops-postgres") not in managed
+    assert managed["ConfigMap", "mlflow-config"]["data"]["POSTGRES_HOST"] != "intentops-postgres"
+    assert managed["Deployment", "mlflow"]["spec"]["replicas"] == 2
