@@ -1,7 +1,8 @@
 """intentops-training: the whole DAG, iTAG manifest to a gated, registered and deployed intent detector.
 
     resolve-config -> convert-itag -> validate-dataset -> sft-warmup -> grpo-stage1 -> mine-hard-samples
-    -> grpo-stage2 -> evaluate -> gate -> dsl.If(gate.passed): register-model -> deploy-vllm
+    -> grpo-stage2 -> evaluate -> gate -> register-model (@challenger; @champion only if passed)
+    -> dsl.If(gate.passed): deploy-vllm
 
 Every knob of `intentops.config` is a pipeline parameter (see parameters.py). Composition only: what a stage does
 lives in components/<stage>/component.py and, below that, in the intentops library.
@@ -115,19 +116,20 @@ def training_dag(knobs: Knobs) -> None:
         GATE_SPEC,
         run,
     )
+    # Every candidate is registered as @challenger; register_model moves @champion only when gate.json passed.
+    registered = apply_stage(
+        register_model(
+            config=config,
+            model=candidate,
+            evaluation=evaluated.outputs["evaluation"],
+            decision=gated.outputs["decision"],
+            dataset=dataset,
+            pipeline_run_id=run_id,
+        ),
+        REGISTER_SPEC,
+        run,
+    )
     with dsl.If(gated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
-        registered = apply_stage(
-            register_model(
-                config=config,
-                model=candidate,
-                evaluation=evaluated.outputs["evaluation"],
-                decision=gated.outputs["decision"],
-                dataset=dataset,
-                pipeline_run_id=run_id,
-            ),
-            REGISTER_SPEC,
-            run,
-        )
         apply_stage(
             deploy_vllm(config=config, version=registered.outputs["version"], pipeline_run_id=run_id),
             DEPLOY_SPEC,

@@ -98,21 +98,22 @@ def test_every_knob_is_a_typed_described_parameter_with_its_default(compiled):
     assert str(PROJECT_ROOT) not in json.dumps(spec)
 
 
-def test_training_dag_has_every_stage_and_gates_promotion(compiled):
+def test_training_dag_has_every_stage_and_gates_deployment(compiled):
     spec, _ = compiled["training_pipeline"]
     tasks = _all_tasks(spec)
     assert set(tasks) >= TRAINING_TASKS
     root = spec["root"]["dag"]["tasks"]
-    assert "register-model" not in root and "deploy-vllm" not in root
+    # Every candidate is registered (the gate's decision picks its aliases); only deployment is conditional.
+    assert "register-model" in root and "deploy-vllm" not in root
+    assert set(root["register-model"]["dependentTasks"]) >= {"gate", "grpo-stage2", "evaluate"}
     condition = next(task for task in root.values() if task.get("triggerPolicy"))
     assert condition["taskInfo"]["name"] == "gate-passed"
     assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
     inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(inner) == {"register-model", "deploy-vllm"}
-    assert inner["deploy-vllm"]["inputs"]["parameters"]["version"]["taskOutputParameter"] == {
-        "outputParameterKey": "version",
-        "producerTask": "register-model",
-    }
+    assert set(inner) == {"deploy-vllm"}
+    assert inner["deploy-vllm"]["inputs"]["parameters"]["version"]["componentInputParameter"] == (
+        "pipelinechannel--register-model-version"
+    )
     assert tasks["grpo-stage2"]["dependentTasks"] == ["grpo-stage1", "mine-hard-samples", "resolve-config"]
 
 
