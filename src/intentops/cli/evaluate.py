@@ -1,0 +1,108 @@
+"""`intentops evaluate` and `intentops gate`.
+
+Exit status of `intentops gate`: 0 when the candidate may be promoted (including dry_run and disabled modes),
+3 when the gate blocks it, 2 on a usage or input error (as every intentops command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from intentops.cli import add_config_argument, config_from_args
+
+log = logging.getLogger(__name__)
+
+GATE_FAILED_EXIT = 3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="Evaluate a model folder on a dataset split (metrics, predictions, reports, MLflow).",
+        description=(
+            "Predict every record of a dataset split, compute intent/parameter accuracy (seed 002 definition), "
+            "macro-F1, per-intent scores, confusion matrix, seen/unseen and per-language splits, latency and the "
+            "majority / TF-IDF baselines; write metrics.json, predictions.jsonl, report.md, report.html and "
+            "confusion_matrix.png to --out and log them to MLflow."
+        ),
+    )
+    evaluate.add_argument("--model", required=True, help="IntentOps model folder (HF files + intentops.json).")
+    evaluate.add_argument("--dataset", required=True, help="Validated dataset folder (train/val/test.jsonl).")
+    evaluate.add_argument("--out", required=True, help="Output folder for the evaluation artifact.")
+    evaluate.add_argument("--split", default="test", help="Split to evaluate (default: test).")
+    evaluate.add_argument(
+        "--decoding",
+        choices=["generate", "label_scoring", "vllm", "auto"],
+        help="Override evaluation.decoding: batched generation, label scoring (seed 001), vLLM, or auto.",
+    )
+    evaluate.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run.")
+    add_config_argument(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+    gate = subparsers.add_parser(
+        "gate",
+        help="Decide whether an evaluated candidate may be promoted (exit 0 pass, 3 blocked).",
+        description=(
+            "Check the candidate's metrics against the gate thresholds and, unless disabled, against the current "
+            "champion evaluated now on the same test set. By default the champion is looked up in the MLflow "
+            "registry (alias 'champion'); --champion-model uses a local folder instead and --no-champion-lookup "
+            "skips the comparison. Writes gate.json and gate.md to --out. Exit status: 0 when promotion may "
+            "proceed (also in dry_run and disabled modes), 3 when the gate blocks it, 2 on input errors."
+        ),
+    )
+    gate.add_argument("--candidate", required=True, help="The candidate's evaluation folder (with metrics.json).")
+    gate.add_argument("--dataset", required=True, help="The dataset folder the candidate was evaluated on.")
+    gate.add_argument("--out", required=True, help="Output folder for gate.json, gate.md and the champion's eval.")
+    source = gate.add_mutually_exclusive_group()
+    source.add_argument("--champion-model", help="Compare with this local champion model folder.")
+    source.add_argument("--no-champion-lookup", action="store_true", help="Do not look up a champion in the registry.")
+    gate.add_argument("--pipeline-run-id", help="Nest the MLflow runs under this pipeline run.")
+    add_config_argument(gate)
+    gate.set_defaults(handler=_gate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from intentops.evaluation import evaluate_model
+
+    cfg = config_from_args(args)
+    if args.decoding:
+        cfg.evaluation.decoding = args.decoding
+    metrics = evaluate_model(args.model, args.dataset, cfg, args.out, args.pipeline_run_id, args.split)
+    summary = {key: metrics[key] for key in ("n", "intent_accuracy", "param_accuracy", "macro_f1", "format_error_rate")}
+    print(json.dumps({"out": str(Path(args.out)), "decoding": metrics["decoding"], **summary}, ensure_ascii=False))
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from intentops.evaluation import run_gate
+
+    cfg = config_from_args(args)
+    if args.champion_model or args.no_champion_lookup or cfg.gate.mode == "disabled":
+        decision = run_gate(args.candidate, args.dataset, cfg, args.out, args.champion_model, args.pipeline_run_id)
+    else:
+        from intentops.registry import download_champion
+
+        with tempfile.TemporaryDirectory(prefix="intentops-champion-") as tmp:
+            found = download_champion(cfg, Path(tmp))
+            if found is None:
+                log.info("no champion registered for %s: gating on thresholds only", cfg.registry.model_name)
+                decision = run_gate(args.candidate, args.dataset, cfg, args.out, None, args.pipeline_run_id)
+            else:
+                info, champion_dir = found
+                decision = run_gate(
+                    args.candidate,
+                    args.dataset,
+                    cfg,
+                    args.out,
+                    champion_dir,
+                    args.pipeline_run_id,
+                    champion_info=info.to_dict(),
+                )
+    print(
+        json.dumps({"passed": decision.passed, "mode": decision.mode, "reasons": decision.reasons}, ensure_ascii=False)
+    )
+    return 0 if decision.passed else GATE_FAILED_EXIT
