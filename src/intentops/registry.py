@@ -486,20 +486,6 @@ def _input_examples(catalog: Any) -> list[str]:
     return [chinese, english]
 
 
-def _scalar_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested metrics dict as `a.b.c` keys (lists such as the confusion matrix are skipped)."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            flat[name] = float(value)
-        elif isinstance(value, Mapping):
-            flat.update(_scalar_metrics(value, prefix=f"{name}."))
-    return flat
-
-
 def _headline_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
     """Top-level scalar metrics (intent_accuracy, param_accuracy, macro_f1, ...) as version tags."""
     return {
@@ -607,7 +593,9 @@ def _create_version(candidate: _Candidate, cfg: RunConfig, pipeline_run_id: str,
     with stage_run("register", cfg, pipeline_run_id, params=params), tempfile.TemporaryDirectory() as staging:
         log.info("registry: logging %s as an MLflow pyfunc", candidate.model_dir)
         info = _log_pyfunc(candidate, cfg, Path(staging))
-        scalars = _scalar_metrics(candidate.metrics)
+        from intentops.evaluation.report import scalar_metrics
+
+        scalars = scalar_metrics(candidate.metrics)
         if scalars:
             mlflow.log_metrics(scalars, model_id=info.model_id)
         if candidate.eval_dir is not None:
