@@ -63,6 +63,9 @@ class ModelConfig(_Section):
     tiny_intermediate_size: int = Field(192, ge=8, description="tiny profile: MLP width.")
     tiny_vocab_size: int = Field(3000, ge=300, description="tiny profile: BPE vocabulary trained on the data.")
     tiny_max_positions: int = Field(1024, ge=64, description="tiny profile: max positions.")
+    tiny_initializer_range: float = Field(
+        0.08, gt=0, description="tiny profile: init std; above HF's 0.02 so a from-scratch model learns in few steps."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 on GPU, else fp32."
     )
@@ -105,6 +108,9 @@ class SftConfig(_Section):
     resume: bool = Field(True, description="Resume from the last checkpoint in the output folder if one exists.")
     deepspeed: str = Field("", description="DeepSpeed JSON config path (configs/deepspeed/*.json); empty = none.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    check_samples: int = Field(
+        64, ge=0, description="After training, greedy intent accuracy on up to N training records (0 = skip)."
+    )
     seed: int = Field(42, description="Training seed.")
 
 
@@ -129,6 +135,9 @@ class GrpoConfig(_Section):
     reward_intent_weight: float = Field(1.0, ge=0, description="Weight of the intent reward.")
     reward_params_weight: float = Field(1.0, ge=0, description="Weight of the parameter reward.")
     strict_format: bool = Field(True, description="Strict template (seed 000) vs loose format reward.")
+    reward_partial_credit: bool = Field(
+        True, description="Multi-intent answers with some right calls earn their Jaccard overlap instead of 0."
+    )
     collapse_threshold: float = Field(0.05, ge=0, description="Mean reward share at or below this counts as collapse.")
     collapse_patience: int = Field(20, ge=1, description="Steps of collapse before training stops with an error.")
     logging_steps: int = Field(5, ge=1, description="Log every N steps.")
@@ -143,6 +152,9 @@ class MiningConfig(_Section):
     )
     easy_per_hard: float = Field(0.0, ge=0, description="Easy samples mixed in per hard sample (seed 000: 0 best).")
     last_steps_only: int = Field(0, ge=0, description="Score only rollouts of the last N logged steps; 0 = all.")
+    include_unscored: bool = Field(
+        False, description="Also train stage 2 on samples stage 1 never rolled out (difficulty unknown)."
+    )
     seed: int = Field(42, description="Seed for sampling easy examples.")
 
 

@@ -1,0 +1,166 @@
+"""`intentops train sft|grpo|mine`: the training stages, one command each, reading and writing paths or s3:// URIs.
+
+Exit status: 0 on success; 1 when GRPO stopped on reward collapse (no model written); 2 on a usage or input error.
+Each command prints a one-line JSON summary on stdout for the pipeline component that wraps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from intentops.cli import add_config_argument, config_from_args
+
+COLLAPSE_EXIT = 1
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="Training stages: SFT warm-up, GRPO stage 1/2, hard-sample mining.",
+        description="Training stages of the recipe: SFT warm-up -> GRPO stage 1 -> mine hard samples -> GRPO stage 2.",
+    )
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    sft = stages.add_parser(
+        "sft",
+        help="Supervised warm-up on a validated dataset (TRL SFTTrainer, loss on the answer only).",
+        description=(
+            "Fine-tune a base model on DATASET/train.jsonl with prompts from the catalog (full or LoRA, DeepSpeed "
+            "when sft.deepspeed is set), resuming from OUT/checkpoints when sft.resume is on. On the tiny profile "
+            "with no base model, a tiny Qwen2 and its tokenizer are first built from the dataset. Writes a model "
+            "folder with intentops.json (stage sft) and catalog.yaml."
+        ),
+    )
+    sft.add_argument("--dataset", required=True, help="Validated dataset folder (train.jsonl, catalog.yaml) or s3://.")
+    sft.add_argument("--out", required=True, help="Output model folder or s3:// prefix.")
+    sft.add_argument(
+        "--base-model",
+        default="",
+        help="Base model folder or s3:// prefix (default: model.base_model, or the tiny profile's model).",
+    )
+    sft.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run's parent run.")
+    add_config_argument(sft)
+    sft.set_defaults(handler=_sft)
+
+    grpo = stages.add_parser(
+        "grpo",
+        help="GRPO from a model folder (stage 1 on the training set, stage 2 on the mined hard set).",
+        description=(
+            "TRL GRPOTrainer with the format/intent/params rewards; every rollout's rewards go to "
+            "OUT/rollouts.parquet. Stage grpo2 on an empty training file passes the model on unchanged. Stops "
+            "with exit status 1, writing no model, when the reward collapses (grpo.collapse_*)."
+        ),
+    )
+    grpo.add_argument("--train", required=True, help="Training records (train.jsonl), local or s3://.")
+    grpo.add_argument("--model", required=True, help="Model folder to start from (an SFT or stage-1 output) or s3://.")
+    grpo.add_argument("--out", required=True, help="Output model folder or s3:// prefix.")
+    grpo.add_argument("--stage", choices=("grpo1", "grpo2"), default="grpo1", help="Which GRPO stage (default grpo1).")
+    grpo.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run's parent run.")
+    add_config_argument(grpo)
+    grpo.set_defaults(handler=_grpo)
+
+    mine = stages.add_parser(
+        "mine",
+        help="Mine the samples stage-1 rollouts did not master (reward-based curriculum sampling).",
+        description=(
+            "Score each training sample from its stage-1 rollouts and write OUT/train.jsonl (the hard samples, plus "
+            "mining.easy_per_hard easy ones), OUT/mining_report.json and OUT/mining_report.md."
+        ),
+    )
+    mine.add_argument("--rollouts", required=True, help="Stage-1 rollouts.parquet, local or s3://.")
+    mine.add_argument("--train", required=True, help="The stage-1 training records (train.jsonl), local or s3://.")
+    mine.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
+    add_config_argument(mine)
+    mine.set_defaults(handler=_mine)
+
+
+def _fetch(uri: str, cfg: Any) -> Path:
+    from intentops.storage import ensure_local
+
+    return ensure_local(uri, cfg.model.cache_dir or None)
+
+
+@contextmanager
+def _output(out: str) -> Iterator[Path]:
+    """A local folder for the stage's output; an s3:// --out is written locally and uploaded when the stage succeeds."""
+    from intentops.storage import is_s3, upload
+
+    if not is_s3(out):
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="intentops-train-") as scratch:
+        local = Path(scratch) / "out"
+        yield local
+        upload(local, out)
+
+
+def _print(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary, ensure_ascii=False, default=str))
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from intentops.models import read_model_card
+    from intentops.training.sft import run_sft
+
+    cfg = config_from_args(args)
+    dataset = _fetch(args.dataset, cfg)
+    with _output(args.out) as out:
+        model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
+        card = read_model_card(model_dir)
+    _print({"out": args.out, "stage": "sft", "training": card.get("training", {})})
+    return 0
+
+
+def _grpo(args: argparse.Namespace) -> int:
+    from intentops.training.grpo import RewardCollapseError, run_grpo
+
+    cfg = config_from_args(args)
+    train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
+    try:
+        with _output(args.out) as out:
+            result = run_grpo(train, model, cfg, out, stage=args.stage, pipeline_run_id=args.pipeline_run_id)
+    except RewardCollapseError as exc:
+        print(f"intentops train grpo: {exc}", file=sys.stderr)
+        return COLLAPSE_EXIT
+    _print(
+        {
+            "out": args.out,
+            "stage": result.stage,
+            "skipped": result.skipped,
+            "reason": result.reason,
+            "train_records": result.train_records,
+            "steps": result.steps,
+            "metrics": result.metrics,
+        }
+    )
+    return 0
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from intentops.training.curriculum import mine_hard_samples
+
+    cfg = config_from_args(args)
+    rollouts, train = _fetch(args.rollouts, cfg), _fetch(args.train, cfg)
+    with _output(args.out) as out:
+        report = mine_hard_samples(rollouts, train, cfg.mining, out)
+    _print(
+        {
+            "out": args.out,
+            "message": report.message,
+            "hard": report.hard,
+            "easy_selected": report.easy_selected,
+            "selected": report.selected,
+            "scored": report.scored,
+            "unscored": report.unscored,
+        }
+    )
+    return 0

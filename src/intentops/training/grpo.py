@@ -1,0 +1,442 @@
+"""GRPO stages (seed 000): stage 1 on the whole training set from the SFT weights, stage 2 on the mined hard set.
+
+TRL's `GRPOTrainer` samples `num_generations` completions per prompt and scores them with the rule-based rewards of
+`intentops.rewards` (format, intent, params; weights from the config). Every rollout's reward components are appended
+to `out_dir/rollouts.parquet` (one row per completion: sample id, step, generation index), which is what hard-sample
+mining reads. A collapse guard stops training with `RewardCollapseError` when the reward or the format validity
+stays near zero, so a broken policy is never handed on. Stage 2 on an empty hard set passes the stage-1 model on.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from intentops import tracking
+from intentops.config import RunConfig
+from intentops.io import write_jsonl
+from intentops.models import (
+    bf16_available,
+    copy_model,
+    invalidate_model_dir,
+    load_model_and_tokenizer,
+    publish_model_dir,
+    read_model_card,
+)
+from intentops.prompting import PromptBuilder
+from intentops.rewards import REWARD_WEIGHTS_METADATA, RewardWeights, make_reward_funcs
+from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["grpo1", "grpo2"]
+STAGES: tuple[str, ...] = ("grpo1", "grpo2")
+ROLLOUTS_FILE = "rollouts.parquet"
+COLLAPSED_ROLLOUTS_FILE = "rollouts.collapsed.parquet"
+REJECTS_FILE = "rejected_prompts.jsonl"
+ROLLOUT_COLUMNS = (
+    "sample_id",
+    "step",
+    "generation",
+    "completion",
+    "reward_format",
+    "reward_intent",
+    "reward_params",
+    "reward_total",
+)
+
+
+class RewardCollapseError(RuntimeError):
+    """GRPO's reward or format validity stayed near zero: the policy is broken and must not be handed on."""
+
+
+@dataclass
+class GrpoResult:
+    stage: str
+    model_dir: Path
+    rollouts_path: Path | None
+    train_records: int
+    steps: int = 0
+    skipped: bool = False
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _rollout_schema(reward_weights: Sequence[float]) -> Any:
+    """Columns per docs/architecture.md; the weights ride along as metadata so mining knows a perfect total."""
+    import json
+
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("sample_id", pa.string()),
+            ("step", pa.int64()),
+            ("generation", pa.int64()),
+            ("completion", pa.string()),
+            ("reward_format", pa.float64()),
+            ("reward_intent", pa.float64()),
+            ("reward_params", pa.float64()),
+            ("reward_total", pa.float64()),
+        ],
+        metadata={REWARD_WEIGHTS_METADATA: json.dumps(list(reward_weights))},
+    )
+
+
+class RolloutLog:
+    """Appends scored rollouts to a parquet file as training goes; `close()` moves it into place atomically.
+
+    The generation index counts a sample's completions within a step (0..num_generations-1). Under several processes
+    the rows are gathered to the main process, which alone writes.
+    """
+
+    def __init__(self, path: Path, reward_weights: Sequence[float]) -> None:
+        self.path = path
+        self._schema = _rollout_schema(reward_weights)
+        self._partial = path.with_name(f".{path.name}.partial")
+        self._writer: Any = None
+        self._seen: Counter[tuple[int, str]] = Counter()
+        self.rows = 0
+
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState()
+        if state.num_processes > 1:
+            rows = gather_object(rows)
+            if not state.is_main_process:
+                return
+        records = []
+        for row in rows:
+            key = (int(row["step"]), str(row["sample_id"]))
+            records.append(
+                {
+                    "sample_id": key[1],
+                    "step": key[0],
+                    "generation": self._seen[key],
+                    "completion": row["completion"],
+                    "reward_format": row["format"],
+                    "reward_intent": row["intent"],
+                    "reward_params": row["params"],
+                    "reward_total": row["total"],
+                }
+            )
+            self._seen[key] += 1
+        if self._writer is None:
+            self._partial.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._partial, self._schema)
+        self._writer.write_table(pa.Table.from_pylist(records, schema=self._schema))
+        self.rows += len(records)
+
+    def close(self, target: Path | None = None) -> Path | None:
+        """Finish the file and rename it to `target` (default: the log's path); None when nothing was logged."""
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._writer = None
+        final = target or self.path
+        os.replace(self._partial, final)
+        return final
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._partial.unlink(missing_ok=True)
+
+
+def _collapse_guard(total_weight: float, threshold: float, patience: int) -> TrainerCallback:
+    from transformers import TrainerCallback
+
+    class CollapseGuard(TrainerCallback):
+        """Counts consecutive logged steps whose mean reward share or format validity is <= threshold."""
+
+        def __init__(self) -> None:
+            self.streak = 0
+
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if not logs or "reward" not in logs:
+                return
+            share = float(logs["reward"]) / total_weight
+            validity = logs.get("rewards/format/mean")
+            collapsed = share <= threshold or (validity is not None and float(validity) <= threshold)
+            self.streak = self.streak + 1 if collapsed else 0
+            if self.streak >= patience:
+                raise RewardCollapseError(
+                    f"reward collapse at step {state.global_step}: mean reward share {share:.3f} and format validity "
+                    f"{validity if validity is None else round(float(validity), 3)} have been <= "
+                    f"grpo.collapse_threshold={threshold} for {self.streak} logged steps "
+                    f"(grpo.collapse_patience={patience}); no model was written. Check the SFT warm-up, "
+                    f"the learning rate and the reward weights."
+                )
+
+    return CollapseGuard()
+
+
+def _prompt_rows(
+    records: Sequence[dict[str, Any]], builder: PromptBuilder, tokenizer: Any, max_prompt_length: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """GRPO rows (conversational prompt + reference output + id) and the records whose prompt is too long.
+
+    TRL no longer truncates prompts (cutting a chat prompt would drop the tool list), so over-long prompts are left
+    out and reported instead of silently trained on a mangled context.
+    """
+    rows, rejects = [], []
+    for record in records:
+        messages = builder.messages(record["text"])
+        length = len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"])
+        if length > max_prompt_length:
+            rejects.append(
+                {
+                    "id": record["id"],
+                    "reason": f"prompt has {length} tokens > grpo.max_prompt_length={max_prompt_length}",
+                    "text": record["text"],
+                }
+            )
+            continue
+        rows.append({"prompt": messages, "output": record["output"], "id": str(record["id"])})
+    return rows, rejects
+
+
+def _fill_one_batch(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, Any]]:
+    """Cycle a set smaller than one step's prompts (a small hard set) so every step has full groups.
+
+    TRL's sampler drops incomplete prompt batches, so such a set would otherwise train for zero steps.
+    """
+    from accelerate import PartialState
+
+    if not rows:
+        return rows
+    grpo = cfg.grpo
+    needed = grpo.batch_size * grpo.gradient_accumulation_steps * PartialState().num_processes // grpo.num_generations
+    if len(rows) >= needed:
+        return rows
+    log.warning("%d prompts are fewer than the %d one GRPO step needs; cycling them", len(rows), needed)
+    return [rows[i % len(rows)] for i in range(needed)]
+
+
+def _check_batch(cfg: RunConfig) -> None:
+    grpo = cfg.grpo
+    generation_batch = grpo.batch_size * grpo.gradient_accumulation_steps
+    if generation_batch % grpo.num_generations:
+        raise ValueError(
+            f"grpo.batch_size x grpo.gradient_accumulation_steps = {generation_batch} completions per step is not "
+            f"divisible by grpo.num_generations={grpo.num_generations}"
+        )
+
+
+def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights: list[float]) -> Any:
+    """TRL `GRPOConfig` from the run configuration (bf16 only where the hardware has it; DeepSpeed passed through)."""
+    from trl import GRPOConfig
+
+    grpo = cfg.grpo
+    return GRPOConfig(
+        output_dir=str(out / CHECKPOINTS),
+        max_steps=max_steps,
+        learning_rate=grpo.learning_rate,
+        per_device_train_batch_size=grpo.batch_size,
+        gradient_accumulation_steps=grpo.gradient_accumulation_steps,
+        num_generations=grpo.num_generations,
+        beta=grpo.beta,
+        loss_type=grpo.loss_type,
+        scale_rewards=grpo.scale_rewards,
+        temperature=grpo.temperature,
+        max_completion_length=grpo.max_completion_length,
+        reward_weights=reward_weights,
+        use_vllm=grpo.use_vllm,
+        vllm_mode=grpo.vllm_mode,
+        logging_steps=grpo.logging_steps,
+        save_strategy="steps",
+        save_steps=grpo.save_steps,
+        save_total_limit=cfg.sft.save_total_limit,
+        gradient_checkpointing=cfg.sft.gradient_checkpointing,
+        bf16=bf16_available() and cfg.model.dtype in ("auto", "bfloat16"),
+        fp16=False,
+        deepspeed=deepspeed_config(grpo.deepspeed, "grpo.deepspeed"),
+        seed=grpo.seed,
+        data_seed=grpo.seed,
+        report_to="none",
+        log_completions=False,
+        dataloader_num_workers=0,
+    )
+
+
+def run_grpo(
+    train_path: str | Path,
+    model_dir: str | Path,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    stage: Stage = "grpo1",
+    pipeline_run_id: str | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> GrpoResult:
+    """GRPO from the model folder `model_dir` on the records of `train_path`; writes a model folder (card stage
+    `stage`) and `rollouts.parquet` to `out_dir`. Stage 2 with no records passes `model_dir` on unchanged.
+
+    `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    train_path, model_dir, out = Path(train_path), Path(model_dir), Path(out_dir)
+    parent_card = read_model_card(model_dir)
+    records = load_split(train_path)
+    if not records:
+        if stage == "grpo1":
+            raise ValueError(f"{train_path}: no training records for GRPO stage 1")
+        return _pass_on(model_dir, out, cfg, pipeline_run_id, train_path)
+    if cfg.grpo.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "grpo.use_vllm is set but vllm is not importable here; install it (pip install 'intentops[serve]') "
+            "or set grpo__use_vllm=false to generate rollouts with transformers"
+        )
+    _check_batch(cfg)
+    max_steps = cfg.grpo.stage1_max_steps if stage == "grpo1" else cfg.grpo.stage2_max_steps
+    builder = PromptBuilder.from_model_dir(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    invalidate_model_dir(out)
+    model, tokenizer = load_model_and_tokenizer(model_dir, cfg.model)
+    rows, rejects = _prompt_rows(records, builder, tokenizer, cfg.grpo.max_prompt_length)
+    n_records = len(rows)
+    rows = _fill_one_batch(rows, cfg)
+    write_jsonl(out / REJECTS_FILE, rejects)
+    if rejects:
+        log.warning(
+            "%d of %d prompts are longer than grpo.max_prompt_length; listed in %s",
+            len(rejects),
+            len(records),
+            out / REJECTS_FILE,
+        )
+    if not rows:
+        raise ValueError(
+            f"{train_path}: every prompt is longer than grpo.max_prompt_length={cfg.grpo.max_prompt_length}"
+        )
+
+    from accelerate import PartialState
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from intentops.training.callbacks import MlflowStepMetrics, ProgressLog
+
+    grpo = cfg.grpo
+    weights = RewardWeights.from_config(grpo)
+    rollouts = RolloutLog(out / ROLLOUTS_FILE, weights.as_list())
+    reward_funcs, reward_weights = make_reward_funcs(builder, grpo, rollouts)
+    args = grpo_training_args(cfg, out, max_steps, reward_weights)
+    params = {
+        "stage": stage,
+        "model_dir": str(model_dir),
+        "train_path": str(train_path),
+        "train_records": n_records,
+        "max_steps": max_steps,
+        **{f"grpo__{k}": v for k, v in grpo.model_dump().items()},
+        "model__lora": cfg.model.lora,
+    }
+    guard = _collapse_guard(weights.total, grpo.collapse_threshold, grpo.collapse_patience)
+    main = PartialState().is_main_process
+    stage_run = tracking.stage_run(stage, cfg, pipeline_run_id, params=params) if main else nullcontext(None)
+    with stage_run as run:
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg) if cfg.model.lora else None,
+            callbacks=[
+                MlflowStepMetrics(),
+                ProgressLog(stage, ("reward", "rewards/format/mean", "rewards/intent/mean", "rewards/params/mean")),
+                guard,
+                *callbacks,
+            ],
+        )
+        log.info("%s: %d steps on %d prompts x %d generations", stage, max_steps, n_records, grpo.num_generations)
+        try:
+            train_result = trainer.train()
+        except RewardCollapseError as exc:
+            kept = rollouts.close(out / COLLAPSED_ROLLOUTS_FILE)
+            if run is not None:
+                import mlflow
+
+                mlflow.set_tag("intentops.collapse", str(exc)[:5000])
+            log.error("%s (rollouts kept in %s)", exc, kept)
+            raise
+        except BaseException:
+            rollouts.discard()
+            raise
+        history = [entry for entry in trainer.state.log_history if "reward" in entry]
+        staging = stage_trained_model(trainer, out, stage, model_dir, cfg, tokenizer)
+        del trainer, model
+        gc.collect()
+        rollouts_path = rollouts.close()
+        if staging is None:  # not the main process
+            return GrpoResult(stage, out, rollouts_path, n_records, steps=train_result.global_step)
+        final = history[-1] if history else {}
+        metrics = {
+            "final_reward": float(final.get("reward", float("nan"))),
+            "final_format_valid": float(final.get("rewards/format/mean", float("nan"))),
+            "final_intent_reward": float(final.get("rewards/intent/mean", float("nan"))),
+            "rollouts": float(rollouts.rows),
+            "train_runtime": float(train_result.metrics.get("train_runtime", 0.0)),
+        }
+        publish_model_dir(
+            staging,
+            out,
+            builder,
+            base_model=parent_card.get("base_model", str(model_dir)),
+            stage=stage,
+            catalog_hash=parent_card.get("catalog_hash", builder.catalog.content_hash),
+            dataset_hash=parent_card.get("dataset_hash", ""),
+            parent=parent_card,
+            training={
+                "train_path": str(train_path),
+                "records": n_records,
+                "steps": train_result.global_step,
+                "num_generations": grpo.num_generations,
+                "reward_weights": reward_weights,
+                "strict_format": grpo.strict_format,
+                "rollouts": rollouts.rows,
+                "metrics": metrics,
+                "mlflow_run_id": run.info.run_id if run is not None else None,
+            },
+        )
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+            if rollouts_path is not None:
+                mlflow.log_artifact(str(rollouts_path))
+    log.info("%s model written to %s (%d rollouts logged)", stage, out, rollouts.rows)
+    return GrpoResult(stage, out, rollouts_path, n_records, steps=train_result.global_step, metrics=metrics)
+
+
+def _pass_on(model_dir: Path, out: Path, cfg: RunConfig, pipeline_run_id: str | None, train_path: Path) -> GrpoResult:
+    """Stage 2 with nothing to learn from: say so, and hand the stage-1 model on unchanged."""
+    reason = f"skipped: no hard samples in {train_path}"
+    log.info("grpo2 %s; passing %s on unchanged", reason, model_dir)
+    with tracking.stage_run("grpo2", cfg, pipeline_run_id, params={"skipped": reason, "model_dir": str(model_dir)}):
+        import mlflow
+
+        mlflow.set_tag("intentops.skipped", reason)
+        copy_model(model_dir, out, stage="grpo2", skipped=reason)
+    return GrpoResult("grpo2", out, None, 0, skipped=True, reason=reason)
