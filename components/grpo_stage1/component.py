@@ -35,8 +35,6 @@ def grpo_stage1(
         model: Output model folder (stage grpo1).
         rollouts: Output folder with rollouts.parquet (sample_id, step, generation, completion, reward_*).
     """
-    import os
-    import shutil
     import time
 
     from intentops.config import load_config
@@ -45,19 +43,6 @@ def grpo_stage1(
     started = time.perf_counter()
     cfg = load_config(config.path)
     result = run_grpo(f"{dataset.path}/train.jsonl", sft_model.path, cfg, model.path, "grpo1", pipeline_run_id)
-    # The rollout log is its own artifact (mine-hard-samples reads it); the model folder keeps the weights only.
-    os.makedirs(rollouts.path, exist_ok=True)
-    if result.rollouts_path is not None:
-        shutil.move(result.rollouts_path, f"{rollouts.path}/rollouts.parquet")
-    model.metadata.update(
-        {
-            "stage": result.stage,
-            "train_records": result.train_records,
-            "steps": result.steps,
-            "skipped": result.skipped,
-            **({"skip_reason": result.reason} if result.skipped else {}),
-            **{key: round(value, 4) for key, value in result.metrics.items() if value == value},
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    result.move_rollouts(rollouts.path)
+    model.metadata.update({**result.summary(), "stage_seconds": round(time.perf_counter() - started, 3)})
     rollouts.metadata.update({"rows": int(result.metrics.get("rollouts", 0)), "stage": result.stage})

@@ -37,10 +37,10 @@ def validate_dataset(
     import time
 
     import mlflow
-    from intentops.data.split import prepare_dataset
 
     from intentops.catalog import load_catalog
     from intentops.config import load_config
+    from intentops.data.split import prepare_dataset
     from intentops.io import read_json
     from intentops.storage import ensure_local
     from intentops.tracking import stage_run

@@ -72,6 +72,25 @@ class GrpoResult:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """What a person following the run needs at a glance (KFP artifact metadata, CLI output)."""
+        return {
+            "stage": self.stage,
+            "train_records": self.train_records,
+            "steps": self.steps,
+            "skipped": self.skipped,
+            **({"skip_reason": self.reason} if self.skipped else {}),
+            **{key: round(value, 4) for key, value in self.metrics.items() if value == value},  # drop NaN
+        }
+
+    def move_rollouts(self, dest_dir: str | Path) -> None:
+        """Hand the rollout log on as its own artifact (mine-hard-samples reads it); the model keeps the weights."""
+        import shutil
+
+        Path(dest_dir).mkdir(parents=True, exist_ok=True)
+        if self.rollouts_path is not None:
+            shutil.move(self.rollouts_path, Path(dest_dir) / "rollouts.parquet")
+
 
 def _rollout_schema(reward_weights: Sequence[float]) -> Any:
     """Columns per docs/architecture.md; the weights ride along as metadata so mining knows a perfect total."""
