@@ -777,7 +777,14 @@ def start_local_server(cfg: RunConfig, model: mf.ModelRef, port: int | None = No
         "-p",
         str(port),
     ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(cfg)}
+    # MLflow's server execs `uvicorn` by name: put this interpreter's scripts first, so an environment used
+    # without activation (make, CI, a KFP step) serves with its own uvicorn.
+    scripts = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": resolve_tracking_uri(cfg),
+        "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
+    }
     log.info("local: %s", " ".join(command))
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
