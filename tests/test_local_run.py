@@ -1,7 +1,7 @@
 """The compiled pipeline end to end on this machine (`intentops run`: kfp.local SubprocessRunner), both gate branches.
 
 One MLflow store for the module, in order: a run whose gate passes (register + bounded local deploy run), a run whose
-gate cannot pass (register + deploy skipped, nothing new in the registry), then retrain-if-changed on the same inputs
+gate cannot pass (registered as @challenger only, deploy skipped, champion unchanged), then retrain-if-changed on the same inputs
 (stops after check-changes). Knobs are shrunk (6 intents, a 1-layer model, a few steps) so the three runs stay
 within a few minutes on two cores; what they check is the orchestration, not model quality.
 """
@@ -174,20 +174,22 @@ def test_gate_pass_branch_registers_and_deploys(passed_run, workdir):
     assert state_pid is None or not process_alive(int(state_pid))
 
 
-def test_gate_fail_branch_skips_register_and_deploy(passed_run, small_inputs, workdir, capsys):
+def test_gate_fail_branch_registers_a_challenger_and_skips_deploy(passed_run, small_inputs, workdir, capsys):
     from intentops.cli.pipeline import format_summary, run_local
     from intentops.registry import champion_info
 
     summary = run_local(_config(small_inputs, FAIL_GATE), workdir)
     assert summary.gate["passed"] is False
-    assert summary.skipped == ["register-model", "deploy-vllm"]
-    assert summary.registered == {} and summary.deployment == {}
+    assert summary.skipped == ["deploy-vllm"]
+    assert summary.deployment == {}
+    assert summary.registered["version"] == "2"  # every candidate is registered...
+    assert summary.registered["aliases"].split(",") == ["challenger"]  # ...but only as the challenger
     assert summary.gate["champion_version"] == "1"  # the champion was evaluated on the same test set
     cfg = load_config(None, {"registry__tracking_uri": summary.tracking_uri})
     assert champion_info(cfg).version == "1"  # nothing new was promoted
     text = format_summary(summary)
     assert "gate (enabled): FAILED" in text
-    assert "register-model" in text and "skipped" in text
+    assert "deploy-vllm" in text and "skipped" in text
     assert f"mlflow ui --backend-store-uri {summary.tracking_uri}" in text
 
 
