@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -35,6 +34,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from readme_section import README, write_section
 
 from intentops.catalog import load_catalog
 from intentops.cli import add_config_argument, config_from_args
@@ -48,12 +49,12 @@ from intentops.evaluation.predictors import (
     chat_prompts,
     prediction_from_completion,
 )
-from intentops.io import atomic_write_text, write_json
+from intentops.io import write_json
 from intentops.models import load_model_and_tokenizer, read_model_card
 from intentops.prompting import PromptBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "bench" / "README.md"
+
 SECTION = "evaluation"
 SEED_MAX_NEW_TOKENS = 64  # what the seed 002 script uses
 INTENT_ONLY = "label scoring, intents only"
@@ -167,17 +168,6 @@ def markdown(report: dict[str, Any]) -> str:
         "model (billion-parameter models on a GPU); that setting is not measured here.\n\n"
         f"Reproduce:\n\n```bash\n{report['command']}\n```\n"
     )
-
-
-def write_readme(section: str, path: Path = README) -> None:
-    """Replace this benchmark's `## evaluation` section of bench/README.md (or append it), leaving the rest alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {SECTION}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        updated = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        updated = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, updated.rstrip("\n") + "\n")
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
@@ -306,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, report)
     if args.write_readme:
-        write_readme(markdown(report))
+        write_section(SECTION, markdown(report))
         print(f"updated section '{SECTION}' of {README}")
     print(json.dumps({r["method"]: r["speedup"] for r in rows}))
     return 0

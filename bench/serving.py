@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -29,13 +28,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from readme_section import README, write_section
+
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR
-from intentops.io import atomic_write_text, write_json
+from intentops.io import write_json
 from intentops.serving.client import ClientError, IntentClient
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "bench" / "README.md"
+
 SECTION = "serving"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -106,17 +107,6 @@ def markdown(report: dict[str, Any]) -> str:
         "Reproduce (a registered champion; any RunConfig with its registry):\n\n"
         f"```bash\nintentops deploy --target local --detach\n{report['command']}\nintentops serve stop\n```\n"
     )
-
-
-def write_readme(section: str, path: Path = README) -> None:
-    """Replace this benchmark's `## serving` section of bench/README.md (or append it), leaving the rest alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {SECTION}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        updated = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        updated = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, updated.rstrip("\n") + "\n")
 
 
 def _reproducible(argv: list[str] | None) -> list[str]:
@@ -201,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_json(args.out, report)
     if args.write_readme:
-        write_readme(markdown(report))
+        write_section(SECTION, markdown(report))
     return 0
 
 

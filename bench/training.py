@@ -18,7 +18,6 @@ import argparse
 import logging
 import os
 import platform
-import re
 import resource
 import shlex
 import shutil
@@ -29,13 +28,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from readme_section import README, write_section
+
 from intentops.catalog import load_catalog
 from intentops.cli import add_config_argument, config_from_args
 from intentops.config import EXAMPLE_DIR, RunConfig
-from intentops.io import atomic_write_text, read_jsonl, write_json
+from intentops.io import read_jsonl, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "bench" / "README.md"
+
 SECTION = "training"
 TARGET_S = 600.0
 log = logging.getLogger("bench.training")
@@ -159,17 +160,6 @@ def readme_section(report: dict[str, Any]) -> str:
     )
 
 
-def write_readme(section: str, path: Path = README) -> None:
-    """Replace this benchmark's `## training` section of bench/README.md (or append it), leaving the rest alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {SECTION}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        updated = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        updated = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, updated.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "intentops" / "bench-training"))
@@ -193,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, report)
     if args.write_readme:
-        write_readme(readme_section(report))
+        write_section(SECTION, readme_section(report))
         print(f"updated section '{SECTION}' of {README}")
     return 0 if report["chain_wall_s"] <= TARGET_S else 1
 
