@@ -18,6 +18,10 @@ from intentops.prompting import PromptBuilder
 from intentops.serving import deploy as dp
 from intentops.serving import manifests as mf
 from intentops.serving.client import MAX_CALLS, IntentClient, structured_outputs, valid_calls
+from intentops.serving.k8s_rollout import canary_replicas, rollout_k8s
+from intentops.serving.kserve_rollout import rollout_kserve
+from intentops.serving.kube import Cluster
+from intentops.serving.smoke import smoke_probes
 from tests.fake_k8s import (
     APPLY_CONTENT_TYPE,
     FakeKubernetes,
@@ -77,8 +81,8 @@ def fakes(catalog: Catalog, images: None) -> Iterator[tuple[FakeKubernetes, Fake
 
 
 @pytest.fixture
-def cluster(fakes: tuple[FakeKubernetes, FakeOpenAI], tmp_path: Path) -> dp.Cluster:
-    return dp.Cluster(fakes[0].api_client(), "intentops", poll_s=0.05, discovery_cache=str(tmp_path / "discovery"))
+def cluster(fakes: tuple[FakeKubernetes, FakeOpenAI], tmp_path: Path) -> Cluster:
+    return Cluster(fakes[0].api_client(), "intentops", poll_s=0.05, discovery_cache=str(tmp_path / "discovery"))
 
 
 @pytest.fixture
@@ -100,10 +104,10 @@ def isvc_applies(kube: FakeKubernetes) -> list[tuple[str, Any]]:
 
 
 def test_kserve_first_rollout_applies_waits_and_smoke_tests_with_constraints(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, kserve: KServeController, builder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
 ) -> None:
     kube, openai = fakes
-    result = dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+    result = rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
 
     assert [r.body["kind"] for r in kube.applies()] == ["ServiceAccount", "ServingRuntime", "InferenceService"]
     for request in kube.applies():
@@ -125,11 +129,11 @@ def test_kserve_first_rollout_applies_waits_and_smoke_tests_with_constraints(
 
 
 def test_kserve_canary_is_smoke_tested_on_its_own_url_then_promoted(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, kserve: KServeController, builder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
 ) -> None:
     kube, openai = fakes
-    dp.rollout_kserve(cfg, model("1"), builder, cluster, 20, smoke_requests=SMOKE)
-    result = dp.rollout_kserve(cfg, model("2"), builder, cluster, 20, smoke_requests=SMOKE)
+    rollout_kserve(cfg, model("1"), builder, cluster, 20, smoke_requests=SMOKE)
+    result = rollout_kserve(cfg, model("2"), builder, cluster, 20, smoke_requests=SMOKE)
 
     assert isvc_applies(kube) == [("1", None), ("2", 20), ("2", None)]
     canary_step = kserve.history[1]["traffic"]
@@ -148,15 +152,15 @@ def test_kserve_canary_failing_smoke_or_error_rate_rolls_back(
     behaviour: str,
     cfg: RunConfig,
     fakes: tuple[FakeKubernetes, FakeOpenAI],
-    cluster: dp.Cluster,
+    cluster: Cluster,
     kserve: KServeController,
     builder: PromptBuilder,
 ) -> None:
     kube, openai = fakes
-    dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+    rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
     openai.behaviours["rev2"] = behaviour
     with pytest.raises(dp.DeployError, match=r"smoke test .* failed.*rolled back to version 1") as failure:
-        dp.rollout_kserve(cfg, model("2"), builder, cluster, 10, smoke_requests=SMOKE)
+        rollout_kserve(cfg, model("2"), builder, cluster, 10, smoke_requests=SMOKE)
 
     assert failure.value.rolled_back
     # Traffic is pinned to the old revision first (canaryTrafficPercent 0), then the old spec is restored.
@@ -169,48 +173,48 @@ def test_kserve_canary_failing_smoke_or_error_rate_rolls_back(
 
 
 def test_kserve_replacement_without_canary_restores_the_previous_spec(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, kserve: KServeController, builder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
 ) -> None:
     kube, openai = fakes
-    dp.rollout_kserve(cfg, model("1"), builder, cluster, 0, smoke_requests=SMOKE)
+    rollout_kserve(cfg, model("1"), builder, cluster, 0, smoke_requests=SMOKE)
     openai.behaviours["rev2"] = "error"
     with pytest.raises(dp.DeployError, match="rolled back to version 1"):
-        dp.rollout_kserve(cfg, model("2"), builder, cluster, 0, smoke_requests=SMOKE)
+        rollout_kserve(cfg, model("2"), builder, cluster, 0, smoke_requests=SMOKE)
     assert isvc_applies(kube) == [("1", None), ("2", None), ("1", None)]  # no canary, so nothing to pin
     assert kserve.revisions[kserve.rolled_out] == "1"
 
 
 def test_kserve_canary_that_never_gets_ready_times_out_and_rolls_back(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, kserve: KServeController, builder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
 ) -> None:
     kube, openai = fakes
-    dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+    rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
     kserve.ready_versions = {"1"}
     cfg.serving.ready_timeout_s = 1
     with pytest.raises(dp.DeployError, match=r"not ready after 1s: Ready=False \(RevisionFailed") as failure:
-        dp.rollout_kserve(cfg, model("2"), builder, cluster, 10, smoke_requests=SMOKE)
+        rollout_kserve(cfg, model("2"), builder, cluster, 10, smoke_requests=SMOKE)
     assert failure.value.rolled_back and "rolled back to version 1" in str(failure.value)
     assert openai.routed("rev2") == []  # never smoke-tested
     assert kube.get("InferenceService", "intent-detector")["metadata"]["labels"][mf.LABEL_MODEL_VERSION] == "1"
 
 
 def test_kserve_first_rollout_that_never_gets_ready_is_deleted(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, kserve: KServeController, builder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
 ) -> None:
     kube, _ = fakes
     kserve.ready_versions = set()
     cfg.serving.ready_timeout_s = 1
     with pytest.raises(dp.DeployError, match="deleted InferenceService/intent-detector"):
-        dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+        rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
     assert kube.get("InferenceService", "intent-detector") is None
 
 
 def test_kserve_redeploying_the_serving_version_is_no_canary(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, kserve: KServeController, builder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
 ) -> None:
     kube, _ = fakes
-    dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
-    result = dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+    rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+    result = rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
     assert isvc_applies(kube) == [("1", None), ("1", None)]
     assert kube.get("InferenceService", "intent-detector")["metadata"]["generation"] == 1
     assert result.canary_percent is None and result.previous_version is None
@@ -220,17 +224,17 @@ def test_kserve_redeploying_the_serving_version_is_no_canary(
 
 
 def test_k8s_canary_weighted_by_replicas_then_promoted(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, builder: PromptBuilder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, builder: PromptBuilder
 ) -> None:
     kube, openai = fakes
     kube.on_apply("Deployment", deployment_ready)
-    first = dp.rollout_k8s(
+    first = rollout_k8s(
         cfg, model("1"), builder, cluster, 25, replicas=3, smoke_endpoint=f"{openai.url}/pods1", smoke_requests=SMOKE
     )
     assert first.canary_percent is None and kube.get("Deployment", "intent-detector-v1")["spec"]["replicas"] == 3
     assert first.endpoint == "http://intent-detector.intentops.svc.cluster.local:80/v1"
 
-    second = dp.rollout_k8s(
+    second = rollout_k8s(
         cfg, model("2"), builder, cluster, 25, smoke_endpoint=f"{openai.url}/pods2", smoke_requests=SMOKE
     )
     replicas = [r.body["spec"]["replicas"] for r in kube.applies("Deployment") if "v2" in r.path]
@@ -243,18 +247,16 @@ def test_k8s_canary_weighted_by_replicas_then_promoted(
 
 
 def test_k8s_failed_canary_is_removed_and_stable_untouched(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, builder: PromptBuilder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, builder: PromptBuilder
 ) -> None:
     kube, openai = fakes
     kube.on_apply("Deployment", deployment_ready)
-    dp.rollout_k8s(
+    rollout_k8s(
         cfg, model("1"), builder, cluster, 10, replicas=2, smoke_endpoint=f"{openai.url}/pods1", smoke_requests=SMOKE
     )
     openai.behaviours["pods2"] = "error"
     with pytest.raises(dp.DeployError, match="removed intent-detector-v2, version 1 keeps serving") as failure:
-        dp.rollout_k8s(
-            cfg, model("2"), builder, cluster, 10, smoke_endpoint=f"{openai.url}/pods2", smoke_requests=SMOKE
-        )
+        rollout_k8s(cfg, model("2"), builder, cluster, 10, smoke_endpoint=f"{openai.url}/pods2", smoke_requests=SMOKE)
     assert failure.value.rolled_back
     assert kube.names("Deployment") == ["intent-detector-v1"]
     assert kube.get("Deployment", "intent-detector-v1")["spec"]["replicas"] == 2
@@ -262,22 +264,22 @@ def test_k8s_failed_canary_is_removed_and_stable_untouched(
 
 
 def test_k8s_redeploy_of_the_serving_version_keeps_its_size_and_never_deletes_it(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, builder: PromptBuilder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, builder: PromptBuilder
 ) -> None:
     kube, openai = fakes
     kube.on_apply("Deployment", deployment_ready)
     url = f"{openai.url}/pods1"
-    dp.rollout_k8s(cfg, model("1"), builder, cluster, 10, replicas=2, smoke_endpoint=url, smoke_requests=SMOKE)
-    again = dp.rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=url, smoke_requests=SMOKE)
+    rollout_k8s(cfg, model("1"), builder, cluster, 10, replicas=2, smoke_endpoint=url, smoke_requests=SMOKE)
+    again = rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=url, smoke_requests=SMOKE)
     assert again.canary_percent is None and kube.get("Deployment", "intent-detector-v1")["spec"]["replicas"] == 2
     openai.behaviours["pods1"] = "error"
     with pytest.raises(dp.DeployError, match="was already serving, nothing to roll back") as failure:
-        dp.rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=url, smoke_requests=SMOKE)
+        rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=url, smoke_requests=SMOKE)
     assert not failure.value.rolled_back and kube.names("Deployment") == ["intent-detector-v1"]
 
 
 def test_k8s_rollout_stuck_before_ready_times_out(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, builder: PromptBuilder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, builder: PromptBuilder
 ) -> None:
     kube, openai = fakes
 
@@ -286,18 +288,16 @@ def test_k8s_rollout_stuck_before_ready_times_out(
         (deployment_ready if version == "1" else deployment_stuck)(obj)
 
     kube.on_apply("Deployment", controller)
-    dp.rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=f"{openai.url}/pods1", smoke_requests=SMOKE)
+    rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=f"{openai.url}/pods1", smoke_requests=SMOKE)
     cfg.serving.ready_timeout_s = 1
     with pytest.raises(dp.DeployError, match=r"intent-detector-v2 .*not ready after 1s: 0/1 replicas available"):
-        dp.rollout_k8s(
-            cfg, model("2"), builder, cluster, 10, smoke_endpoint=f"{openai.url}/pods2", smoke_requests=SMOKE
-        )
+        rollout_k8s(cfg, model("2"), builder, cluster, 10, smoke_endpoint=f"{openai.url}/pods2", smoke_requests=SMOKE)
     assert kube.names("Deployment") == ["intent-detector-v1"]
     assert openai.routed("pods2") == []
 
 
 def test_unreachable_smoke_endpoint_says_how_to_reach_it(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, builder: PromptBuilder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, builder: PromptBuilder
 ) -> None:
     kube, _ = fakes
     kube.on_apply("Deployment", deployment_ready)
@@ -305,7 +305,7 @@ def test_unreachable_smoke_endpoint_says_how_to_reach_it(
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with pytest.raises(dp.DeployError, match=r"unreachable from here.*--smoke-endpoint"):
-        dp.rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=closed, smoke_requests=2)
+        rollout_k8s(cfg, model("1"), builder, cluster, 10, smoke_endpoint=closed, smoke_requests=2)
     assert kube.names("Deployment") == []
 
 
@@ -313,29 +313,29 @@ def test_kserve_target_on_a_cluster_without_kserve_says_so(
     cfg: RunConfig, images: None, builder: PromptBuilder, tmp_path: Path
 ) -> None:
     with FakeKubernetes(kserve=False) as kube:
-        cluster = dp.Cluster(kube.api_client(), "intentops", poll_s=0.05, discovery_cache=str(tmp_path / "d"))
+        cluster = Cluster(kube.api_client(), "intentops", poll_s=0.05, discovery_cache=str(tmp_path / "d"))
         with pytest.raises(
             dp.DeployError, match=r"does not serve serving\.kserve\.io/v1alpha1 ServingRuntime.*--target k8s"
         ):
-            dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+            rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
         assert [r.body["kind"] for r in kube.applies()] == ["ServiceAccount"]
 
 
 def test_apply_rejected_by_an_admission_webhook_names_object_and_reason(
-    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: dp.Cluster, builder: PromptBuilder
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, builder: PromptBuilder
 ) -> None:
     kube, _ = fakes
     kube.admission["InferenceService"] = 'admission webhook "inferenceservice.kserve-webhook-server" denied the request'
     with pytest.raises(
         dp.DeployError, match="applying InferenceService/intent-detector in intentops failed: admission"
     ):
-        dp.rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+        rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
     assert kube.get("InferenceService", "intent-detector") is None
 
 
 @pytest.mark.parametrize(("stable", "percent", "expected"), [(1, 10, 1), (9, 10, 1), (3, 25, 1), (6, 50, 6)])
 def test_canary_replicas(stable: int, percent: int, expected: int) -> None:
-    assert dp.canary_replicas(stable, percent) == expected
+    assert canary_replicas(stable, percent) == expected
 
 
 def test_cluster_deploy_refuses_storage_the_cluster_cannot_fetch() -> None:
@@ -405,7 +405,7 @@ def test_intent_client_against_openai_endpoint(fakes: tuple[FakeKubernetes, Fake
 
 
 def test_smoke_probes_cover_intents_round_robin(catalog: Catalog) -> None:
-    probes = dp.smoke_probes(catalog, len(catalog.intents) + 3)
+    probes = smoke_probes(catalog, len(catalog.intents) + 3)
     first_round = [intent for _, intent in probes[: len(catalog.intents)]]
     assert first_round == catalog.names
     assert all(text in catalog.get(intent).examples for text, intent in probes)

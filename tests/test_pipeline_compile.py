@@ -281,7 +281,7 @@ def test_cron_expressions():
 
 
 def test_arguments_the_pipeline_does_not_declare_are_rejected(tmp_path):
-    from intentops.cli.pipeline import _checked_arguments, compile_pipeline
+    from intentops.cli.pipeline_build import checked_arguments as _checked_arguments, compile_pipeline
     from intentops.config import ConfigError
 
     package = compile_pipeline("training_pipeline", tmp_path / "p.yaml")

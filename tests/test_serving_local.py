@@ -22,6 +22,7 @@ from intentops.io import write_json
 from intentops.prompting import PromptBuilder
 from intentops.serving import deploy as dp
 from intentops.serving import manifests as mf
+from intentops.serving.local import LOCAL_STATE_FILE
 from tests.fake_k8s import FakeKubernetes, FakeOpenAI, KServeController
 
 
@@ -61,7 +62,7 @@ def _cli_overrides(cfg: RunConfig, port: int) -> list[str]:
 def serve_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private IntentOps cache (where the local server's pid file lives); stops any server left behind."""
     monkeypatch.setenv("INTENTOPS_CACHE", str(tmp_path / "cache"))
-    yield tmp_path / "cache" / "serve" / dp.LOCAL_STATE_FILE
+    yield tmp_path / "cache" / "serve" / LOCAL_STATE_FILE
     dp.stop_local()
 
 
