@@ -48,7 +48,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def run_level(endpoint: str, kind: str, texts: list[str], concurrency: int, timeout_s: float) -> dict[str, Any]:
+def run_level(
+    endpoint: str, kind: str, texts: list[str], concurrency: int, timeout_s: float, catalog: str
+) -> dict[str, Any]:
     """Send every text once with `concurrency` requests in flight; latency per request, throughput overall."""
     local = threading.local()
     clients: list[IntentClient] = []
@@ -56,7 +58,7 @@ def run_level(endpoint: str, kind: str, texts: list[str], concurrency: int, time
 
     def ask(text: str) -> tuple[float | None, bool]:
         if not hasattr(local, "client"):
-            local.client = IntentClient(endpoint, kind, timeout_s=timeout_s)
+            local.client = IntentClient(endpoint, kind, catalog=catalog, timeout_s=timeout_s)
             with lock:
                 clients.append(local.client)
         try:
@@ -163,13 +165,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.endpoint} is not a loopback endpoint; this benchmark measures the local target")
         examples = [text for intent in load_catalog(args.catalog).intents for text in intent.examples]
         texts = [examples[i % len(examples)] for i in range(args.requests)]
-        with IntentClient(args.endpoint, args.kind, timeout_s=args.timeout) as client:
+        with IntentClient(args.endpoint, args.kind, catalog=args.catalog, timeout_s=args.timeout) as client:
             warmup = len(examples) if args.warmup is None else args.warmup
             for text in [examples[i % len(examples)] for i in range(warmup)]:
                 client.predict(text)
         levels = []
         for concurrency in args.concurrency:
-            level = run_level(args.endpoint, args.kind, texts, concurrency, args.timeout)
+            level = run_level(args.endpoint, args.kind, texts, concurrency, args.timeout, args.catalog)
             levels.append(level)
             print(json.dumps(level))
     finally:

@@ -35,6 +35,7 @@ RESOURCES: dict[tuple[str, str], list[tuple[str, str, bool]]] = {
     ("", "v1"): [
         ("services", "Service", True),
         ("serviceaccounts", "ServiceAccount", True),
+        ("secrets", "Secret", True),
         ("namespaces", "Namespace", False),
     ],
     ("apps", "v1"): [("deployments", "Deployment", True)],
@@ -398,6 +399,10 @@ def deployment_stuck(obj: dict[str, Any]) -> None:
     }
 
 
+def canary_of(predictor: dict[str, Any]) -> Any:
+    return predictor.get("canaryTrafficPercent")
+
+
 @dataclass
 class KServeController:
     """Writes InferenceService status like KServe in serverless mode: one revision per spec generation, the newest
@@ -411,6 +416,7 @@ class KServeController:
     openai_url: str
     routes: dict[str, str] = field(default_factory=dict)
     ready_versions: set[str] | None = None
+    default_mode: str = "Standard"  # the cluster's inferenceservice-config defaultDeploymentMode (KServe's default)
     rolled_out: str | None = None  # revision name that currently takes the traffic not sent to the canary
     revisions: dict[str, str] = field(default_factory=dict)  # revision -> model version
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -421,11 +427,18 @@ class KServeController:
     def __call__(self, obj: dict[str, Any]) -> None:
         meta, predictor = obj["metadata"], obj["spec"]["predictor"]
         version = meta["labels"]["intentops.io/model-version"]
+        # KServe keeps the mode an InferenceService was created with (status first, then annotation, then default).
+        recorded = (obj.get("status") or {}).get("deploymentMode")
+        annotated = (meta.get("annotations") or {}).get("serving.kserve.io/deploymentMode")
+        mode = recorded or {"Serverless": "Knative", "RawDeployment": "Standard"}.get(annotated, annotated)
+        mode = mode or self.default_mode
+        if canary_of(predictor) is not None and mode != "Knative":
+            raise ValueError(f"canaryTrafficPercent on a {mode} InferenceService: KServe cannot split its traffic")
         revision = f"{meta['name']}-predictor-{meta['generation']:05d}"
         self.revisions[revision] = version
         ready = self.ready_versions is None or version in self.ready_versions
         canary = predictor.get("canaryTrafficPercent")
-        status: dict[str, Any] = {"observedGeneration": meta["generation"]}
+        status: dict[str, Any] = {"observedGeneration": meta["generation"], "deploymentMode": mode}
         if not ready:
             status["conditions"] = [
                 {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "container crashed"}
@@ -445,7 +458,9 @@ class KServeController:
         for target in traffic:
             target["url"] = self.url_of(self.revisions[target["revisionName"]])
         status.update(
-            url=self.url_of(self.revisions[self.rolled_out] if self.rolled_out else version),
+            # The external host (unresolvable in the cluster, as with KServe's default example.com domain) and the
+            # cluster-internal address, which is where the fake answers.
+            url=f"http://{meta['name']}.{meta.get('namespace', 'intentops')}.example.com",
             address={"url": self.url_of(self.revisions[self.rolled_out] if self.rolled_out else version)},
             conditions=[{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}],
             components={
@@ -480,6 +495,9 @@ class _OpenAIHandler(_JsonHandler):
     def do_POST(self) -> None:
         route, path = self.fake._split(self.path)
         body = json.loads(self._body() or b"{}")
+        if self.fake.api_key and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+            self._send(401, {"error": "Unauthorized"})  # what vLLM answers under --api-key
+            return
         status, payload = self.fake._chat(route, path, body)
         self._send(status, payload)
 
@@ -495,6 +513,7 @@ class FakeOpenAI(_FakeServer):
         self.model = model
         self.answer = answer
         self.behaviours: dict[str, str] = {}
+        self.api_key: str | None = None  # when set, chat requests must carry it (vLLM --api-key)
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
 

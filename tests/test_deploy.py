@@ -3,9 +3,12 @@ apply, wait, smoke test with structured outputs, canary, promotion and rollback;
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,7 @@ def images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def cfg() -> RunConfig:
     cfg = RunConfig()
     cfg.serving.ready_timeout_s = 3
+    cfg.serving.kserve_mode = "Knative"  # canaries split traffic by revision (Knative); Standard is tested apart
     return cfg
 
 
@@ -315,10 +319,10 @@ def test_kserve_target_on_a_cluster_without_kserve_says_so(
     with FakeKubernetes(kserve=False) as kube:
         cluster = Cluster(kube.api_client(), "intentops", poll_s=0.05, discovery_cache=str(tmp_path / "d"))
         with pytest.raises(
-            dp.DeployError, match=r"does not serve serving\.kserve\.io/v1alpha1 ServingRuntime.*--target k8s"
+            dp.DeployError, match=r"does not serve serving\.kserve\.io/v1beta1 InferenceService.*--target k8s"
         ):
             rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
-        assert [r.body["kind"] for r in kube.applies()] == ["ServiceAccount"]
+        assert kube.applies() == []  # found out before applying anything
 
 
 def test_apply_rejected_by_an_admission_webhook_names_object_and_reason(
@@ -400,7 +404,7 @@ def test_intent_client_against_openai_endpoint(fakes: tuple[FakeKubernetes, Fake
         OpenAI(base_url=f"{openai.url}/rev1/v1", api_key="x", max_retries=0).chat.completions.create(
             model=SERVED, messages=builder.messages("Play some Taylor Swift")
         )
-    with pytest.raises(ValueError, match="needs the prompt"):
+    with pytest.raises(ValueError, match="pass builder="):
         IntentClient(openai.url, "openai")
 
 
@@ -409,3 +413,45 @@ def test_smoke_probes_cover_intents_round_robin(catalog: Catalog) -> None:
     first_round = [intent for _, intent in probes[: len(catalog.intents)]]
     assert first_round == catalog.names
     assert all(text in catalog.get(intent).examples for text, intent in probes)
+
+
+class _MlflowHandler(BaseHTTPRequestHandler):
+    """A model server whose pyfunc answers a call outside the catalog."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(
+            {"predictions": [{"intent": "rm_rf", "params": ["/"], "call": "rm_rf(/)", "raw": "rm_rf(/)"}]}
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+
+def test_predict_checks_an_mlflow_endpoints_answer_against_the_catalog(
+    tmp_path: Path, catalog: Catalog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from intentops.cli import main
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    catalog.to_yaml(model_dir / "catalog.yaml")
+    (model_dir / "intentops.json").write_text(json.dumps({"prompt": PromptConfig().model_dump()}), encoding="utf-8")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MlflowHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        code = main(
+            ["predict", "delete everything", "--endpoint", endpoint, "--kind", "mlflow", "--model-dir", str(model_dir)]
+        )
+        answer = json.loads(capsys.readouterr().out)
+    finally:
+        server.shutdown()
+    assert answer["call"] == "rm_rf(/)" and answer["valid"] is False and code == 1
+    with pytest.raises(ValueError, match="checked against the catalog"):
+        IntentClient(endpoint, "mlflow")

@@ -9,6 +9,7 @@ import json
 import socket
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,39 @@ def test_local_target_serves_the_champion_and_predict_answers(
     assert version.tags[registry.DEPLOYMENT_ENDPOINT_TAG] == endpoint
     assert version.tags[registry.DEPLOYMENT_TARGET_TAG] == "local"
 
+    # An utterance over the limit (data.max_text_chars) is refused before the model runs.
+    limit = champion.data.max_text_chars
+    too_long = httpx.post(
+        f"{endpoint}/invocations", json={"dataframe_records": [{"text": "x" * (limit + 1)}]}, timeout=30
+    )
+    assert too_long.status_code == 422 and f"at most {limit}" in too_long.text
+    assert main(["predict", "y" * (limit + 1)]) == 1
+    assert "422" in capsys.readouterr().err
+
     assert main(["serve", "stop"]) == 0
     assert not serve_state.exists() and not dp.process_alive(state["pid"])
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{endpoint}/ping", timeout=2)
+
+
+def test_two_concurrent_local_deploys_on_one_port_leave_one_owner(champion: RunConfig, serve_state: Path) -> None:
+    cfg = champion.model_copy(deep=True)
+    cfg.serving.smoke_min_valid = 0.5
+    port = _free_port()
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(dp.deploy, cfg, target="local", port=port, smoke_requests=2) for _ in range(2)]
+        outcomes = [f.exception() or f.result() for f in futures]
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    served = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(served) == 1 and len(failed) == 1, outcomes
+    assert isinstance(failed[0], dp.DeployError) and "another local deploy" in str(failed[0])
+    state = json.loads(serve_state.read_text())
+    assert state["pid"] == served[0].pid and dp.process_alive(state["pid"])
+
+    assert main(["serve", "stop"]) == 0
+    assert not dp.process_alive(state["pid"])
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2)
 
 
 def test_cluster_deploy_of_the_champion_uses_its_s3_copy_and_training_prompt(

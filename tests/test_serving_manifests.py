@@ -75,13 +75,21 @@ def test_inference_service_points_at_the_version_with_gpu_scheduling(cfg: RunCon
     labels, annotations = service["metadata"]["labels"], service["metadata"]["annotations"]
     assert labels[mf.LABEL_MODEL_NAME] == "intent-detector" and labels[mf.LABEL_MODEL_VERSION] == "7"
     assert annotations[mf.ANNOTATION_MODEL_URI] == "models:/intent-detector/7"
-    assert annotations[mf.KSERVE_DEPLOYMENT_MODE] == "Serverless"
+    assert mf.KSERVE_DEPLOYMENT_MODE not in annotations  # no mode asked: the cluster's KServe default applies
 
-    canary = mf.render_inference_service(cfg, MODEL, canary_percent=15)
+    canary = mf.render_inference_service(cfg, MODEL, canary_percent=15, mode="Serverless")  # legacy name
     mf.validate_manifest(canary)
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 15
+    assert canary["metadata"]["annotations"][mf.KSERVE_DEPLOYMENT_MODE] == "Knative"
+    assert canary["metadata"]["annotations"][mf.KSERVE_TAG_ROUTING] == "true"
     with pytest.raises(mf.ManifestError, match=r"outside 0\.\.100"):
-        mf.render_inference_service(cfg, MODEL, canary_percent=120)
+        mf.render_inference_service(cfg, MODEL, canary_percent=120, mode="Knative")
+
+    standard = mf.validate_all([mf.render_inference_service(cfg, MODEL, mode="RawDeployment")])[0]
+    assert standard["metadata"]["annotations"][mf.KSERVE_DEPLOYMENT_MODE] == "Standard"
+    assert mf.KSERVE_TAG_ROUTING not in standard["metadata"]["annotations"]
+    with pytest.raises(mf.ManifestError, match="canary needs KServe's Knative mode"):
+        mf.render_inference_service(cfg, MODEL, canary_percent=10, mode="Standard")
 
 
 def test_tensor_parallel_follows_gpu_count(cfg: RunConfig, images: Path) -> None:
@@ -115,7 +123,7 @@ def pod_labels(deployment: dict) -> dict:
 
 
 def test_schema_validation_rejects_typos_and_bad_values(cfg: RunConfig, images: Path) -> None:
-    service = mf.render_inference_service(cfg, MODEL, canary_percent=10)
+    service = mf.render_inference_service(cfg, MODEL, canary_percent=10, mode="Knative")
     service["spec"]["predictor"]["canaryTraficPercent"] = service["spec"]["predictor"].pop("canaryTrafficPercent")
     with pytest.raises(mf.ManifestError, match="canaryTraficPercent"):
         mf.validate_manifest(service)
@@ -164,7 +172,7 @@ def test_repository_pins_the_serving_images() -> None:
 
 
 def test_yaml_stream_round_trips(cfg: RunConfig, images: Path) -> None:
-    objs = mf.render_kserve(cfg, MODEL, canary_percent=5) + mf.render_k8s(cfg, MODEL)
+    objs = mf.render_kserve(cfg, MODEL, canary_percent=5, mode="Knative") + mf.render_k8s(cfg, MODEL)
     assert list(yaml.safe_load_all(mf.to_yaml(objs))) == objs
 
 
@@ -202,3 +210,98 @@ def test_model_sync_script_uses_the_configured_s3_endpoint(tmp_path: Path) -> No
     (model_dir / "config.json").unlink()
     failed = subprocess.run(["/bin/sh", "-ec", mf.model_sync_script()], env=base_env, capture_output=True, text=True)
     assert failed.returncode == 1 and "no config.json" in failed.stderr
+
+
+def _assert_hardened(pod: dict, container: dict) -> None:
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == mf.SERVER_UID
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["runAsNonRoot"] is True and security["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # Read-only root: every cache goes to the scratch emptyDir; /dev/shm is memory-backed.
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HOME"] == "/tmp" and env["HF_HOME"].startswith("/tmp/")
+
+
+def test_serving_pods_run_non_root_read_only_with_shm_and_scratch(cfg: RunConfig, images: Path) -> None:
+    _, runtime, service = mf.validate_all(mf.render_kserve(cfg, MODEL))
+    _assert_hardened(
+        {**service["spec"]["predictor"], "volumes": runtime["spec"]["volumes"]}, runtime["spec"]["containers"][0]
+    )
+    assert runtime["spec"]["annotations"][mf.KNATIVE_PROGRESS_DEADLINE] == f"{cfg.serving.ready_timeout_s}s"
+
+    deployment = mf.validate_all([mf.render_deployment(cfg, MODEL)])[0]
+    pod = deployment["spec"]["template"]["spec"]
+    _assert_hardened(pod, _container(pod, "vllm"))
+    assert _container(pod, "model-sync")["securityContext"]["runAsNonRoot"] is True
+    assert deployment["spec"]["progressDeadlineSeconds"] >= cfg.serving.ready_timeout_s
+    startup = _container(pod, "vllm")["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= cfg.serving.ready_timeout_s
+
+
+def test_api_key_comes_from_a_secret_never_the_command_line(cfg: RunConfig, images: Path) -> None:
+    cfg.serving.api_key_secret = "intentops-vllm"
+    _, runtime, _ = mf.render_kserve(cfg, MODEL)
+    deployment = mf.render_deployment(cfg, MODEL)
+    for container in (runtime["spec"]["containers"][0], _container(deployment["spec"]["template"]["spec"], "vllm")):
+        key = next(e for e in container["env"] if e["name"] == "VLLM_API_KEY")
+        assert key == {
+            "name": "VLLM_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "intentops-vllm", "key": "VLLM_API_KEY"}},
+        }
+        assert not any("api-key" in arg or "api_key" in arg for arg in container["args"])
+    cfg.serving.api_key_secret = ""
+    assert not any(e["name"] == "VLLM_API_KEY" for e in mf.render_serving_runtime(cfg)["spec"]["containers"][0]["env"])
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://seaweedfs.kubeflow:8333", {"serving.kserve.io/s3-endpoint": "seaweedfs.kubeflow:8333", "serving.kserve.io/s3-usehttps": "0"}),
+        ("https://s3.eu-west-1.amazonaws.com", {"serving.kserve.io/s3-endpoint": "s3.eu-west-1.amazonaws.com", "serving.kserve.io/s3-usehttps": "1"}),
+        ("minio:9000", {"serving.kserve.io/s3-endpoint": "minio:9000", "serving.kserve.io/s3-usehttps": "1"}),
+    ],
+)  # fmt: skip
+def test_kserve_learns_the_s3_endpoint_from_annotations(
+    url: str, expected: dict, cfg: RunConfig, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert mf.s3_endpoint_annotations(url) == expected
+    for name in mf.S3_ENDPOINT_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    assert "annotations" not in mf.render_service_account(cfg)["metadata"]  # AWS S3 itself: nothing to say
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)  # what the deploy step's S3 secret sets
+    account = mf.validate_all([mf.render_service_account(cfg)])[0]
+    assert account["metadata"]["annotations"] == expected
+
+
+def test_shared_model_cache_volume_downloads_each_version_once(cfg: RunConfig, images: Path) -> None:
+    cfg.serving.model_cache_pvc = "intentops-models"
+    pod = mf.validate_all([mf.render_deployment(cfg, MODEL)])[0]["spec"]["template"]["spec"]
+    model_volume = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert model_volume == {"name": "model", "persistentVolumeClaim": {"claimName": "intentops-models"}}
+    server = next(m for m in _container(pod, "vllm")["volumeMounts"] if m["name"] == "model")
+    assert server == {"name": "model", "mountPath": "/mnt/models", "subPath": "intent-detector/7", "readOnly": True}
+    env = {e["name"]: e["value"] for e in _container(pod, "model-sync")["env"]}
+    assert env["MODEL_CACHE"] == "1" and env["MODEL_DIR"] == f"{mf.MODEL_CACHE_MOUNT}/intent-detector/7"
+
+
+def test_model_sync_with_a_shared_cache_downloads_once_and_publishes_whole(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    stub = bin_dir / "aws"
+    stub.write_text(
+        f'#!/bin/sh\necho "$4" >> {calls}\ntouch "$4/config.json" "$4/model.safetensors"\n', encoding="utf-8"
+    )
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    cache = tmp_path / "cache" / "intent-detector" / "7"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MODEL_URI": MODEL.storage_uri, "MODEL_DIR": str(cache),
+           "MODEL_CACHE": "1", "HOSTNAME": "pod-a"}  # fmt: skip
+    for pod in ("pod-a", "pod-b"):
+        subprocess.run(["/bin/sh", "-ec", mf.model_sync_script()], env={**env, "HOSTNAME": pod}, check=True)
+    assert calls.read_text().split() == [f"{cache}.partial-pod-a"]  # the second pod found it complete
+    assert sorted(p.name for p in cache.iterdir()) == [mf.MODEL_COMPLETE_MARKER, "config.json", "model.safetensors"]
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["7"]  # no partial copy left behind

@@ -123,6 +123,11 @@ def resolve_config(
     serving__ready_timeout_s: int,
     serving__smoke_min_valid: float,
     serving__local_port: int,
+    serving__max_text_chars: int,
+    serving__request_timeout_s: int,
+    serving__kserve_mode: str,
+    serving__api_key_secret: str,
+    serving__model_cache_pvc: str,
     cluster__gpu_node_selector_key: str,
     cluster__gpu_node_selector_value: str,
     cluster__gpu_toleration_key: str,
@@ -246,6 +251,11 @@ def resolve_config(
         serving__ready_timeout_s: Wait this long for Ready.
         serving__smoke_min_valid: Smoke test: share of answers that must be valid.
         serving__local_port: Port of the local MLflow model server.
+        serving__max_text_chars: Local server: longest utterance it accepts (longer: HTTP 422); 0 = data.max_text_chars.
+        serving__request_timeout_s: Local server: a request still running after this many seconds is answered 504.
+        serving__kserve_mode: KServe deployment mode: Knative (canary by traffic split between revisions), Standard (plain Deployment, replaced in place and restored if the smoke test fails), auto = what the live InferenceService runs, else the cluster's KServe default.
+        serving__api_key_secret: Secret whose VLLM_API_KEY key vLLM requires from every client; empty = no API key.
+        serving__model_cache_pvc: k8s target: ReadWriteMany PVC where each model version is downloaded once for all its pods.
         cluster__gpu_node_selector_key: Node label of the GPU pool.
         cluster__gpu_node_selector_value: Value of that label.
         cluster__gpu_toleration_key: Taint key tolerated by GPU stages.
@@ -369,6 +379,11 @@ def resolve_config(
         "serving__ready_timeout_s": serving__ready_timeout_s,
         "serving__smoke_min_valid": serving__smoke_min_valid,
         "serving__local_port": serving__local_port,
+        "serving__max_text_chars": serving__max_text_chars,
+        "serving__request_timeout_s": serving__request_timeout_s,
+        "serving__kserve_mode": serving__kserve_mode,
+        "serving__api_key_secret": serving__api_key_secret,
+        "serving__model_cache_pvc": serving__model_cache_pvc,
         "cluster__gpu_node_selector_key": cluster__gpu_node_selector_key,
         "cluster__gpu_node_selector_value": cluster__gpu_node_selector_value,
         "cluster__gpu_toleration_key": cluster__gpu_toleration_key,

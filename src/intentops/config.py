@@ -197,6 +197,24 @@ class ServingConfig(_Section):
     ready_timeout_s: int = Field(900, ge=1, description="Wait this long for Ready.")
     smoke_min_valid: float = Field(0.95, ge=0, le=1, description="Smoke test: share of answers that must be valid.")
     local_port: int = Field(5005, ge=1, le=65535, description="Port of the local MLflow model server.")
+    max_text_chars: int = Field(
+        0, ge=0, description="Local server: longest utterance it accepts (longer: HTTP 422); 0 = data.max_text_chars."
+    )
+    request_timeout_s: int = Field(
+        60, ge=1, description="Local server: a request still running after this many seconds is answered 504."
+    )
+    kserve_mode: Literal["auto", "Knative", "Standard"] = Field(
+        "auto",
+        description="KServe deployment mode: Knative (canary by traffic split between revisions), Standard (plain "
+        "Deployment, replaced in place and restored if the smoke test fails), auto = what the live "
+        "InferenceService runs, else the cluster's KServe default.",
+    )
+    api_key_secret: str = Field(
+        "", description="Secret whose VLLM_API_KEY key vLLM requires from every client; empty = no API key."
+    )
+    model_cache_pvc: str = Field(
+        "", description="k8s target: ReadWriteMany PVC where each model version is downloaded once for all its pods."
+    )
 
 
 class ClusterConfig(_Section):

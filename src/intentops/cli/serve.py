@@ -61,8 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Ask a deployed intent detector about one utterance.",
         description=(
             "Prints {intent, params, call, raw, valid, latency_ms} as JSON. Without --endpoint it asks the local "
-            "server started by `intentops deploy --target local`. OpenAI-compatible (vLLM) endpoints get the "
-            "training prompt, rebuilt from --model-dir or from the registered version."
+            "server started by `intentops deploy --target local`. Every answer, whatever the endpoint kind, is "
+            "checked against the catalog of --model-dir or of the registered version (valid=false, exit 1, when it "
+            "names an intent outside it or the wrong number of arguments); OpenAI-compatible (vLLM) endpoints also "
+            "get the training prompt from there."
         ),
     )
     predict.add_argument("text", help="The user's utterance.")
@@ -71,8 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--kind", choices=KINDS, help="Endpoint kind (default: mlflow for the local server, else openai)."
     )
     predict.add_argument("--model", help="Served model name (openai; default: the first the server lists).")
-    predict.add_argument("--model-dir", help="Model folder whose catalog and prompt config to use (openai).")
-    predict.add_argument("--version", help="Registered version whose prompt to use (openai; default: @champion).")
+    predict.add_argument(
+        "--model-dir",
+        help="Model folder whose catalog (and prompt, for openai) to use; answers are checked against it.",
+    )
+    predict.add_argument(
+        "--version", help="Registered version whose catalog and prompt to use (default: the served one, or @champion)."
+    )
     predict.add_argument("--timeout", type=float, default=60.0, help="Request timeout in seconds.")
     add_config_argument(predict)
     predict.set_defaults(handler=_predict)
@@ -143,11 +150,28 @@ def _wait_local(pid: int | None) -> int:
     return 0
 
 
+def _prompt_builder(args: argparse.Namespace, state: dict[str, Any] | None) -> Any:
+    """The builder whose catalog every answer is checked against (and, for openai, whose prompt is sent):
+    --model-dir, else the recorded local server's version, else the registered version (--version or @champion)."""
+    from intentops.prompting import PromptBuilder
+    from intentops.serving import deploy as dp
+
+    if args.model_dir:
+        return PromptBuilder.from_model_dir(args.model_dir)
+    if state is not None and state.get("prompt_dir") and args.version is None:
+        return PromptBuilder.from_model_dir(state["prompt_dir"])
+    from intentops import registry
+
+    cfg = config_from_args(args)
+    version = dp.resolve_version(cfg, args.version or (state or {}).get("version"))
+    return dp.load_prompt_builder(cfg, registry.model_storage_uri(cfg, version.version))
+
+
 def _predict(args: argparse.Namespace) -> int:
     from intentops.serving import deploy as dp
     from intentops.serving.client import ClientError, IntentClient
 
-    endpoint, kind = args.endpoint, args.kind
+    endpoint, kind, state = args.endpoint, args.kind, None
     if endpoint is None:
         state = dp.read_local_state()
         if state is None:
@@ -158,18 +182,7 @@ def _predict(args: argparse.Namespace) -> int:
             return 2
         endpoint, kind = state["endpoint"], kind or state.get("kind", "mlflow")
     kind = kind or "openai"
-    builder = None
-    if kind == "openai":
-        from intentops.prompting import PromptBuilder
-
-        if args.model_dir:
-            builder = PromptBuilder.from_model_dir(args.model_dir)
-        else:
-            from intentops import registry
-
-            cfg = config_from_args(args)
-            version = dp.resolve_version(cfg, args.version)
-            builder = dp.load_prompt_builder(cfg, registry.model_storage_uri(cfg, version.version))
+    builder = _prompt_builder(args, state)
     try:
         with IntentClient(endpoint, kind, model=args.model, builder=builder, timeout_s=args.timeout) as client:
             answer = client.predict(args.text)

@@ -6,7 +6,8 @@ Two kinds of endpoint, one answer shape:
   (`PromptBuilder.messages`: catalog as tools) and carries vLLM's `structured_outputs` constraint, so the server can
   only answer with calls to catalog intents with the right number of arguments (`choice` when every answer is a
   fixed string, else a `regex` of the call grammar; in thought mode the reasoning block is free text).
-* `mlflow`: the registered pyfunc behind `mlflow models serve` (`/invocations`), which builds the same prompt itself.
+* `mlflow`: the registered pyfunc behind MLflow's model server (`/invocations`), which builds the same prompt itself;
+  its answers are checked against the same catalog, so an endpoint answering outside it is never `valid`.
 
 Answers are read back with the same builder and `intentops.grammar`, so `intent`/`params` mean exactly what they mean
 in evaluation: the first call's name and positional arguments.
@@ -32,6 +33,8 @@ MAX_CALLS = 4
 ANSWER_MAX_TOKENS = 64
 THOUGHT_MAX_TOKENS = 512
 DEFAULT_TIMEOUT_S = 30.0
+# The key vLLM's server requires (`--api-key`, read by vLLM from this variable); clients send it as the bearer token.
+API_KEY_ENV = "VLLM_API_KEY"
 
 # One argument as `render_call` writes it: double-quoted with escapes, or bare without separators and without
 # leading/trailing blanks. Explicit characters instead of \s keep the pattern portable across regex engines.
@@ -102,12 +105,10 @@ def structured_outputs(builder: PromptBuilder, max_calls: int = MAX_CALLS) -> di
     return {"regex": calls}
 
 
-def valid_calls(builder: PromptBuilder | None, calls: list[Call] | None) -> bool:
+def valid_calls(builder: PromptBuilder, calls: list[Call] | None) -> bool:
     """Whether an answer parsed, names only catalog labels and gives each its number of arguments."""
     if not calls:
         return False
-    if builder is None:
-        return True
     for call in calls:
         if call.name not in builder.labels:
             return False
@@ -153,28 +154,28 @@ class IntentClient:
         if builder is None and catalog is not None:
             loaded = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
             builder = PromptBuilder(loaded, prompt or PromptConfig())
-        if kind == "openai" and builder is None:
+        if builder is None:
             raise ValueError(
-                "an openai endpoint needs the prompt the model was trained with: pass builder= "
-                "(PromptBuilder.from_model_dir) or catalog= (with prompt=)"
+                f"an {kind} endpoint's answers are checked against the catalog the model was trained with (and an "
+                "openai endpoint is sent its prompt): pass builder= (PromptBuilder.from_model_dir) or catalog="
             )
         self.endpoint = endpoint.rstrip("/")
         self.kind = kind
         self.builder = builder
         self.timeout_s = timeout_s
         self._model = model
-        self._constraint = structured_outputs(builder) if builder is not None else None
-        if max_tokens is None and builder is not None and builder.cfg.output_mode == "thought":
+        self._constraint = structured_outputs(builder)
+        if max_tokens is None and builder.cfg.output_mode == "thought":
             max_tokens = THOUGHT_MAX_TOKENS
         self.max_tokens = max_tokens or ANSWER_MAX_TOKENS
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._api_key = api_key or os.environ.get(API_KEY_ENV) or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self._openai: Any = None
         self._http: Any = None
 
     # ---- public API ------------------------------------------------------------------------------------------
 
     @property
-    def constraint(self) -> dict[str, Any] | None:
+    def constraint(self) -> dict[str, Any]:
         return self._constraint
 
     def predict(self, text: str) -> dict[str, Any]:
@@ -184,12 +185,9 @@ class IntentClient:
         start = time.perf_counter()
         raw, remote = self._ask_openai(text) if self.kind == "openai" else self._ask_mlflow(text)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        if remote is not None:
-            # The pyfunc read the answer with the model's own PromptBuilder; its canonical `call` is the result.
-            calls = _parse_or_none(remote.get("call"))
-        else:
-            assert self.builder is not None
-            calls = self.builder.extract_calls(raw)
+        # The pyfunc read its answer with the model's own PromptBuilder: its canonical `call` is the result, checked
+        # against this client's catalog like any other answer.
+        calls = _parse_or_none(remote.get("call")) if remote is not None else self.builder.extract_calls(raw)
         first = calls[0] if calls else None
         return {
             "intent": first.name if first else None,
@@ -244,7 +242,6 @@ class IntentClient:
     def _ask_openai(self, text: str) -> tuple[str, None]:
         from openai import OpenAIError
 
-        assert self.builder is not None
         client = self._openai_client()
         model = self.model_name()
         try:

@@ -39,7 +39,7 @@ from intentops.serving import manifests as mf
 from intentops.serving.k8s_rollout import rollout_k8s
 from intentops.serving.kserve_rollout import rollout_kserve
 from intentops.serving.kube import DEFAULT_POLL_S, Cluster, kube_api_client
-from intentops.serving.local import process_alive, read_local_state, rollout_local, stop_local
+from intentops.serving.local import process_alive, prompt_cache_dir, read_local_state, rollout_local, stop_local
 from intentops.serving.outcome import DeployError, DeployResult
 from intentops.serving.smoke import DEFAULT_SMOKE_REQUESTS
 
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 TARGETS: tuple[str, ...] = ("kserve", "k8s", "local")
 ARTIFACTS_DESTINATION_ENV = "MLFLOW_ARTIFACTS_DESTINATION"
+MLFLOW_ARTIFACTS_SCHEME = "mlflow-artifacts:"
 # What the smoke test needs from the model folder to rebuild the training prompt (never the weights).
 PROMPT_FILES = ("intentops.json", "catalog.yaml")
 FEWSHOT_FILE = "fewshot_examples.jsonl"
@@ -75,7 +76,6 @@ KSERVE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://", "hf://", "o
 
 def resolve_version(cfg: RunConfig, version: str | int | None = None, alias: str = "champion") -> Any:
     """The registered version to deploy: `version` when given, else the one `@alias` points to."""
-
     from intentops import registry
 
     if version is not None:
@@ -100,23 +100,29 @@ def resolve_version(cfg: RunConfig, version: str | int | None = None, alias: str
     return registry.get_version(cfg, found.version)
 
 
-def load_prompt_builder(cfg: RunConfig, artifact_uri: str) -> PromptBuilder:
-    """The PromptBuilder a registered model was trained with, from its card and catalog (weights stay remote)."""
+def fetch_prompt_files(cfg: RunConfig, artifact_uri: str, dest: str | Path) -> Path:
+    """Download what rebuilds a registered model's prompt (card, catalog, few-shot examples) into `dest`."""
     from mlflow.artifacts import download_artifacts
 
-    from intentops.prompting import PromptBuilder
     from intentops.tracking import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(cfg)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROMPT_FILES:
+        download_artifacts(artifact_uri=f"{artifact_uri}/{name}", dst_path=str(dest), tracking_uri=tracking_uri)
+    card = read_json(dest / PROMPT_FILES[0])
+    if (card.get("prompt") or {}).get("few_shot", "none") != "none":
+        download_artifacts(artifact_uri=f"{artifact_uri}/{FEWSHOT_FILE}", dst_path=str(dest), tracking_uri=tracking_uri)
+    return dest
+
+
+def load_prompt_builder(cfg: RunConfig, artifact_uri: str) -> PromptBuilder:
+    """The PromptBuilder a registered model was trained with, from its card and catalog (weights stay remote)."""
+    from intentops.prompting import PromptBuilder
+
     with tempfile.TemporaryDirectory(prefix="intentops-prompt-") as scratch:
-        for name in PROMPT_FILES:
-            download_artifacts(artifact_uri=f"{artifact_uri}/{name}", dst_path=scratch, tracking_uri=tracking_uri)
-        card = read_json(Path(scratch) / PROMPT_FILES[0])
-        if (card.get("prompt") or {}).get("few_shot", "none") != "none":
-            download_artifacts(
-                artifact_uri=f"{artifact_uri}/{FEWSHOT_FILE}", dst_path=scratch, tracking_uri=tracking_uri
-            )
-        return PromptBuilder.from_model_dir(scratch)
+        return PromptBuilder.from_model_dir(fetch_prompt_files(cfg, artifact_uri, scratch))
 
 
 def resolve_model(
@@ -131,18 +137,35 @@ def resolve_model(
     registered = resolve_version(cfg, version, alias)
     artifact_uri = registry.model_storage_uri(cfg, registered.version)
     destination = artifacts_destination or os.environ.get(ARTIFACTS_DESTINATION_ENV)
-    storage_uri = (
-        registry.model_storage_uri(cfg, registered.version, artifacts_destination=destination)
-        if destination
-        else artifact_uri
-    )
+    storage_uri = proxied_to_store(artifact_uri, destination)
     builder = load_prompt_builder(cfg, artifact_uri)
     log.info("deploy: %s version %s, weights at %s", registered.name, registered.version, storage_uri)
     return mf.ModelRef(name=registered.name, version=registered.version, storage_uri=storage_uri), builder
 
 
+def proxied_to_store(artifact_uri: str, destination: str | None) -> str:
+    """Where an artifact behind MLflow's artifact proxy really is: `mlflow-artifacts:/<path>` (or
+    `mlflow-artifacts://host:port/<path>`) lives at `<destination>/<path>`, the server's --artifacts-destination.
+
+    Other URIs, or no destination, come back unchanged (`check_cluster_storage` then says what is missing).
+    """
+    from urllib.parse import urlsplit
+
+    if not destination or not artifact_uri.startswith(MLFLOW_ARTIFACTS_SCHEME):
+        return artifact_uri
+    path = urlsplit(artifact_uri).path.lstrip("/")
+    return f"{destination.rstrip('/')}/{path}"
+
+
 def check_cluster_storage(model: mf.ModelRef) -> None:
     """KServe and the init container fetch from object storage, not from MLflow's proxy or this disk."""
+    if model.storage_uri.startswith(MLFLOW_ARTIFACTS_SCHEME):
+        raise DeployError(
+            f"{model.uri} is stored at {model.storage_uri!r}, behind MLflow's artifact proxy, which a cluster cannot "
+            f"fetch from: set ${ARTIFACTS_DESTINATION_ENV} (or pass --artifacts-destination) to the MLflow server's "
+            "--artifacts-destination, e.g. s3://mlflow/artifacts; the pipeline's deploy step reads it from the "
+            "MLflow secret's MLFLOW_ARTIFACTS_DESTINATION key"
+        )
     if not model.storage_uri.startswith(KSERVE_SCHEMES):
         raise DeployError(
             f"{model.uri} is stored at {model.storage_uri!r}, which a cluster cannot fetch; serve the MLflow "
@@ -156,7 +179,9 @@ def check_cluster_storage(model: mf.ModelRef) -> None:
 def render(cfg: RunConfig, model: mf.ModelRef, target: str, canary_percent: int | None = None) -> list[dict[str, Any]]:
     """The validated manifests a cluster deploy would apply first (for --dry-run and GitOps)."""
     if target == "kserve":
-        return mf.validate_all(mf.render_kserve(cfg, model, canary_percent))
+        mode = None if cfg.serving.kserve_mode == "auto" else mf.normalized_mode(cfg.serving.kserve_mode)
+        canary = canary_percent if mode == mf.KNATIVE else None
+        return mf.validate_all(mf.render_kserve(cfg, model, canary, mode=mode))
     if target == "k8s":
         return mf.validate_all(mf.render_k8s(cfg, model))
     raise DeployError(f"target {target!r} has no manifests (kserve or k8s)")
@@ -192,13 +217,28 @@ def deploy(
         raise DeployError(f"canary percent {percent} is outside 0..100")
     model, builder = resolve_model(cfg, version, alias, artifacts_destination)
     if target == "local":
-        result = rollout_local(cfg, model, builder, port=port, smoke_requests=smoke_requests)
+        from intentops import registry
+
+        # Kept beside the server's record, so `intentops predict` checks its answers against this catalog.
+        prompt_dir = fetch_prompt_files(cfg, registry.model_storage_uri(cfg, model.version), prompt_cache_dir(model))
+        result = rollout_local(cfg, model, builder, port=port, smoke_requests=smoke_requests, prompt_dir=prompt_dir)
     else:
         check_cluster_storage(model)
         cluster = Cluster(api_client or kube_api_client(kubeconfig, context), cfg.serving.namespace, poll_s)
+        # The smoke test authenticates like any client of a vLLM server started with an API key.
+        api_key = (
+            cluster.secret_value(cfg.serving.api_key_secret, mf.API_KEY_KEY) if cfg.serving.api_key_secret else None
+        )
         rollout = rollout_kserve if target == "kserve" else rollout_k8s
         result = rollout(
-            cfg, model, builder, cluster, percent, smoke_endpoint=smoke_endpoint, smoke_requests=smoke_requests
+            cfg,
+            model,
+            builder,
+            cluster,
+            percent,
+            smoke_endpoint=smoke_endpoint,
+            smoke_requests=smoke_requests,
+            api_key=api_key,
         )
     if record:
         from intentops import registry

@@ -39,6 +39,7 @@ def rollout_k8s(
     smoke_endpoint: str | None = None,
     smoke_requests: int = DEFAULT_SMOKE_REQUESTS,
     request_timeout_s: float = 60.0,
+    api_key: str | None = None,
 ) -> DeployResult:
     """Deployment per version behind one Service; canary by replica weight, then scale up and retire the old one."""
     app = {mf.LABEL_APP: cfg.serving.service_name, mf.LABEL_MANAGED_BY: mf.MANAGER}
@@ -79,7 +80,7 @@ def rollout_k8s(
     except DeployError as exc:
         raise undo(str(exc)) from None
     url = smoke_endpoint or mf.service_url(cfg, mf.version_service_name(cfg, model))
-    with openai_client(cfg, url, builder, request_timeout_s) as client:
+    with openai_client(cfg, url, builder, request_timeout_s, api_key) as client:
         report = smoke_test(client, builder.catalog, smoke_requests)
     if not report.passed(cfg.serving.smoke_min_valid):
         raise undo(smoke_failure(report, cfg, url))

@@ -84,6 +84,18 @@ class Cluster:
         except NotFoundError:
             return None
 
+    def secret_value(self, name: str, key: str) -> str:
+        """One key of a Secret in this namespace (the deployer may read only the Secrets its Role names)."""
+        import base64
+
+        secret = self.get("v1", "Secret", name)
+        if secret is None:
+            raise DeployError(f"Secret/{name} not found in {self.namespace}")
+        data = secret.get("data") or {}
+        if key not in data:
+            raise DeployError(f"Secret/{name} in {self.namespace} has no key {key!r} (keys: {', '.join(sorted(data))})")
+        return base64.b64decode(data[key]).decode("utf-8")
+
     def list(self, api_version: str, kind: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         found = self._resource(api_version, kind).get(namespace=self.namespace, label_selector=selector)

@@ -57,6 +57,27 @@ ISVC_API_VERSION = f"{KSERVE_GROUP}/v1beta1"
 RUNTIME_API_VERSION = f"{KSERVE_GROUP}/v1alpha1"
 KSERVE_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 KSERVE_TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+# KServe deployment modes (pkg/constants/constants.go): Knative (legacy name Serverless) splits traffic between
+# revisions, so canaries work; Standard (legacy RawDeployment, KServe's default) runs a plain Deployment.
+KNATIVE = "Knative"
+STANDARD = "Standard"
+LEGACY_MODES = {"Serverless": KNATIVE, "RawDeployment": STANDARD}
+# Knative's per-revision progress deadline (default 600 s, too short for a 7B model to download and load).
+KNATIVE_PROGRESS_DEADLINE = "serving.knative.dev/progress-deadline"
+# Read by KServe's credential builder from the storage ServiceAccount or its S3 Secret
+# (pkg/credentials/s3/s3_secret.go, utils.go): host[:port] of the S3 endpoint and whether to use https ("0"/"1").
+KSERVE_S3_ENDPOINT = "serving.kserve.io/s3-endpoint"
+KSERVE_S3_USE_HTTPS = "serving.kserve.io/s3-usehttps"
+S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+
+# The vLLM server runs as this non-root user with a read-only root filesystem; what it writes (caches, compiled
+# kernels, HOME) goes to an emptyDir at SCRATCH_MOUNT, and /dev/shm is a memory-backed emptyDir (NCCL, torch).
+SERVER_UID = 1000
+SCRATCH_MOUNT = "/tmp"
+SHM_MOUNT = "/dev/shm"
+API_KEY_KEY = "VLLM_API_KEY"
+MODEL_CACHE_MOUNT = "/model-cache"
+MODEL_COMPLETE_MARKER = ".intentops-complete"
 
 # Kubernetes version whose OpenAPI schemas validate core objects (the kubernetes client 30.x targets 1.30).
 KUBERNETES_VERSION = "1.30"
@@ -130,6 +151,91 @@ def vllm_image(cfg: RunConfig) -> str:
     return cfg.serving.vllm_image or pinned_image(VLLM_IMAGE_VAR)
 
 
+def normalized_mode(mode: str | None) -> str | None:
+    """A KServe deployment mode under its current name (Serverless -> Knative, RawDeployment -> Standard)."""
+    return LEGACY_MODES.get(mode, mode) if mode else None
+
+
+def s3_endpoint_annotations(endpoint_url: str | None = None) -> dict[str, str]:
+    """KServe's S3 endpoint annotations for `endpoint_url` (default: the S3 endpoint this process uses), or {}.
+
+    KServe does not read AWS_ENDPOINT_URL from the secret; without these its storage initializer goes to AWS.
+    """
+    import os
+    from urllib.parse import urlsplit
+
+    url = endpoint_url or next((os.environ[name] for name in S3_ENDPOINT_ENVS if os.environ.get(name)), "")
+    if not url:
+        return {}
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if not parts.hostname:
+        raise ManifestError(f"S3 endpoint {url!r} has no host")
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return {KSERVE_S3_ENDPOINT: host, KSERVE_S3_USE_HTTPS: "0" if parts.scheme == "http" else "1"}
+
+
+def server_env(cfg: RunConfig) -> list[Any]:
+    """Environment of the vLLM container: every cache under the scratch volume, the API key from its Secret."""
+    from kubernetes.client import V1EnvVar, V1EnvVarSource, V1SecretKeySelector
+
+    env = [
+        V1EnvVar(name="HOME", value=SCRATCH_MOUNT),
+        V1EnvVar(name="HF_HOME", value=f"{SCRATCH_MOUNT}/hf_home"),
+        V1EnvVar(name="XDG_CACHE_HOME", value=f"{SCRATCH_MOUNT}/.cache"),
+        V1EnvVar(name="VLLM_CACHE_ROOT", value=f"{SCRATCH_MOUNT}/.cache/vllm"),
+        V1EnvVar(name="TRITON_CACHE_DIR", value=f"{SCRATCH_MOUNT}/.triton"),
+    ]
+    if cfg.serving.api_key_secret:
+        # vLLM reads --api-key from $VLLM_API_KEY: the key never appears on the command line.
+        selector = V1SecretKeySelector(name=cfg.serving.api_key_secret, key=API_KEY_KEY)
+        env.append(V1EnvVar(name=API_KEY_KEY, value_from=V1EnvVarSource(secret_key_ref=selector)))
+    return env
+
+
+def server_volumes() -> list[Any]:
+    """The scratch emptyDir and the memory-backed /dev/shm of the vLLM container."""
+    from kubernetes.client import V1EmptyDirVolumeSource, V1Volume
+
+    return [
+        V1Volume(name="scratch", empty_dir=V1EmptyDirVolumeSource()),
+        V1Volume(name="dshm", empty_dir=V1EmptyDirVolumeSource(medium="Memory")),
+    ]
+
+
+def server_mounts() -> list[Any]:
+    from kubernetes.client import V1VolumeMount
+
+    return [V1VolumeMount(name="scratch", mount_path=SCRATCH_MOUNT), V1VolumeMount(name="dshm", mount_path=SHM_MOUNT)]
+
+
+def container_security() -> Any:
+    """Non-root, no privilege escalation, no capabilities, read-only root filesystem."""
+    from kubernetes.client import V1Capabilities, V1SeccompProfile, V1SecurityContext
+
+    return V1SecurityContext(
+        run_as_non_root=True,
+        run_as_user=SERVER_UID,
+        run_as_group=SERVER_UID,
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        capabilities=V1Capabilities(drop=["ALL"]),
+        seccomp_profile=V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def pod_security() -> Any:
+    """Pod-level: non-root, and volumes (model, scratch) writable by the server's group."""
+    from kubernetes.client import V1PodSecurityContext, V1SeccompProfile
+
+    return V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=SERVER_UID,
+        run_as_group=SERVER_UID,
+        fs_group=SERVER_UID,
+        seccomp_profile=V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
 def vllm_args(cfg: RunConfig, served_model_name: str, gpus: int = 1) -> list[str]:
     """`vllm serve` arguments shared by both targets (the model folder is always /mnt/models)."""
     args = [
@@ -197,14 +303,20 @@ def serialize(obj: Any) -> dict[str, Any]:
 # ---- KServe ------------------------------------------------------------------------------------------------------
 
 
-def render_service_account(cfg: RunConfig) -> dict[str, Any]:
-    """The account KServe's storage initializer uses; it carries the S3 secret (annotated with the S3 endpoint)."""
+def render_service_account(cfg: RunConfig, s3_endpoint: str | None = None) -> dict[str, Any]:
+    """The account KServe's storage initializer uses: it lists the S3 secret and carries KServe's S3 endpoint
+    annotations (from `s3_endpoint`, else this process's AWS_ENDPOINT_URL), so MinIO/SeaweedFS/Ceph are reachable."""
     from kubernetes.client import V1ObjectMeta, V1ObjectReference, V1ServiceAccount
 
     account = V1ServiceAccount(
         api_version="v1",
         kind="ServiceAccount",
-        metadata=V1ObjectMeta(name=SERVICE_ACCOUNT, namespace=cfg.serving.namespace, labels=model_labels(cfg)),
+        metadata=V1ObjectMeta(
+            name=SERVICE_ACCOUNT,
+            namespace=cfg.serving.namespace,
+            labels=model_labels(cfg),
+            annotations=s3_endpoint_annotations(s3_endpoint) or None,
+        ),
         secrets=[V1ObjectReference(name=cfg.cluster.s3_secret)],
     )
     return serialize(account)
@@ -213,7 +325,7 @@ def render_service_account(cfg: RunConfig) -> dict[str, Any]:
 def render_serving_runtime(cfg: RunConfig, resources: Resources | None = None) -> dict[str, Any]:
     """A ServingRuntime for format `vllm`: `vllm serve /mnt/models` on port 8080, metrics scraped from /metrics."""
     from kserve import V1alpha1ServingRuntime, V1alpha1ServingRuntimeSpec, V1alpha1SupportedModelFormat
-    from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ObjectMeta
+    from kubernetes.client import V1Container, V1ContainerPort, V1ObjectMeta
 
     resources = resources or Resources()
     container = V1Container(
@@ -222,9 +334,11 @@ def render_serving_runtime(cfg: RunConfig, resources: Resources | None = None) -
         command=["vllm", "serve"],
         # KServe substitutes {{.Name}} with the InferenceService name, which is what clients send as `model`.
         args=vllm_args(cfg, "{{.Name}}", resources.gpus),
-        env=[V1EnvVar(name="HF_HOME", value="/tmp/hf_home")],
+        env=server_env(cfg),
         ports=[V1ContainerPort(container_port=HTTP_PORT, name="http1", protocol="TCP")],
         resources=resources.requirements(),
+        security_context=container_security(),
+        volume_mounts=server_mounts(),
     )
     runtime = V1alpha1ServingRuntime(
         api_version=RUNTIME_API_VERSION,
@@ -237,8 +351,11 @@ def render_serving_runtime(cfg: RunConfig, resources: Resources | None = None) -
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(HTTP_PORT),
                 "prometheus.io/path": "/metrics",
+                # Knative only: a 7B model downloads and loads for longer than its default 600 s.
+                KNATIVE_PROGRESS_DEADLINE: f"{cfg.serving.ready_timeout_s}s",
             },
             containers=[container],
+            volumes=server_volumes(),
         ),
     )
     return serialize(runtime)
@@ -249,8 +366,13 @@ def render_inference_service(
     model: ModelRef,
     canary_percent: int | None = None,
     resources: Resources | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
-    """The InferenceService serving `model`; `canary_percent` sends that share of traffic to this revision."""
+    """The InferenceService serving `model`; `canary_percent` sends that share of traffic to this revision.
+
+    `mode` is KServe's deployment mode (Knative or Standard); None leaves it to the cluster's default. Canaries
+    and tag routing need Knative.
+    """
     from kserve import (
         V1beta1InferenceService,
         V1beta1InferenceServiceSpec,
@@ -265,12 +387,17 @@ def render_inference_service(
     resources = resources or Resources()
     name = check_name(cfg.serving.service_name, "serving.service_name")
     selector, tolerations = gpu_scheduling(cfg)
-    annotations = {
-        **model_annotations(model),
-        # Canary rollouts are a serverless (Knative) feature; tag routing gives the latest revision its own URL.
-        KSERVE_DEPLOYMENT_MODE: "Serverless",
-        KSERVE_TAG_ROUTING: "true",
-    }
+    mode = normalized_mode(mode)
+    if mode not in (None, KNATIVE, STANDARD):
+        raise ManifestError(f"KServe deployment mode {mode!r}: expected {KNATIVE} or {STANDARD}")
+    if canary_percent is not None and mode != KNATIVE:
+        raise ManifestError(f"a canary needs KServe's {KNATIVE} mode (traffic split by revision), not {mode}")
+    annotations = dict(model_annotations(model))
+    if mode is not None:
+        annotations[KSERVE_DEPLOYMENT_MODE] = mode
+    if mode == KNATIVE:
+        # Tag routing gives the latest revision its own URL, which the canary's smoke test calls.
+        annotations[KSERVE_TAG_ROUTING] = "true"
     service = V1beta1InferenceService(
         api_version=ISVC_API_VERSION,
         kind="InferenceService",
@@ -287,6 +414,7 @@ def render_inference_service(
                 service_account_name=SERVICE_ACCOUNT,
                 node_selector=selector,
                 tolerations=tolerations,
+                security_context=pod_security(),
                 labels=model_labels(cfg, model),
                 model=V1beta1ModelSpec(
                     name=None,
@@ -302,13 +430,17 @@ def render_inference_service(
 
 
 def render_kserve(
-    cfg: RunConfig, model: ModelRef, canary_percent: int | None = None, resources: Resources | None = None
+    cfg: RunConfig,
+    model: ModelRef,
+    canary_percent: int | None = None,
+    resources: Resources | None = None,
+    mode: str | None = None,
 ) -> list[dict[str, Any]]:
     """Everything the kserve target applies, in apply order."""
     return [
         render_service_account(cfg),
         render_serving_runtime(cfg, resources),
-        render_inference_service(cfg, model, canary_percent, resources),
+        render_inference_service(cfg, model, canary_percent, resources, mode),
     ]
 
 
@@ -324,18 +456,42 @@ def version_service_name(cfg: RunConfig, model: ModelRef) -> str:
 
 
 def model_sync_script() -> str:
-    """Shell run by the init container: copy the model folder from S3, honouring a custom endpoint (MinIO)."""
+    """Shell run by the init container: copy the model folder from S3, honouring a custom endpoint (MinIO).
+
+    With $MODEL_CACHE set, MODEL_DIR lives on a shared volume: a version already there (completion marker) is not
+    downloaded again; otherwise it is synced to a pod-private sibling and renamed into place, so concurrent pods
+    never see a half-copied model and the first complete copy wins.
+    """
     return (
         'endpoint="${AWS_ENDPOINT_URL_S3:-${AWS_ENDPOINT_URL:-${MLFLOW_S3_ENDPOINT_URL:-}}}"\n'
-        'aws s3 sync "$MODEL_URI" "$MODEL_DIR" --only-show-errors ${endpoint:+--endpoint-url "$endpoint"}\n'
-        'test -f "$MODEL_DIR/config.json" || { echo "no config.json under $MODEL_URI" >&2; exit 1; }\n'
+        'target="$MODEL_DIR"\n'
+        'if [ -n "${MODEL_CACHE:-}" ]; then\n'
+        f'  if [ -f "$MODEL_DIR/{MODEL_COMPLETE_MARKER}" ]; then echo "$MODEL_URI: already cached"; exit 0; fi\n'
+        '  target="$MODEL_DIR.partial-${HOSTNAME:-$$}"\n'
+        '  mkdir -p "$target"\n'
+        "fi\n"
+        'aws s3 sync "$MODEL_URI" "$target" --only-show-errors ${endpoint:+--endpoint-url "$endpoint"}\n'
+        'test -f "$target/config.json" || { echo "no config.json under $MODEL_URI" >&2; exit 1; }\n'
+        'if [ -n "${MODEL_CACHE:-}" ]; then\n'
+        f'  touch "$target/{MODEL_COMPLETE_MARKER}"\n'
+        f'  mv -T "$target" "$MODEL_DIR" 2>/dev/null || {{ rm -rf "$target"; test -f "$MODEL_DIR/{MODEL_COMPLETE_MARKER}"; }}\n'
+        "fi\n"
     )
+
+
+def model_cache_key(model: ModelRef) -> str:
+    """The folder of a version on the shared model cache volume."""
+    return f"{label_value(model.name)}/{label_value(model.version)}"
 
 
 def render_deployment(
     cfg: RunConfig, model: ModelRef, replicas: int = 1, resources: Resources | None = None
 ) -> dict[str, Any]:
-    """One Deployment per model version: S3 sync init container, then `vllm serve` with a /health readiness probe."""
+    """One Deployment per model version: S3 sync init container, then `vllm serve` with a /health readiness probe.
+
+    With `serving.model_cache_pvc` the model is synced once per version onto that shared (ReadWriteMany) volume and
+    every pod mounts its folder read-only; otherwise each pod downloads it into its own emptyDir.
+    """
     from kubernetes.client import (
         V1Container,
         V1ContainerPort,
@@ -347,6 +503,7 @@ def render_deployment(
         V1HTTPGetAction,
         V1LabelSelector,
         V1ObjectMeta,
+        V1PersistentVolumeClaimVolumeSource,
         V1PodSpec,
         V1PodTemplateSpec,
         V1Probe,
@@ -361,14 +518,33 @@ def render_deployment(
     selector, tolerations = gpu_scheduling(cfg)
     labels = model_labels(cfg, model)
     match = {LABEL_APP: cfg.serving.service_name, LABEL_MODEL_VERSION: labels[LABEL_MODEL_VERSION]}
-    model_volume = V1VolumeMount(name="model", mount_path=MODEL_MOUNT)
+    sync_env = [V1EnvVar(name="MODEL_URI", value=model.storage_uri), V1EnvVar(name="HOME", value=SCRATCH_MOUNT)]
+    if cfg.serving.model_cache_pvc:
+        volume = V1Volume(
+            name="model",
+            persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=cfg.serving.model_cache_pvc),
+        )
+        sync_mount = V1VolumeMount(name="model", mount_path=MODEL_CACHE_MOUNT)
+        server_mount = V1VolumeMount(
+            name="model", mount_path=MODEL_MOUNT, sub_path=model_cache_key(model), read_only=True
+        )
+        sync_env += [
+            V1EnvVar(name="MODEL_DIR", value=f"{MODEL_CACHE_MOUNT}/{model_cache_key(model)}"),
+            V1EnvVar(name="MODEL_CACHE", value="1"),
+        ]
+    else:
+        volume = V1Volume(name="model", empty_dir=V1EmptyDirVolumeSource())
+        sync_mount = V1VolumeMount(name="model", mount_path=MODEL_MOUNT)
+        server_mount = V1VolumeMount(name="model", mount_path=MODEL_MOUNT, read_only=True)
+        sync_env.append(V1EnvVar(name="MODEL_DIR", value=MODEL_MOUNT))
     sync = V1Container(
         name="model-sync",
         image=pinned_image(AWS_CLI_IMAGE_VAR),
         command=["/bin/sh", "-ec", model_sync_script()],
-        env=[V1EnvVar(name="MODEL_URI", value=model.storage_uri), V1EnvVar(name="MODEL_DIR", value=MODEL_MOUNT)],
+        env=sync_env,
         env_from=[V1EnvFromSource(secret_ref=V1SecretEnvSource(name=cfg.cluster.s3_secret))],
-        volume_mounts=[model_volume],
+        security_context=container_security(),
+        volume_mounts=[sync_mount, V1VolumeMount(name="scratch", mount_path=SCRATCH_MOUNT)],
     )
     health = V1HTTPGetAction(path=HEALTH_PATH, port="http")
     server = V1Container(
@@ -376,15 +552,18 @@ def render_deployment(
         image=vllm_image(cfg),
         command=["vllm", "serve"],
         args=vllm_args(cfg, cfg.serving.service_name, resources.gpus),
-        env=[V1EnvVar(name="HF_HOME", value="/tmp/hf_home")],
+        env=server_env(cfg),
         ports=[V1ContainerPort(container_port=HTTP_PORT, name="http", protocol="TCP")],
-        # Loading weights and capturing CUDA graphs takes minutes: the startup probe allows 20, readiness then
-        # takes the pod out of the Service as soon as /health fails.
-        startup_probe=V1Probe(http_get=health, period_seconds=10, failure_threshold=120),
+        # Loading weights and capturing CUDA graphs takes minutes: the startup probe allows ready_timeout_s,
+        # readiness then takes the pod out of the Service as soon as /health fails.
+        startup_probe=V1Probe(
+            http_get=health, period_seconds=10, failure_threshold=max(1, cfg.serving.ready_timeout_s // 10)
+        ),
         readiness_probe=V1Probe(http_get=health, period_seconds=10, failure_threshold=3),
         liveness_probe=V1Probe(http_get=health, period_seconds=30, failure_threshold=5),
         resources=resources.requirements(),
-        volume_mounts=[model_volume],
+        security_context=container_security(),
+        volume_mounts=[server_mount, *server_mounts()],
     )
     deployment = V1Deployment(
         api_version="apps/v1",
@@ -397,6 +576,8 @@ def render_deployment(
         ),
         spec=V1DeploymentSpec(
             replicas=replicas,
+            # The default 600 s marks a 7B start (download, load, CUDA graphs) as failed before it is.
+            progress_deadline_seconds=max(600, cfg.serving.ready_timeout_s),
             selector=V1LabelSelector(match_labels=match),
             template=V1PodTemplateSpec(
                 metadata=V1ObjectMeta(labels=labels, annotations=model_annotations(model)),
@@ -405,7 +586,8 @@ def render_deployment(
                     containers=[server],
                     node_selector=selector,
                     tolerations=tolerations,
-                    volumes=[V1Volume(name="model", empty_dir=V1EmptyDirVolumeSource())],
+                    security_context=pod_security(),
+                    volumes=[volume, *server_volumes()],
                 ),
             ),
         ),

@@ -131,6 +131,10 @@ def smoke_failure(report: SmokeReport, cfg: RunConfig, url: str) -> str:
     )
 
 
-def openai_client(cfg: RunConfig, url: str, builder: PromptBuilder, timeout_s: float) -> IntentClient:
-    """The smoke-test client of a vLLM endpoint (KServe or plain Kubernetes)."""
-    return IntentClient(url, "openai", model=cfg.serving.service_name, builder=builder, timeout_s=timeout_s)
+def openai_client(
+    cfg: RunConfig, url: str, builder: PromptBuilder, timeout_s: float, api_key: str | None = None
+) -> IntentClient:
+    """The smoke-test client of a vLLM endpoint (KServe or plain Kubernetes); `api_key` when vLLM requires one."""
+    return IntentClient(
+        url, "openai", model=cfg.serving.service_name, builder=builder, timeout_s=timeout_s, api_key=api_key
+    )
