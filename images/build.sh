@@ -65,6 +65,6 @@ for target in "${targets[@]}"; do
     server)
       build server "$SERVER_IMAGE" VLLM_IMAGE ;;
     mlflow)
-      build mlflow "$MLFLOW_SERVER_IMAGE" MLFLOW_BASE_IMAGE PSYCOPG2_VERSION BOTO3_VERSION ;;
+      build mlflow "$MLFLOW_SERVER_IMAGE" MLFLOW_BASE_IMAGE PSYCOPG2_VERSION BOTO3_VERSION FLASK_WTF_VERSION ;;
   esac
 done

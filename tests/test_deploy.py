@@ -455,3 +455,103 @@ def test_predict_checks_an_mlflow_endpoints_answer_against_the_catalog(
     assert answer["call"] == "rm_rf(/)" and answer["valid"] is False and code == 1
     with pytest.raises(ValueError, match="checked against the catalog"):
         IntentClient(endpoint, "mlflow")
+
+
+# ---- KServe modes, addresses, credentials ----------------------------------------------------------------------------
+
+
+def test_kserve_standard_mode_replaces_in_place_and_restores_on_failure(
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
+) -> None:
+    kube, openai = fakes
+    cfg.serving.kserve_mode = "Standard"
+    rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+    result = rollout_kserve(cfg, model("2"), builder, cluster, 10, smoke_requests=SMOKE)
+    assert isvc_applies(kube) == [("1", None), ("2", None)]  # no traffic split in Standard mode: no canary
+    stored = kube.get("InferenceService", "intent-detector")
+    assert stored["metadata"]["annotations"][mf.KSERVE_DEPLOYMENT_MODE] == "Standard"
+    assert mf.KSERVE_TAG_ROUTING not in stored["metadata"]["annotations"]
+    assert result.canary_percent is None and result.previous_version == "1" and len(openai.routed("rev2")) == SMOKE
+
+    openai.behaviours["rev3"] = "error"
+    with pytest.raises(dp.DeployError, match="rolled back to version 2"):
+        rollout_kserve(cfg, model("3"), builder, cluster, 10, smoke_requests=SMOKE)
+    assert kube.get("InferenceService", "intent-detector")["metadata"]["labels"][mf.LABEL_MODEL_VERSION] == "2"
+
+
+def test_kserve_auto_mode_follows_what_the_cluster_runs(
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
+) -> None:
+    kube, _ = fakes
+    cfg.serving.kserve_mode = "auto"
+    kserve.default_mode = "Knative"  # this cluster's KServe defaults to Knative
+    rollout_kserve(cfg, model("1"), builder, cluster, 20, smoke_requests=SMOKE)
+    assert mf.KSERVE_DEPLOYMENT_MODE not in kube.get("InferenceService", "intent-detector")["metadata"]["annotations"]
+    second = rollout_kserve(cfg, model("2"), builder, cluster, 20, smoke_requests=SMOKE)
+    assert second.canary_percent == 20  # the live InferenceService runs Knative: canary
+    # A knob that disagrees with the live mode cannot switch it (KServe keeps the mode): the live one is used.
+    cfg.serving.kserve_mode = "Standard"
+    third = rollout_kserve(cfg, model("3"), builder, cluster, 20, smoke_requests=SMOKE)
+    assert third.canary_percent == 20
+
+
+def test_kserve_smoke_test_uses_the_cluster_internal_address(
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], cluster: Cluster, kserve: KServeController, builder
+) -> None:
+    _, openai = fakes
+    result = rollout_kserve(cfg, model("1"), builder, cluster, 10, smoke_requests=SMOKE)
+    stored = fakes[0].get("InferenceService", "intent-detector")
+    assert stored["status"]["url"].endswith(".example.com")  # the external host, unreachable from here
+    assert result.smoke.errors == 0 and result.endpoint == f"{openai.url}/rev1/v1"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://latest-intent-detector-predictor.intentops.example.com", "http://latest-intent-detector-predictor.intentops.svc.cluster.local"),
+        ("https://intent-detector.intentops.models.corp.net/v1", "http://intent-detector.intentops.svc.cluster.local/v1"),
+        ("http://intent-detector-predictor.intentops.svc.cluster.local", "http://intent-detector-predictor.intentops.svc.cluster.local"),
+        ("http://127.0.0.1:8080/rev1", "http://127.0.0.1:8080/rev1"),
+    ],
+)  # fmt: skip
+def test_knative_urls_in_cluster(url: str, expected: str) -> None:
+    from intentops.serving.kserve_rollout import cluster_local_url
+
+    assert cluster_local_url(url, "intentops") == expected
+
+
+def test_deploy_authenticates_with_the_vllm_api_key_secret(
+    cfg: RunConfig, fakes: tuple[FakeKubernetes, FakeOpenAI], kserve: KServeController, builder, monkeypatch
+) -> None:
+    import base64
+
+    kube, openai = fakes
+    openai.api_key = "s3cr3t"
+    cfg.serving.api_key_secret = "intentops-vllm"
+    ref = model("1")
+    monkeypatch.setattr(dp, "resolve_model", lambda *args, **kwargs: (ref, builder))
+    with pytest.raises(dp.DeployError, match="Secret/intentops-vllm not found in intentops"):
+        dp.deploy(cfg, target="kserve", api_client=kube.api_client(), smoke_requests=SMOKE, poll_s=0.05, record=False)
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "intentops-vllm"},
+            "data": {"VLLM_API_KEY": base64.b64encode(b"s3cr3t").decode()},
+        }
+    )
+    result = dp.deploy(
+        cfg, target="kserve", api_client=kube.api_client(), smoke_requests=SMOKE, poll_s=0.05, record=False
+    )
+    assert result.smoke.valid == SMOKE
+
+
+@pytest.mark.parametrize(
+    "source", ["mlflow-artifacts:/3/abc/artifacts/hf_model", "mlflow-artifacts://mlflow:5000/3/abc/artifacts/hf_model"]
+)
+def test_proxied_artifacts_map_onto_the_servers_destination(source: str) -> None:
+    assert dp.proxied_to_store(source, "s3://mlflow/artifacts/") == "s3://mlflow/artifacts/3/abc/artifacts/hf_model"
+    assert dp.proxied_to_store(source, None) == source
+    assert dp.proxied_to_store("s3://b/k", "s3://other") == "s3://b/k"
+    with pytest.raises(dp.DeployError, match="MLFLOW_ARTIFACTS_DESTINATION"):
+        dp.check_cluster_storage(mf.ModelRef("m", "1", source))
