@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 from intentops.config import RunConfig
+from intentops.serving import k8s_manifests as k8m
+from intentops.serving import kserve_manifests as ksm
+from intentops.serving import manifest_schema as schema
 from intentops.serving import manifests as mf
 
 MODEL = mf.ModelRef(name="intent-detector", version="7", storage_uri="s3://models/mlflow/3/abc/artifacts/hf_model")
@@ -44,7 +47,7 @@ def _container(pod_spec: dict, name: str) -> dict:
 
 
 def test_serving_runtime_runs_vllm_openai_server_with_config_knobs(cfg: RunConfig, images: Path) -> None:
-    account, runtime, _ = mf.validate_all(mf.render_kserve(cfg, MODEL))
+    account, runtime, _ = schema.validate_all(ksm.render_kserve(cfg, MODEL))
     container = runtime["spec"]["containers"][0]
     assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and runtime["metadata"]["namespace"] == "serving"
     assert container["image"] == "vllm/vllm-openai:v0.11.0"
@@ -63,8 +66,8 @@ def test_serving_runtime_runs_vllm_openai_server_with_config_knobs(cfg: RunConfi
 
 
 def test_inference_service_points_at_the_version_with_gpu_scheduling(cfg: RunConfig, images: Path) -> None:
-    service = mf.render_inference_service(cfg, MODEL)
-    mf.validate_manifest(service)
+    service = ksm.render_inference_service(cfg, MODEL)
+    schema.validate_manifest(service)
     predictor = service["spec"]["predictor"]
     assert predictor["model"]["storageUri"] == MODEL.storage_uri
     assert predictor["model"]["runtime"] == mf.RUNTIME_NAME
@@ -77,30 +80,30 @@ def test_inference_service_points_at_the_version_with_gpu_scheduling(cfg: RunCon
     assert annotations[mf.ANNOTATION_MODEL_URI] == "models:/intent-detector/7"
     assert mf.KSERVE_DEPLOYMENT_MODE not in annotations  # no mode asked: the cluster's KServe default applies
 
-    canary = mf.render_inference_service(cfg, MODEL, canary_percent=15, mode="Serverless")  # legacy name
-    mf.validate_manifest(canary)
+    canary = ksm.render_inference_service(cfg, MODEL, canary_percent=15, mode="Serverless")  # legacy name
+    schema.validate_manifest(canary)
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 15
     assert canary["metadata"]["annotations"][mf.KSERVE_DEPLOYMENT_MODE] == "Knative"
     assert canary["metadata"]["annotations"][mf.KSERVE_TAG_ROUTING] == "true"
     with pytest.raises(mf.ManifestError, match=r"outside 0\.\.100"):
-        mf.render_inference_service(cfg, MODEL, canary_percent=120, mode="Knative")
+        ksm.render_inference_service(cfg, MODEL, canary_percent=120, mode="Knative")
 
-    standard = mf.validate_all([mf.render_inference_service(cfg, MODEL, mode="RawDeployment")])[0]
+    standard = schema.validate_all([ksm.render_inference_service(cfg, MODEL, mode="RawDeployment")])[0]
     assert standard["metadata"]["annotations"][mf.KSERVE_DEPLOYMENT_MODE] == "Standard"
     assert mf.KSERVE_TAG_ROUTING not in standard["metadata"]["annotations"]
     with pytest.raises(mf.ManifestError, match="canary needs KServe's Knative mode"):
-        mf.render_inference_service(cfg, MODEL, canary_percent=10, mode="Standard")
+        ksm.render_inference_service(cfg, MODEL, canary_percent=10, mode="Standard")
 
 
 def test_tensor_parallel_follows_gpu_count(cfg: RunConfig, images: Path) -> None:
-    runtime = mf.render_serving_runtime(cfg, mf.Resources(gpus=4))
+    runtime = ksm.render_serving_runtime(cfg, mf.Resources(gpus=4))
     container = runtime["spec"]["containers"][0]
     assert "--tensor-parallel-size=4" in container["args"]
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
 
 
 def test_plain_kubernetes_bundle_syncs_from_s3_and_probes_health(cfg: RunConfig, images: Path) -> None:
-    service, version_service, deployment = mf.validate_all(mf.render_k8s(cfg, MODEL, replicas=2))
+    service, version_service, deployment = schema.validate_all(k8m.render_k8s(cfg, MODEL, replicas=2))
     pod = deployment["spec"]["template"]["spec"]
     server, sync = _container(pod, "vllm"), _container(pod, "model-sync")
     assert deployment["metadata"]["name"] == "intent-detector-v7" and deployment["spec"]["replicas"] == 2
@@ -115,7 +118,7 @@ def test_plain_kubernetes_bundle_syncs_from_s3_and_probes_health(cfg: RunConfig,
     assert service["spec"]["selector"] == {mf.LABEL_APP: "intent-detector"}
     assert version_service["spec"]["selector"] == {mf.LABEL_APP: "intent-detector", mf.LABEL_MODEL_VERSION: "7"}
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
-    assert mf.service_url(cfg) == "http://intent-detector.serving.svc.cluster.local:80/v1"
+    assert k8m.service_url(cfg) == "http://intent-detector.serving.svc.cluster.local:80/v1"
 
 
 def pod_labels(deployment: dict) -> dict:
@@ -123,36 +126,36 @@ def pod_labels(deployment: dict) -> dict:
 
 
 def test_schema_validation_rejects_typos_and_bad_values(cfg: RunConfig, images: Path) -> None:
-    service = mf.render_inference_service(cfg, MODEL, canary_percent=10, mode="Knative")
+    service = ksm.render_inference_service(cfg, MODEL, canary_percent=10, mode="Knative")
     service["spec"]["predictor"]["canaryTraficPercent"] = service["spec"]["predictor"].pop("canaryTrafficPercent")
     with pytest.raises(mf.ManifestError, match="canaryTraficPercent"):
-        mf.validate_manifest(service)
+        schema.validate_manifest(service)
 
-    service = mf.render_inference_service(cfg, MODEL)
+    service = ksm.render_inference_service(cfg, MODEL)
     service["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] = ["1"]
     with pytest.raises(mf.ManifestError, match=r"spec\.predictor\.model\.resources\.limits"):
-        mf.validate_manifest(service)
+        schema.validate_manifest(service)
 
-    service = mf.render_inference_service(cfg, MODEL)
+    service = ksm.render_inference_service(cfg, MODEL)
     del service["spec"]["predictor"]["model"]["modelFormat"]
     with pytest.raises(mf.ManifestError, match="modelFormat"):
-        mf.validate_manifest(service)
+        schema.validate_manifest(service)
 
-    runtime = mf.render_serving_runtime(cfg)
+    runtime = ksm.render_serving_runtime(cfg)
     runtime["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/health", "port": 8080}}
     with pytest.raises(mf.ManifestError, match="readinesProbe"):
-        mf.validate_manifest(runtime)
+        schema.validate_manifest(runtime)
 
-    deployment = mf.render_deployment(cfg, MODEL)
+    deployment = k8m.render_deployment(cfg, MODEL)
     deployment["spec"]["replicas"] = "two"
     with pytest.raises(mf.ManifestError, match=r"Deployment/intent-detector-v7 .*spec\.replicas"):
-        mf.validate_manifest(deployment)
+        schema.validate_manifest(deployment)
 
 
 def test_names_must_be_dns_labels(cfg: RunConfig, images: Path) -> None:
     cfg.serving.service_name = "Intent_Detector"
     with pytest.raises(mf.ManifestError, match="DNS-1035"):
-        mf.render_inference_service(cfg, MODEL)
+        ksm.render_inference_service(cfg, MODEL)
 
 
 def test_image_pins_come_from_versions_env_unless_overridden(cfg: RunConfig, images: Path) -> None:
@@ -161,7 +164,7 @@ def test_image_pins_come_from_versions_env_unless_overridden(cfg: RunConfig, ima
     assert mf.vllm_image(cfg) == "registry.local/vllm:custom"
     images.write_text("VLLM_IMAGE=vllm/vllm-openai:v0.11.0\n", encoding="utf-8")
     with pytest.raises(mf.ManifestError, match=f"{images}: no AWS_CLI_IMAGE"):
-        mf.render_deployment(cfg, MODEL)
+        k8m.render_deployment(cfg, MODEL)
 
 
 def test_repository_pins_the_serving_images() -> None:
@@ -172,7 +175,7 @@ def test_repository_pins_the_serving_images() -> None:
 
 
 def test_yaml_stream_round_trips(cfg: RunConfig, images: Path) -> None:
-    objs = mf.render_kserve(cfg, MODEL, canary_percent=5, mode="Knative") + mf.render_k8s(cfg, MODEL)
+    objs = ksm.render_kserve(cfg, MODEL, canary_percent=5, mode="Knative") + k8m.render_k8s(cfg, MODEL)
     assert list(yaml.safe_load_all(mf.to_yaml(objs))) == objs
 
 
@@ -189,7 +192,7 @@ def test_model_sync_script_uses_the_configured_s3_endpoint(tmp_path: Path) -> No
     base_env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MODEL_URI": MODEL.storage_uri, "MODEL_DIR": str(model_dir)}
 
     subprocess.run(
-        ["/bin/sh", "-ec", mf.model_sync_script()],
+        ["/bin/sh", "-ec", k8m.model_sync_script()],
         env={**base_env, "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000"},
         check=True,
     )
@@ -203,12 +206,12 @@ def test_model_sync_script_uses_the_configured_s3_endpoint(tmp_path: Path) -> No
     ]
     assert record.read_text().split("\n")[6] == "http://minio:9000"
 
-    subprocess.run(["/bin/sh", "-ec", mf.model_sync_script()], env=base_env, check=True)
+    subprocess.run(["/bin/sh", "-ec", k8m.model_sync_script()], env=base_env, check=True)
     assert "--endpoint-url" not in record.read_text()
 
     stub.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")  # a sync that fetched nothing must fail the pod
     (model_dir / "config.json").unlink()
-    failed = subprocess.run(["/bin/sh", "-ec", mf.model_sync_script()], env=base_env, capture_output=True, text=True)
+    failed = subprocess.run(["/bin/sh", "-ec", k8m.model_sync_script()], env=base_env, capture_output=True, text=True)
     assert failed.returncode == 1 and "no config.json" in failed.stderr
 
 
@@ -227,13 +230,13 @@ def _assert_hardened(pod: dict, container: dict) -> None:
 
 
 def test_serving_pods_run_non_root_read_only_with_shm_and_scratch(cfg: RunConfig, images: Path) -> None:
-    _, runtime, service = mf.validate_all(mf.render_kserve(cfg, MODEL))
+    _, runtime, service = schema.validate_all(ksm.render_kserve(cfg, MODEL))
     _assert_hardened(
         {**service["spec"]["predictor"], "volumes": runtime["spec"]["volumes"]}, runtime["spec"]["containers"][0]
     )
     assert runtime["spec"]["annotations"][mf.KNATIVE_PROGRESS_DEADLINE] == f"{cfg.serving.ready_timeout_s}s"
 
-    deployment = mf.validate_all([mf.render_deployment(cfg, MODEL)])[0]
+    deployment = schema.validate_all([k8m.render_deployment(cfg, MODEL)])[0]
     pod = deployment["spec"]["template"]["spec"]
     _assert_hardened(pod, _container(pod, "vllm"))
     assert _container(pod, "model-sync")["securityContext"]["runAsNonRoot"] is True
@@ -244,8 +247,8 @@ def test_serving_pods_run_non_root_read_only_with_shm_and_scratch(cfg: RunConfig
 
 def test_api_key_comes_from_a_secret_never_the_command_line(cfg: RunConfig, images: Path) -> None:
     cfg.serving.api_key_secret = "intentops-vllm"
-    _, runtime, _ = mf.render_kserve(cfg, MODEL)
-    deployment = mf.render_deployment(cfg, MODEL)
+    _, runtime, _ = ksm.render_kserve(cfg, MODEL)
+    deployment = k8m.render_deployment(cfg, MODEL)
     for container in (runtime["spec"]["containers"][0], _container(deployment["spec"]["template"]["spec"], "vllm")):
         key = next(e for e in container["env"] if e["name"] == "VLLM_API_KEY")
         assert key == {
@@ -254,7 +257,7 @@ def test_api_key_comes_from_a_secret_never_the_command_line(cfg: RunConfig, imag
         }
         assert not any("api-key" in arg or "api_key" in arg for arg in container["args"])
     cfg.serving.api_key_secret = ""
-    assert not any(e["name"] == "VLLM_API_KEY" for e in mf.render_serving_runtime(cfg)["spec"]["containers"][0]["env"])
+    assert not any(e["name"] == "VLLM_API_KEY" for e in ksm.render_serving_runtime(cfg)["spec"]["containers"][0]["env"])
 
 
 @pytest.mark.parametrize(
@@ -271,15 +274,15 @@ def test_kserve_learns_the_s3_endpoint_from_annotations(
     assert mf.s3_endpoint_annotations(url) == expected
     for name in mf.S3_ENDPOINT_ENVS:
         monkeypatch.delenv(name, raising=False)
-    assert "annotations" not in mf.render_service_account(cfg)["metadata"]  # AWS S3 itself: nothing to say
+    assert "annotations" not in ksm.render_service_account(cfg)["metadata"]  # AWS S3 itself: nothing to say
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)  # what the deploy step's S3 secret sets
-    account = mf.validate_all([mf.render_service_account(cfg)])[0]
+    account = schema.validate_all([ksm.render_service_account(cfg)])[0]
     assert account["metadata"]["annotations"] == expected
 
 
 def test_shared_model_cache_volume_downloads_each_version_once(cfg: RunConfig, images: Path) -> None:
     cfg.serving.model_cache_pvc = "intentops-models"
-    pod = mf.validate_all([mf.render_deployment(cfg, MODEL)])[0]["spec"]["template"]["spec"]
+    pod = schema.validate_all([k8m.render_deployment(cfg, MODEL)])[0]["spec"]["template"]["spec"]
     model_volume = next(v for v in pod["volumes"] if v["name"] == "model")
     assert model_volume == {"name": "model", "persistentVolumeClaim": {"claimName": "intentops-models"}}
     server = next(m for m in _container(pod, "vllm")["volumeMounts"] if m["name"] == "model")
@@ -301,7 +304,7 @@ def test_model_sync_with_a_shared_cache_downloads_once_and_publishes_whole(tmp_p
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MODEL_URI": MODEL.storage_uri, "MODEL_DIR": str(cache),
            "MODEL_CACHE": "1", "HOSTNAME": "pod-a"}  # fmt: skip
     for pod in ("pod-a", "pod-b"):
-        subprocess.run(["/bin/sh", "-ec", mf.model_sync_script()], env={**env, "HOSTNAME": pod}, check=True)
+        subprocess.run(["/bin/sh", "-ec", k8m.model_sync_script()], env={**env, "HOSTNAME": pod}, check=True)
     assert calls.read_text().split() == [f"{cache}.partial-pod-a"]  # the second pod found it complete
     assert sorted(p.name for p in cache.iterdir()) == [mf.MODEL_COMPLETE_MARKER, "config.json", "model.safetensors"]
     assert sorted(p.name for p in cache.parent.iterdir()) == ["7"]  # no partial copy left behind

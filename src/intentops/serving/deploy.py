@@ -35,6 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from intentops.config import RunConfig
 from intentops.io import read_json
+from intentops.serving import k8s_manifests as k8m
+from intentops.serving import kserve_manifests as ksm
+from intentops.serving import manifest_schema as schema
 from intentops.serving import manifests as mf
 from intentops.serving.k8s_rollout import rollout_k8s
 from intentops.serving.kserve_rollout import rollout_kserve
@@ -181,9 +184,9 @@ def render(cfg: RunConfig, model: mf.ModelRef, target: str, canary_percent: int 
     if target == "kserve":
         mode = None if cfg.serving.kserve_mode == "auto" else mf.normalized_mode(cfg.serving.kserve_mode)
         canary = canary_percent if mode == mf.KNATIVE else None
-        return mf.validate_all(mf.render_kserve(cfg, model, canary, mode=mode))
+        return schema.validate_all(ksm.render_kserve(cfg, model, canary, mode=mode))
     if target == "k8s":
-        return mf.validate_all(mf.render_k8s(cfg, model))
+        return schema.validate_all(k8m.render_k8s(cfg, model))
     raise DeployError(f"target {target!r} has no manifests (kserve or k8s)")
 
 

@@ -7,6 +7,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from intentops.config import RunConfig
+from intentops.serving import k8s_manifests as k8m
+from intentops.serving import manifest_schema as schema
 from intentops.serving import manifests as mf
 from intentops.serving.kube import Cluster, deployment_ready, version_label
 from intentops.serving.outcome import DeployError, DeployResult
@@ -43,7 +45,7 @@ def rollout_k8s(
 ) -> DeployResult:
     """Deployment per version behind one Service; canary by replica weight, then scale up and retire the old one."""
     app = {mf.LABEL_APP: cfg.serving.service_name, mf.LABEL_MANAGED_BY: mf.MANAGER}
-    new_name = mf.deployment_name(cfg, model)
+    new_name = k8m.deployment_name(cfg, model)
     existing = cluster.list("apps/v1", "Deployment", app)
     stable = [d for d in existing if d["metadata"]["name"] != new_name]
     same = next((d for d in existing if d["metadata"]["name"] == new_name), None)
@@ -62,7 +64,7 @@ def rollout_k8s(
             share * 100,
             canary_percent,
         )
-    objects = mf.validate_all(mf.render_k8s(cfg, model, first_replicas))
+    objects = schema.validate_all(k8m.render_k8s(cfg, model, first_replicas))
     for obj in objects:
         cluster.apply(obj)
 
@@ -70,7 +72,7 @@ def rollout_k8s(
         if same is not None and not stable:
             return DeployError(f"{reason}; {new_name} was already serving, nothing to roll back")
         cluster.delete("apps/v1", "Deployment", new_name)
-        cluster.delete("v1", "Service", mf.version_service_name(cfg, model))
+        cluster.delete("v1", "Service", k8m.version_service_name(cfg, model))
         if not stable:
             return DeployError(f"{reason}; removed {new_name} (no previous version)", rolled_back=True)
         return DeployError(f"{reason}; removed {new_name}, version {previous_version} keeps serving", rolled_back=True)
@@ -79,14 +81,14 @@ def rollout_k8s(
         cluster.wait("apps/v1", "Deployment", new_name, deployment_ready, cfg.serving.ready_timeout_s)
     except DeployError as exc:
         raise undo(str(exc)) from None
-    url = smoke_endpoint or mf.service_url(cfg, mf.version_service_name(cfg, model))
+    url = smoke_endpoint or k8m.service_url(cfg, k8m.version_service_name(cfg, model))
     with openai_client(cfg, url, builder, request_timeout_s, api_key) as client:
         report = smoke_test(client, builder.catalog, smoke_requests)
     if not report.passed(cfg.serving.smoke_min_valid):
         raise undo(smoke_failure(report, cfg, url))
     if first_replicas != target_replicas:
         log.info("k8s: promoting %s to %d replica(s)", new_name, target_replicas)
-        cluster.apply(mf.render_deployment(cfg, model, target_replicas))
+        cluster.apply(k8m.render_deployment(cfg, model, target_replicas))
         cluster.wait("apps/v1", "Deployment", new_name, deployment_ready, cfg.serving.ready_timeout_s)
     for old in stable:
         old_name = old["metadata"]["name"]
@@ -95,7 +97,7 @@ def rollout_k8s(
     return DeployResult(
         target="k8s",
         model=model,
-        endpoint=mf.service_url(cfg),
+        endpoint=k8m.service_url(cfg),
         smoke=report,
         previous_version=previous_version,
         canary_percent=canary_percent if canary else None,

@@ -8,6 +8,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from intentops.config import RunConfig
+from intentops.serving import kserve_manifests as ksm
+from intentops.serving import manifest_schema as schema
 from intentops.serving import manifests as mf
 from intentops.serving.client import openai_base_url
 from intentops.serving.kube import Cluster, applied_form, inference_service_ready, version_label
@@ -98,7 +100,7 @@ def rollout_kserve(
     name = cfg.serving.service_name
     previous = cluster.get(mf.ISVC_API_VERSION, "InferenceService", name)
     mode = serving_mode(cfg, previous)
-    account, runtime, _ = mf.validate_all(mf.render_kserve(cfg, model, mode=mode))
+    account, runtime, _ = schema.validate_all(ksm.render_kserve(cfg, model, mode=mode))
     cluster.apply(account)
     cluster.apply(runtime)
     previous_version = version_label(previous)
@@ -111,8 +113,8 @@ def rollout_kserve(
             model.version,
             previous_version,
         )
-    service = mf.render_inference_service(cfg, model, canary_percent if canary else None, mode=mode)
-    mf.validate_manifest(service)
+    service = ksm.render_inference_service(cfg, model, canary_percent if canary else None, mode=mode)
+    schema.validate_manifest(service)
     log.info(
         "kserve: %s version %s%s",
         name,
@@ -146,7 +148,7 @@ def rollout_kserve(
         raise undo(smoke_failure(report, cfg, url))
     if canary:
         log.info("kserve: canary passed; promoting version %s to 100%%", model.version)
-        promoted = mf.render_inference_service(cfg, model, None, mode=mode)
+        promoted = ksm.render_inference_service(cfg, model, None, mode=mode)
         cluster.apply(promoted)
         live = cluster.wait(
             mf.ISVC_API_VERSION, "InferenceService", name, inference_service_ready, cfg.serving.ready_timeout_s
