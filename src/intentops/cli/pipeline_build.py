@@ -79,13 +79,13 @@ def checked_arguments(package: Path, arguments: dict[str, Any]) -> dict[str, Any
 def local_serving_warning(cfg: RunConfig) -> str | None:
     """A warning when a pretrained (GPU) configuration would serve with the local MLflow server.
 
-    The pipeline's deploy step would then run `mlflow models serve` inside its own small pod instead of rolling the
+    The pipeline's deploy step would then run MLflow's model server inside its own small pod instead of rolling the
     model out on vLLM; cluster configurations serve with `serving.target=kserve` (or `k8s`).
     """
     if cfg.model.profile == "pretrained" and cfg.serving.target == "local":
         return (
             f"model.profile=pretrained ({cfg.model.base_model or 'no base_model'}) with serving.target=local: the "
-            "pipeline's deploy step would serve it with `mlflow models serve` inside its own pod; set "
+            "pipeline's deploy step would serve it with MLflow's model server inside its own pod; set "
             "serving.target=kserve (or k8s) to serve it on vLLM"
         )
     return None

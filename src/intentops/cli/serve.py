@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Deploy a registered model version to KServe, plain Kubernetes or a local MLflow server.",
         description=(
             "Resolve the version in the MLflow registry, render and server-side apply the vLLM manifests (kserve, k8s) "
-            "or start `mlflow models serve` (local), wait for Ready, smoke-test with the training prompt and "
+            "or start MLflow's model server behind request limits (local), wait for Ready, smoke-test with the training prompt and "
             "structured outputs, run a canary when another version serves, then promote it or roll back. The "
             "endpoint is recorded on the MLflow model version."
         ),

@@ -17,12 +17,13 @@
    canary Deployment deleted) and `DeployError` is raised;
 6. records the endpoint on the MLflow model version (`registry.set_deployment`).
 
-The `local` target runs `mlflow models serve` for the version as a managed background process (pid file in the
-IntentOps cache), waits for /ping, smoke-tests it through /invocations and records the endpoint; `stop_local()`
-(`intentops serve stop`) stops it.
+The `local` target runs MLflow's model server (behind utterance limits, `local_app`) for the version as a managed
+background process (pid file in the IntentOps cache), waits for /ping, smoke-tests it through /invocations and
+records the endpoint; `stop_local()` (`intentops serve stop`) stops it.
 
-Modules: `smoke` (probes and report), `kube` (API access, readiness), `kserve_rollout`, `k8s_rollout`, `local`;
-this one resolves the version and dispatches.
+Modules: `smoke` (probes and report), `kube` (API access, readiness), `kserve_rollout`, `k8s_rollout`, `local`,
+`manifests`/`kserve_manifests`/`k8s_manifests`/`manifest_schema` (objects); this one resolves the version and
+dispatches.
 """
 
 from __future__ import annotations
