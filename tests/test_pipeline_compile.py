@@ -281,13 +281,13 @@ def test_cron_expressions():
 
 
 def test_arguments_the_pipeline_does_not_declare_are_rejected(tmp_path):
-    from intentops.cli.pipeline_build import checked_arguments as _checked_arguments, compile_pipeline
+    from intentops.cli.pipeline_build import checked_arguments, compile_pipeline
     from intentops.config import ConfigError
 
     package = compile_pipeline("training_pipeline", tmp_path / "p.yaml")
-    assert _checked_arguments(package, {"sft__epochs": 1.0}) == {"sft__epochs": 1.0}
+    assert checked_arguments(package, {"sft__epochs": 1.0}) == {"sft__epochs": 1.0}
     with pytest.raises(ConfigError, match="no parameter sft__gone"):
-        _checked_arguments(package, {"sft__gone": 1})
+        checked_arguments(package, {"sft__gone": 1})
 
 
 def _write_task(run_dir: Path, task: str, parameters: dict, artifacts: dict[str, dict]) -> None:
