@@ -124,3 +124,30 @@ def test_a_second_local_deploy_while_one_runs_fails_and_touches_nothing(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_concurrent_deploys_publish_a_versions_prompt_files_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("INTENTOPS_CACHE", str(tmp_path / "cache"))
+    model = ModelRef("m", "3", "models:/m/3")
+    seen: list[str] = []
+
+    def slow_fetch(folder: Path) -> None:
+        with open(folder / "intentops.json", "w", encoding="utf-8") as handle:
+            handle.write('{"prompt": ')
+            handle.flush()
+            time.sleep(0.2)  # a reader of this folder now would find half a card
+            handle.write("{}}")
+
+    def deploy_side() -> None:
+        folder = local.keep_prompt_files(model, slow_fetch)
+        seen.append((folder / "intentops.json").read_text(encoding="utf-8"))
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(deploy_side) for _ in range(4)]:
+            future.result()
+    assert seen == ['{"prompt": {}}'] * 4
+    assert [p.name for p in local.prompt_cache_dir(model).parent.iterdir()] == ["3"]  # no private folder left

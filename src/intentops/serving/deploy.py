@@ -43,7 +43,7 @@ from intentops.serving import manifests as mf
 from intentops.serving.k8s_rollout import rollout_k8s
 from intentops.serving.kserve_rollout import rollout_kserve
 from intentops.serving.kube import DEFAULT_POLL_S, Cluster, kube_api_client
-from intentops.serving.local import process_alive, prompt_cache_dir, read_local_state, rollout_local, stop_local
+from intentops.serving.local import keep_prompt_files, process_alive, read_local_state, rollout_local, stop_local
 from intentops.serving.outcome import DeployError, DeployResult
 from intentops.serving.smoke import DEFAULT_SMOKE_REQUESTS
 
@@ -224,7 +224,8 @@ def deploy(
         from intentops import registry
 
         # Kept beside the server's record, so `intentops predict` checks its answers against this catalog.
-        prompt_dir = fetch_prompt_files(cfg, registry.model_storage_uri(cfg, model.version), prompt_cache_dir(model))
+        artifact_uri = registry.model_storage_uri(cfg, model.version)
+        prompt_dir = keep_prompt_files(model, lambda folder: fetch_prompt_files(cfg, artifact_uri, folder))
         result = rollout_local(cfg, model, builder, port=port, smoke_requests=smoke_requests, prompt_dir=prompt_dir)
     else:
         check_cluster_storage(model)

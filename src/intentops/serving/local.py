@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +55,29 @@ def local_state_path() -> Path:
 def prompt_cache_dir(model: mf.ModelRef) -> Path:
     """Where a served version's prompt files (card, catalog) are kept for clients of the local server."""
     return local_state_path().parent / "prompt" / mf.label_value(model.name) / mf.label_value(model.version)
+
+
+def keep_prompt_files(model: mf.ModelRef, fetch: Callable[[Path], object]) -> Path:
+    """The version's prompt files (card, catalog) in the cache, for clients of the local server.
+
+    `fetch(folder)` downloads them into a private folder, which is then renamed into place whole: concurrent deploys
+    never read a half-written card, and a version's files, which never change, are fetched once.
+    """
+    dest = prompt_cache_dir(model)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
+    try:
+        fetch(scratch)
+        os.rename(scratch, dest)
+    except OSError:
+        if not dest.is_dir():  # not "another deploy published it first"
+            raise
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch)
+    return dest
 
 
 def read_local_state() -> dict[str, Any] | None:
