@@ -273,7 +273,9 @@ def compare(
             mcnemar_p=float(mcnemar_p[i]),
             only_candidate_right=int(only_cand[i]),
             only_champion_right=int(only_champ[i]),
-            detectable_drop=minimum_detectable_drop(int(sizes[i]), (only_cand[i] + only_champ[i]) / sizes[i], alpha),
+            detectable_drop=minimum_detectable_drop(int(sizes[i]), (only_cand[i] + only_champ[i]) / sizes[i], alpha)
+            if name == OVERALL
+            else None,
         )
         for i, (metric, name) in enumerate(keys)
     ]
