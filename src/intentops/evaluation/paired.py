@@ -164,10 +164,11 @@ class Comparison:
     """One paired comparison of a metric on a slice of the test set: candidate - champion, with its evidence.
 
     `ci_low`/`ci_high` is the two-sided (1 - 2 alpha) bootstrap interval of the difference, so `ci_high` is the
-    one-sided (1 - alpha) bound: the comparison blocks when even that bound is a drop beyond `tolerance`, with
-    the p-value corrected across the slices of the metric (Holm). For accuracies the exact McNemar test must also
-    say the candidate is worse (the larger of the two p-values is used), which guards small slices where a
-    bootstrap of a few discordant records is too confident.
+    one-sided (1 - alpha) bound: the comparison blocks when even that bound is a drop beyond `tolerance`. The
+    whole-test-set comparison is judged at level alpha; slice comparisons by their Holm-adjusted p-value across
+    the slices of the metric (`p_adjusted`; equal to `p_value` for the whole set). For accuracies the exact
+    McNemar test must also say the candidate is worse (the larger of the two p-values is used), which guards small
+    slices where a bootstrap of a few discordant records is too confident.
     """
 
     metric: str
@@ -196,7 +197,7 @@ class Comparison:
         return (
             f"{self.name}: {self.candidate:.4f} vs {self.champion:.4f}, difference {self.diff:+.4f} "
             f"[{self.ci_low:+.4f}, {self.ci_high:+.4f}], tolerance -{self.tolerance:.4f}, "
-            f"Holm p={self.p_adjusted:.4f} -> {verdict}"
+            f"p={self.p_adjusted:.4f} -> {verdict}"
         )
 
 

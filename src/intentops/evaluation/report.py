@@ -357,7 +357,7 @@ def _gate_tables(decision: GateDecision) -> list[_Table]:
                     f"{level} interval",
                     "allowed drop",
                     "McNemar p",
-                    "Holm p",
+                    "p (slices: Holm)",
                     "verdict",
                 ],
                 [
@@ -411,10 +411,32 @@ def _gate_tables(decision: GateDecision) -> list[_Table]:
         (
             "Headline",
             ["metric", "candidate", "champion"],
-            [[k, _num(decision.candidate.get(k), 4), _num((decision.champion or {}).get(k), 4)] for k in keys],
+            [[k, _value(decision.candidate.get(k)), _value((decision.champion or {}).get(k))] for k in keys],
         )
     )
     return tables
+
+
+_GATE_METHOD = (
+    "Each comparison pairs the two models on the same records. The interval is a two-sided {level} bootstrap "
+    "interval of the difference (records resampled); a comparison blocks when its upper end is still a drop beyond "
+    "the allowed one (one-sided {one_sided}) and, for accuracies, the exact McNemar test agrees the candidate is "
+    "worse. The whole test set is tested at level {alpha}; the slices of each metric are Holm-corrected together."
+)
+
+
+def _gate_method(decision: GateDecision) -> str:
+    return _GATE_METHOD.format(
+        level=f"{100 * (1 - 2 * decision.alpha):.0f}%",
+        one_sided=f"{100 * (1 - decision.alpha):.0f}%",
+        alpha=decision.alpha,
+    )
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _num(value, 4)
 
 
 def render_gate_markdown(decision: GateDecision) -> str:
@@ -423,6 +445,8 @@ def render_gate_markdown(decision: GateDecision) -> str:
     lines = [f"# Promotion gate: {verdict}", "", f"Mode: `{decision.mode}`", "", "## Reasons", ""]
     lines += [f"- {_md_cell(reason)}" for reason in decision.reasons] or ["- none"]
     lines.append("")
+    if decision.comparisons:
+        lines += [_gate_method(decision), ""]
     return "\n".join(lines + _markdown_tables(_gate_tables(decision)))
 
 
@@ -432,6 +456,8 @@ def render_gate_html(decision: GateDecision) -> str:
     parts = [*_html_head(f"Promotion gate: {verdict}"), f"<p>Mode: {html.escape(decision.mode)}</p><ul>"]
     parts += [f"<li>{html.escape(reason)}</li>" for reason in decision.reasons]
     parts.append("</ul>")
+    if decision.comparisons:
+        parts.append(f"<p>{html.escape(_gate_method(decision))}</p>")
     parts += _html_tables(_gate_tables(decision))
     parts.append("</body></html>")
     return "\n".join(parts)
