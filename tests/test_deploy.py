@@ -555,3 +555,15 @@ def test_proxied_artifacts_map_onto_the_servers_destination(source: str) -> None
     assert dp.proxied_to_store("s3://b/k", "s3://other") == "s3://b/k"
     with pytest.raises(dp.DeployError, match="MLFLOW_ARTIFACTS_DESTINATION"):
         dp.check_cluster_storage(mf.ModelRef("m", "1", source))
+
+
+def test_dry_run_renders_what_the_mode_allows(cfg: RunConfig, images: None) -> None:
+    cfg.serving.kserve_mode = "auto"
+    *_, service = dp.render(cfg, model("1"), "kserve", canary_percent=10)
+    assert "canaryTrafficPercent" not in service["spec"]["predictor"]  # mode unknown offline: no canary
+    cfg.serving.kserve_mode = "Knative"
+    *_, canary = dp.render(cfg, model("1"), "kserve", canary_percent=10)
+    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert [o["kind"] for o in dp.render(cfg, model("1"), "k8s")] == ["Service", "Service", "Deployment"]
+    with pytest.raises(dp.DeployError, match="has no manifests"):
+        dp.render(cfg, model("1"), "local")
