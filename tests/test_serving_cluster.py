@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from intentops.cli import main
 from intentops.cli.pipeline_build import local_serving_warning
-from intentops.config import PROJECT_ROOT, load_config
+from intentops.config import load_config
+
+# The checkout (configs/ and manifests/ are not package data).
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["gpu-lora-1p5b.yaml", "multi-gpu-zero3-7b.yaml"])
 def test_gpu_configs_serve_on_kserve(name: str) -> None:
-    cfg = load_config(PROJECT_ROOT / "configs" / name)
+    cfg = load_config(ROOT / "configs" / name)
     assert cfg.serving.target == "kserve" and local_serving_warning(cfg) is None
     assert local_serving_warning(cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"target": "local"})}))
 
 
 def test_compile_warns_when_a_pretrained_config_serves_locally(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = PROJECT_ROOT / "configs" / "gpu-lora-1p5b.yaml"
+    config = ROOT / "configs" / "gpu-lora-1p5b.yaml"
     code = main(["compile", "--out", str(tmp_path), "--config", str(config), "--set", "serving__target=local"])
     assert code == 0
     assert "serving.target=local" in capsys.readouterr().err
@@ -37,7 +42,7 @@ def _build(folder: str) -> dict[tuple[str, str], dict]:
     command = ["kustomize", "build"] if shutil.which("kustomize") else ["kubectl", "kustomize"]
     if not shutil.which(command[0]):
         pytest.skip("needs kustomize or kubectl to build manifests/")
-    out = subprocess.run([*command, str(PROJECT_ROOT / "manifests" / folder)], capture_output=True, text=True)
+    out = subprocess.run([*command, str(ROOT / "manifests" / folder)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(out.stdout) if o}
 
