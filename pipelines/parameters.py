@@ -16,15 +16,15 @@ from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from intentops.config import PROJECT_ROOT, FlatField, RunConfig, flat_fields
+from intentops.config import RESOURCES, FlatField, RunConfig, flat_fields
 
 Knobs = dict[str, PipelineChannel]
 
 
 def portable_value(value: Any) -> Any:
-    """Paths inside this checkout become relative to it: the trainer image keeps the same layout in its WORKDIR, so
-    the bundled example and configs/ resolve in a pod, and compiled YAML does not depend on where it was built."""
-    root = f"{PROJECT_ROOT}/"
+    """Paths to the bundled defaults become their bundled names (`examples/...`, `configs/...`), which the config
+    resolves inside whatever intentops is installed in the pod; compiled YAML does not depend on where it was built."""
+    root = f"{RESOURCES}/"
     if isinstance(value, str) and value.startswith(root):
         return value[len(root) :]
     if isinstance(value, list):

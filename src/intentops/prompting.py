@@ -42,8 +42,6 @@ class PromptBuilder:
         self._name_of = {str(index): name for name, index in self._number_of.items()}
         self._fixed_examples = self._pick_fixed_examples() if cfg.few_shot == "fixed" else []
         self._retriever = _TfidfRetriever(self.examples) if cfg.few_shot == "similar" and self.examples else None
-        if cfg.few_shot == "similar" and cfg.similarity != "tfidf":
-            raise ValueError(f"prompt.similarity={cfg.similarity!r} is not available; use 'tfidf'")
         self._base_system = self._render_system()
 
     @property
