@@ -12,10 +12,10 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from intentops.config import PROJECT_ROOT
+ROOT = Path(__file__).resolve().parents[1]
 
-IMAGES = PROJECT_ROOT / "images"
-MANIFESTS = PROJECT_ROOT / "manifests"
+IMAGES = ROOT / "images"
+MANIFESTS = ROOT / "manifests"
 VERSIONS = {key: value for key, value in dotenv_values(IMAGES / "versions.env").items() if value is not None}
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 KUSTOMIZATIONS = [MANIFESTS / "base", *sorted(p for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
