@@ -4,6 +4,7 @@ package data, and it compiles the same pipelines as the checkout (what the train
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -47,11 +48,24 @@ print(json.dumps([str(path) for path in compile_all(sys.argv[2])]))
 """
 
 
+# What the image Dockerfiles copy into their wheel-building stage: the wheel must build from exactly this.
+BUILD_INPUTS = ["pyproject.toml", "README.md", "src", "components", "pipelines", "configs", "examples/assistant"]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """Build from a copy of the Dockerfiles' inputs (pip builds in the source tree; the checkout stays clean)."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in BUILD_INPUTS:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    (source / "images").mkdir()
+    shutil.copy2(ROOT / "images" / "versions.env", source / "images" / "versions.env")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
         check=True,
         timeout=300,
         cwd=out,
