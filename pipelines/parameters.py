@@ -16,7 +16,7 @@ from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from intentops.config import RESOURCES, FlatField, RunConfig, flat_fields
+from intentops.config import RESOURCES, RunConfig, flat_fields, knobs_docstring
 
 Knobs = dict[str, PipelineChannel]
 
@@ -37,12 +37,6 @@ def pipeline_arguments(cfg: RunConfig) -> dict[str, Any]:
     return {name: portable_value(value) for name, value in cfg.flat().items()}
 
 
-def _docstring(description: str, fields: list[FlatField]) -> str:
-    lines = [description, "", "Args:"]
-    lines += [f"    {field.name}: {field.description}" for field in fields]
-    return "\n".join(lines) + "\n"
-
-
 def knob_pipeline(
     name: str,
     description: str,
@@ -61,7 +55,7 @@ def knob_pipeline(
         body(dict(zip(names, channels, strict=True)))
 
     pipeline_func.__name__ = pipeline_func.__qualname__ = name.replace("-", "_")
-    pipeline_func.__doc__ = _docstring(description, fields)
+    pipeline_func.__doc__ = knobs_docstring(description)
     pipeline_func.__annotations__ = {field.name: field.type for field in fields}
     pipeline_func.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [

@@ -10,13 +10,14 @@ executor input, and the executor writes the artifact metadata and outputs exactl
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kfp import dsl
 
 from components._common import TRAINER_IMAGE
-from intentops.config import RunConfig, flat_fields
+from intentops.config import RunConfig, flat_fields, knobs_docstring
 
 FUNCTION = "resolve_config_step"
 DESCRIPTION = (
@@ -36,7 +37,7 @@ ResolvedConfig = NamedTuple("ResolvedConfig", [("gpu_node_selector", dict), ("gp
 
 
 def _with_knob_signature(func: Callable[..., Any], outputs: dict[str, Any], returns: Any) -> Callable[..., Any]:
-    """Give `func` the parameters KFP reads: `outputs`, then one typed parameter per knob, described in `Args:`."""
+    """Give `func` the parameters KFP reads: `outputs`, then one typed parameter per knob."""
     fields = flat_fields()
     params = [
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation)
@@ -44,14 +45,15 @@ def _with_knob_signature(func: Callable[..., Any], outputs: dict[str, Any], retu
     ]
     func.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
     func.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
-    func.__doc__ = "\n".join([DESCRIPTION, "", "Args:", *(f"    {f.name}: {f.description}" for f in fields)]) + "\n"
     return func
 
 
 def resolve_config_step(config: dsl.Output[dsl.Artifact], **knobs: Any) -> ResolvedConfig:
     """What runs in the pod: validate, write run_config.yaml, describe it in the UI, place the GPU stages."""
+    started = time.perf_counter()
     cfg = RunConfig.from_flat(knobs)
     config.metadata.update(cfg.write_resolved(config.path))
+    config.metadata["stage_seconds"] = round(time.perf_counter() - started, 3)
     return ResolvedConfig(cfg.cluster.gpu_node_selector(), cfg.cluster.gpu_tolerations())
 
 
@@ -67,6 +69,7 @@ def _container(*_placeholders: Any) -> dsl.ContainerSpec:
 
 
 _container.__name__ = _container.__qualname__ = "resolve_config"
+_container.__doc__ = knobs_docstring(DESCRIPTION)  # KFP reads each parameter's UI description from `Args:`
 resolve_config = dsl.container_component(
     _with_knob_signature(
         _container,

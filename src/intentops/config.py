@@ -368,6 +368,12 @@ def flat_fields() -> list[FlatField]:
     return fields
 
 
+def knobs_docstring(description: str) -> str:
+    """`description` plus an `Args:` line per knob: where KFP reads a parameter's description for its UI."""
+    lines = [description, "", "Args:", *(f"    {field.name}: {field.description}" for field in flat_fields())]
+    return "\n".join(lines) + "\n"
+
+
 def _kfp_type(value: Any) -> type:
     for candidate in (bool, int, float, str, list, dict):
         if isinstance(value, candidate):
