@@ -1,9 +1,9 @@
 """One prompt builder for training, evaluation and serving.
 
 The catalog is rendered as tool APIs (name, parameters, description), so adding, splitting or merging an intent
-changes the prompt, not the weights. The GenCLS++ strategies (seed 001) are options: category definitions, fixed or
+changes the prompt, not the weights. Prompt strategies are options: category definitions, fixed or
 similar in-context examples, numeric labels, an explicit uncertain label; the output is either the call string alone
-(`answer`) or a reasoning block then the call in the strict template of seed 000 (`thought`).
+(`answer`) or a reasoning block then the call in a strict `<think>...</think><answer>...</answer>` template (`thought`).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class PromptBuilder:
         return any(self._parse_answer(m.group(0)) is not None for m in _LOOSE_CALL.finditer(text))
 
     def label_continuations(self) -> dict[str, str]:
-        """Intent -> the assistant text that commits to it; label scoring (seed 001) ranks these continuations."""
+        """Intent -> the assistant text that commits to it; label scoring ranks these continuations."""
         if self.cfg.output_mode != "answer":
             raise ValueError("label scoring needs prompt.output_mode='answer'")
         return {name: f"{self._label_token(name)}(" for name in self._labels}

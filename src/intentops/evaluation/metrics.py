@@ -1,6 +1,6 @@
 """Evaluation metrics for call-string predictions.
 
-The two headline numbers follow the seed 002 offline evaluation script exactly: only the gold answer's first call
+The two headline numbers follow the team's offline evaluation script exactly: only the gold answer's first call
 counts (`gold.split(';')[0]`); intent accuracy is the share of test records whose predicted function name equals the
 gold one; parameter accuracy is the share whose name matches AND whose set of arguments equals the gold set; the
 denominator is every test record. Unlike the script, predictions are parsed with `intentops.grammar` first, so a
@@ -68,7 +68,7 @@ def _call_key(call: Call) -> tuple[str, frozenset[str]]:
 
 
 def score_one(record: Mapping[str, Any], call: str | None, index: int = 0) -> Outcome:
-    """Compare one prediction (canonical call string or None) with its gold record, seed 002 semantics."""
+    """Compare one prediction (canonical call string or None) with its gold record (the evaluation script's semantics)."""
     gold = gold_calls(record, index)
     pred = predicted_calls(call)
     first_gold = gold[0]
@@ -273,7 +273,7 @@ def metrics_from_outcomes(
 
 
 def seed002_accuracy(gold_outputs: Sequence[str], raw_predictions: Sequence[str]) -> tuple[float, float]:
-    """The seed 002 script's own string arithmetic, verbatim, for cross-checking `compute_metrics`.
+    """The offline evaluation script's own string arithmetic, verbatim, for cross-checking `compute_metrics`.
 
     Kept apart from `compute_metrics` on purpose: it works on raw completions and fails the way the original does
     (a completion without '(' raises IndexError there; here it simply counts as wrong).

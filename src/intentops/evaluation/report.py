@@ -18,8 +18,8 @@ from intentops.io import atomic_path
 
 CONFUSION_PNG = "confusion_matrix.png"
 _HEADLINE = (
-    ("intent_accuracy", "Intent accuracy (seed 002)"),
-    ("param_accuracy", "Parameter accuracy (seed 002)"),
+    ("intent_accuracy", "Intent accuracy (first call's intent right)"),
+    ("param_accuracy", "Parameter accuracy (intent and argument set right)"),
     ("macro_f1", "Macro-F1"),
     ("exact_match", "Exact match (all calls)"),
     ("format_valid_rate", "Format validity"),

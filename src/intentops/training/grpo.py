@@ -1,4 +1,4 @@
-"""GRPO stages (seed 000): stage 1 on the whole training set from the SFT weights, stage 2 on the mined hard set.
+"""GRPO stages: stage 1 on the whole training set from the SFT weights, stage 2 on the mined hard set.
 
 TRL's `GRPOTrainer` samples `num_generations` completions per prompt and scores them with the rule-based rewards of
 `intentops.rewards` (format, intent, params; weights from the config). Every rollout's reward components are appended

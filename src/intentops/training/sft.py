@@ -1,4 +1,4 @@
-"""SFT warm-up (seed 001's "policy warm-up"): teach the base model the answer format before GRPO.
+"""SFT warm-up: teach the base model the answer format before GRPO.
 
 TRL's `SFTTrainer` on a conversational prompt-completion dataset built by `PromptBuilder`, so the loss covers only the
 assistant's answer. Full fine-tuning or LoRA/QLoRA (peft; adapters are merged so the next stage gets a plain Hugging
