@@ -115,15 +115,23 @@ def test_resolve_config_runs_under_kfp_local_and_writes_the_run_config(tmp_path)
     assert yaml.safe_load(config_path.read_text())["sft"]["epochs"] == 2.0
 
 
-def test_resolve_config_rejects_a_bad_knob_combination_naming_the_knob(tmp_path, capfd):
+@pytest.mark.parametrize(
+    ("bad", "knob"),
+    [
+        ({"grpo__batch_size": 6, "grpo__num_generations": 4}, "grpo__batch_size"),
+        ({"data__unseen_intents": ["no_such_intent"]}, "data__unseen_intents"),
+    ],
+    ids=["grpo-batch", "unseen-vs-catalog"],
+)
+def test_resolve_config_rejects_a_bad_knob_combination_naming_the_knob(tmp_path, capfd, bad, knob):
     import kfp.local
 
     from components.resolve_config.component import resolve_config
 
-    flat = RunConfig().flat() | {"grpo__batch_size": 6, "grpo__num_generations": 4}
+    flat = RunConfig().flat() | bad
     kfp.local.init(
         runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True
     )
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="resolve-config"):
         resolve_config(**flat)
-    assert "grpo__batch_size: " in capfd.readouterr().out
+    assert f"{knob}: " in capfd.readouterr().out

@@ -79,6 +79,10 @@ BAD_COMBINATIONS = [
         {"evaluation__decoding": "vllm", "model__tiny_max_positions": 2048, "serving__max_model_len": 4096},
         "serving__max_model_len: .*4096 tokens exceeds model__tiny_max_positions=2048",
     ),
+    (
+        {"serving__target": "kserve", "serving__max_model_len": 256, "sft__max_length": 384},
+        "serving__max_model_len: 256 tokens is shorter than the training examples",
+    ),
     ({"prompt__output_mode": "thought"}, "grpo__max_completion_length: 24 tokens cannot hold a reasoning block"),
     (
         {
@@ -90,8 +94,6 @@ BAD_COMBINATIONS = [
         "evaluation__decoding: label_scoring",
     ),
     ({"prompt__few_shot": "fixed", "prompt__few_shot_k": 0}, "prompt__few_shot_k: "),
-    ({"data__unseen_intents": ["no_such_intent"]}, "data__unseen_intents: not in the catalog .*: no_such_intent"),
-    ({"data__unseen_domain": "space"}, "data__unseen_domain: 'space' is not a domain"),
 ]
 
 
@@ -120,17 +122,31 @@ def test_good_neighbours_of_the_bad_combinations_load():
     # The tiny-model limit does not apply to a pretrained model; vLLM's limit only where vLLM loads the model.
     load_config(None, {"model__profile": "pretrained", "model__base_model": "/m", "model__tiny_max_positions": 64})
     load_config(None, {"model__tiny_max_positions": 1024, "serving__max_model_len": 4096})
-    load_config(None, {"data__unseen_intents": ["play_music"], "data__unseen_domain": "weather"})
+    load_config(None, {"serving__max_model_len": 256, "sft__max_length": 384})  # tiny-cpu: no vLLM
+    load_config(None, {"grpo__use_vllm": True, "model__tiny_max_positions": 1024})  # TRL sizes its own engine
+    load_config(None, {"data__unseen_intents": ["play_music"], "data__unseen_domain": "weather"}).check_catalog()
     # A catalog that cannot be read now (s3://) is checked by the data stages, not here.
-    load_config(None, {"data__catalog": "s3://bucket/catalog.yaml", "data__unseen_intents": ["anything"]})
+    load_config(None, {"data__catalog": "s3://bucket/catalog.yaml", "data__unseen_intents": ["x"]}).check_catalog()
 
 
-def test_holding_out_every_intent_is_an_error():
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data__unseen_intents": ["no_such_intent"]}, "data__unseen_intents: not in the catalog: no_such_intent"),
+        ({"data__unseen_domain": "space"}, "data__unseen_domain: 'space' is not a domain"),
+        ({"data__unseen_intents": "ALL"}, "data__unseen_intents: every catalog intent is held out"),
+    ],
+)
+def test_held_out_intents_are_checked_against_the_catalog(overrides, message):
+    """Separate from loading: CLI data commands may check against another catalog (--catalog); resolve-config and
+    the pipeline use data.catalog."""
     from intentops.catalog import load_catalog
 
-    names = load_catalog(EXAMPLE_DIR / "catalog.yaml").names
-    with pytest.raises(ConfigError, match="data__unseen_intents: every catalog intent is held out"):
-        load_config(None, {"data__unseen_intents": names})
+    if overrides.get("data__unseen_intents") == "ALL":
+        overrides = {"data__unseen_intents": load_catalog(EXAMPLE_DIR / "catalog.yaml").names}
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        cfg.check_catalog()
 
 
 def test_several_problems_are_reported_together():

@@ -137,9 +137,9 @@ def test_sft_lora_merges_adapters_into_a_plain_model(
 def test_sft_needs_a_base_for_the_pretrained_profile(
     tmp_path: Path, small_dataset_dir: Path, training_config: RunConfig
 ) -> None:
-    cfg = RunConfig.from_flat({"model__profile": "pretrained", "model__base_model": ""}, base=training_config)
-    with pytest.raises(ValueError, match=r"neither --base-model nor model\.base_model"):
-        run_sft(small_dataset_dir, "", cfg, tmp_path / "out")
+    """Refused when the configuration is built (intentops.knob_rules), before any stage runs."""
+    with pytest.raises(ValueError, match=r"model__base_model: model__profile=pretrained needs"):
+        RunConfig.from_flat({"model__profile": "pretrained", "model__base_model": ""}, base=training_config)
 
 
 def test_sft_rejects_records_without_output(tmp_path: Path, small_dataset_dir: Path, training_config) -> None:

@@ -52,6 +52,7 @@ def resolve_config_step(config: dsl.Output[dsl.Artifact], **knobs: Any) -> Resol
     """What runs in the pod: validate, write run_config.yaml, describe it in the UI, place the GPU stages."""
     started = time.perf_counter()
     cfg = RunConfig.from_flat(knobs)
+    cfg.check_catalog()
     config.metadata.update(cfg.write_resolved(config.path))
     config.metadata["stage_seconds"] = round(time.perf_counter() - started, 3)
     return ResolvedConfig(cfg.cluster.gpu_node_selector(), cfg.cluster.gpu_tolerations())

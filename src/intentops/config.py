@@ -318,6 +318,14 @@ class RunConfig(_Section):
             raise ValueError("; ".join(found))
         return self
 
+    def check_catalog(self) -> None:
+        """Raise ConfigError when held-out intents or domain are not in data.catalog (if it is readable here)."""
+        from intentops.knob_rules import catalog_problems
+
+        found = catalog_problems(self)
+        if found:
+            raise ConfigError(f"flat parameters: {'; '.join(found)}")
+
     def to_yaml(self, path: str | Path) -> None:
         from intentops.io import atomic_write_text
 

@@ -25,8 +25,8 @@ def problems(cfg: RunConfig) -> list[str]:
         *_split(cfg),
         *_model(cfg),
         *_lengths(cfg),
+        *_vllm(cfg),
         *_prompt(cfg),
-        *_unseen_vs_catalog(cfg),
     ]
 
 
@@ -90,12 +90,27 @@ def _lengths(cfg: RunConfig) -> list[str]:
         + cfg.grpo.max_completion_length,
     }
     # vLLM refuses a --max-model-len above the model's position table.
-    if cfg.grpo.use_vllm or cfg.evaluation.decoding in ("vllm", "auto") or cfg.serving.target in ("kserve", "k8s"):
+    if _vllm_serves(cfg):
         needs["serving__max_model_len"] = cfg.serving.max_model_len
     for knob, tokens in needs.items():
         if tokens > limit:
             found.append(f"{knob.split(' ')[0]}: {knob} = {tokens} tokens exceeds model__tiny_max_positions={limit}")
     return found
+
+
+def _vllm_serves(cfg: RunConfig) -> bool:
+    """Evaluation or deployment loads the model in vLLM with --max-model-len = serving.max_model_len."""
+    return cfg.evaluation.decoding in ("vllm", "auto") or cfg.serving.target in ("kserve", "k8s")
+
+
+def _vllm(cfg: RunConfig) -> list[str]:
+    # A context shorter than the training examples would reject prompts the model was trained to answer.
+    if _vllm_serves(cfg) and cfg.serving.max_model_len < cfg.sft.max_length:
+        return [
+            f"serving__max_model_len: {cfg.serving.max_model_len} tokens is shorter than the training examples "
+            f"(sft__max_length={cfg.sft.max_length}); vLLM would reject prompts the model was trained on"
+        ]
+    return []
 
 
 def _prompt(cfg: RunConfig) -> list[str]:
@@ -120,8 +135,12 @@ def _prompt(cfg: RunConfig) -> list[str]:
     return found
 
 
-def _unseen_vs_catalog(cfg: RunConfig) -> list[str]:
-    """Held-out intents must exist in the catalog, when the catalog is a local file that can be read now."""
+def catalog_problems(cfg: RunConfig) -> list[str]:
+    """Held-out intents must exist in data.catalog, when it is a local file that can be read now.
+
+    Not part of `problems`: CLI data commands may take another catalog (`--catalog`) and check against that one.
+    The pipeline always uses data.catalog, so resolve-config runs this too.
+    """
     data = cfg.data
     if not (data.unseen_intents or data.unseen_domain) or "://" in data.catalog or not Path(data.catalog).is_file():
         return []
@@ -134,7 +153,7 @@ def _unseen_vs_catalog(cfg: RunConfig) -> list[str]:
     found = []
     unknown = sorted(set(data.unseen_intents) - set(catalog.names))
     if unknown:
-        found.append(f"data__unseen_intents: not in the catalog {data.catalog}: {', '.join(unknown)}")
+        found.append(f"data__unseen_intents: not in the catalog: {', '.join(unknown)} ({data.catalog})")
     if data.unseen_domain and data.unseen_domain not in catalog.domains:
         found.append(
             f"data__unseen_domain: {data.unseen_domain!r} is not a domain of {data.catalog} "
