@@ -48,13 +48,13 @@ print(json.dumps([str(path) for path in compile_all(sys.argv[2])]))
 """
 
 
-# What the image Dockerfiles copy into their wheel-building stage: the wheel must build from exactly this.
+# What the wheel is built from (images/build.sh builds it from the checkout for the images).
 BUILD_INPUTS = ["pyproject.toml", "README.md", "src", "components", "pipelines", "configs", "examples/assistant"]
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """Build from a copy of the Dockerfiles' inputs (pip builds in the source tree; the checkout stays clean)."""
+    """Build from a copy of exactly those inputs (pip builds in the source tree; the checkout stays clean)."""
     source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
     for name in BUILD_INPUTS:
