@@ -229,3 +229,16 @@ def test_a_bad_combination_fails_the_cli_in_seconds_naming_the_knob(tmp_path, co
     assert "grpo__batch_size" in done.stderr and "grpo__num_generations=4" in done.stderr, done.stderr[-2000:]
     assert elapsed < 10, f"{elapsed:.1f} s"
     assert not (tmp_path / "compiled").exists() and not (tmp_path / "split").exists()
+
+
+def test_model_cards_written_with_a_removed_prompt_knob_still_load(tmp_path):
+    """prompt.similarity was removed (only TF-IDF ever worked); models registered before still rebuild their prompt."""
+    import json
+
+    from intentops.catalog import load_catalog
+    from intentops.prompting import MODEL_CARD, PromptBuilder
+
+    load_catalog(EXAMPLE_DIR / "catalog.yaml").to_yaml(tmp_path / "catalog.yaml")
+    card = {"prompt": {"output_mode": "answer", "similarity": "tfidf", "few_shot": "none"}}
+    (tmp_path / MODEL_CARD).write_text(json.dumps(card), encoding="utf-8")
+    assert PromptBuilder.from_model_dir(tmp_path).cfg.output_mode == "answer"

@@ -127,7 +127,10 @@ class PromptBuilder:
         if not card_path.exists():
             raise FileNotFoundError(f"{card_path}: model card missing; is {model_dir} an IntentOps model folder?")
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        cfg = PromptConfig.model_validate(card.get("prompt", {}))
+        # Cards written before a prompt knob was removed (e.g. `similarity`) still load: only current knobs are read.
+        cfg = PromptConfig.model_validate(
+            {k: v for k, v in card.get("prompt", {}).items() if k in PromptConfig.model_fields}
+        )
         examples = []
         if (model_dir / FEWSHOT_FILE).exists():
             from intentops.io import read_jsonl
