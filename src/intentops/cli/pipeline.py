@@ -25,7 +25,7 @@ from intentops.cli.pipeline_build import (
 )
 from intentops.cli.pipeline_cluster import cron_expression, schedule_retraining, submit_run
 from intentops.cli.pipeline_local import DEFAULT_WORKDIR, execute_local, retrain_check, run_local
-from intentops.config import PROJECT_ROOT, RunConfig
+from intentops.config import RunConfig
 from intentops.run_summary import STAGES, format_summary, mlflow_ui_command, summarize_run
 
 # Names other code imports from here (tests, bench): the pipeline CLI's public surface.
@@ -76,7 +76,7 @@ def _compile(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     _warn_serving(cfg)
     defaults = portable_arguments(cfg) if _explicit_config(args) else None
-    out = Path(args.out) if args.out else PROJECT_ROOT / "pipelines"
+    out = Path(args.out or "pipelines")
     for stem in (TRAINING, RETRAIN):
         print(compile_pipeline(stem, out / f"{stem}.yaml", defaults))
     return 0
@@ -164,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "defaults are RunConfig's (what is committed); with them, that configuration becomes the UI defaults."
         ),
     )
-    comp.add_argument("--out", help="Output folder (default: pipelines/ of the checkout).")
+    comp.add_argument("--out", help="Output folder (default: ./pipelines).")
     add_config_argument(comp)
     comp.set_defaults(handler=_reported(_compile))
 

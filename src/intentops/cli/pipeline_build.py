@@ -1,17 +1,15 @@
-"""Compile the IntentOps pipelines from the source checkout, and check arguments against a compiled package.
+"""Compile the IntentOps pipelines, and check arguments against a compiled package.
 
-The pipeline code (components/, pipelines/) lives next to src/ in the source checkout; only the CLI imports it, and
-kfp, so the library itself stays free of KFP.
+The pipeline code (the `components` and `pipelines` packages, installed with intentops) is imported only by the CLI,
+with kfp, so the library itself stays free of KFP.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
-from intentops.config import PROJECT_ROOT, ConfigError, RunConfig
+from intentops.config import ConfigError, RunConfig
 
 TRAINING = "training_pipeline"
 RETRAIN = "retrain_if_changed"
@@ -24,33 +22,8 @@ class PipelineError(RuntimeError):
 # ---- the source checkout ----------------------------------------------------------------------------------------
 
 
-def use_checkout() -> Path:
-    """Make components/ and pipelines/ importable (they live in the source checkout, next to src/)."""
-    missing = [name for name in ("components", "pipelines") if not (PROJECT_ROOT / name / "__init__.py").is_file()]
-    if missing:
-        raise PipelineError(
-            f"{PROJECT_ROOT}: no {' and no '.join(f'{name}/' for name in missing)} here; the pipeline commands need "
-            "the IntentOps source checkout (git clone, then `pip install -e .`)"
-        )
-    if str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))
-    return PROJECT_ROOT
-
-
 def compile_pipeline(stem: str, path: Path, defaults: dict[str, Any] | None = None) -> Path:
-    """Regenerate the resolve-config component if config.py changed, then compile `stem` to `path`."""
-    use_checkout()
-    from components.resolve_config import generate
-
-    if generate.write_if_stale():
-        # A long-lived process (a notebook, the tests) may hold the old modules: compile from the new source.
-        for name in (
-            "components.resolve_config.component",
-            "pipelines.training_pipeline",
-            "pipelines.retrain_if_changed",
-        ):
-            if name in sys.modules:
-                importlib.reload(sys.modules[name])
+    """Compile `stem` (training_pipeline or retrain_if_changed) to `path`."""
     from pipelines.compile import compile_pipeline as compile_one
 
     return compile_one(stem, path, defaults)
@@ -58,7 +31,6 @@ def compile_pipeline(stem: str, path: Path, defaults: dict[str, Any] | None = No
 
 def portable_arguments(cfg: RunConfig) -> dict[str, Any]:
     """The configuration as pipeline arguments that hold no machine-local paths."""
-    use_checkout()
     from pipelines.parameters import pipeline_arguments
 
     return pipeline_arguments(cfg)
