@@ -173,7 +173,9 @@ def _failing_client(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     monkeypatch.setattr(storage, "s3_client", client)
 
 
-def test_interrupted_upload_never_looks_complete(tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_upload_never_looks_complete(
+    tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 11.4: the card must not land before the weights, and old objects must not pass for the new output."""
     prefix = f"s3://{s3_bucket}/models/m"
     old = tmp_path / "old"
