@@ -99,15 +99,12 @@ def test_readers_never_see_a_missing_or_half_filled_output(tmp_path):
     seen = {"missing": 0, "partial": 0, "looks": 0}
     stop = threading.Event()
 
-    def poll() -> None:
+    def poll() -> None:  # reads by path, as a reader of the output does (a listing of the old folder empties)
         while not stop.is_set():
             seen["looks"] += 1
-            try:
-                present = {p.name for p in out.iterdir()}
-            except FileNotFoundError:
+            if not out.is_dir():
                 seen["missing"] += 1
-                continue
-            if not set(names) <= present:
+            elif not all((out / name).is_file() for name in names):
                 seen["partial"] += 1
 
     poller = threading.Thread(target=poll)
