@@ -287,11 +287,20 @@ def _kfp_type(value: Any) -> type:
 
 
 def _validated(data: dict[str, Any], source: str) -> RunConfig:
+    from intentops.storage import has_credentials
+
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{source}: {problems}") from None
+    secret = [name for name, value in cfg.flat().items() if has_credentials(value)]
+    if secret:  # knobs end up in MLflow params and compiled pipelines: credentials come from the environment
+        raise ConfigError(
+            f"{source}: {', '.join(secret)} holds a user/password in a URI; remove it and set "
+            f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or AWS_* for S3) in the environment instead"
+        )
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

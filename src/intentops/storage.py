@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,20 @@ _READ_BUFFER = 1 << 20
 UPLOAD_MANIFEST = ".intentops-manifest.json"
 # Files that tell readers "this output is finished"; they go up after everything else.
 _COMPLETION_FILES = ("intentops.json", "manifest.json", "report.json", OUTPUT_MARKER)
+
+
+# `scheme://user:password@host`: the user-info part of any URI inside a text.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_uri(value: object) -> str:
+    """`value` as text with the user and password removed from every URI in it (for logs, params, defaults)."""
+    return _USERINFO.sub(lambda match: match.group("scheme"), str(value))
+
+
+def has_credentials(value: object) -> bool:
+    """True when `value` holds a URI with a user or password in it."""
+    return bool(_USERINFO.search(str(value)))
 
 
 class StorageError(ValueError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intentops.config import RunConfig
+from intentops.storage import redact_uri
 
 if TYPE_CHECKING:
     import mlflow
@@ -71,7 +72,7 @@ def parent_run_id(cfg: RunConfig, pipeline_run_id: str) -> str:
         run_name=f"pipeline-{pipeline_run_id}",
         tags={PIPELINE_RUN_TAG: pipeline_run_id, ROLE_TAG: "pipeline"},
     )
-    params = [Param(key, str(value)[:_MAX_PARAM_CHARS]) for key, value in cfg.flat().items()]
+    params = [Param(key, redact_uri(value)[:_MAX_PARAM_CHARS]) for key, value in cfg.flat().items()]
     for start in range(0, len(params), _PARAMS_PER_REQUEST):
         client.log_batch(run.info.run_id, params=params[start : start + _PARAMS_PER_REQUEST])
     log.info("MLflow: created parent run %s for pipeline run %s", run.info.run_id, pipeline_run_id)
@@ -104,7 +105,7 @@ def stage_run(
     try:
         with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
             if params:
-                mlflow.log_params({key: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
+                mlflow.log_params({key: redact_uri(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
             yield run
         outcome = "FINISHED"
     finally:
