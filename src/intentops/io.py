@@ -180,15 +180,29 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Stream records from a JSONL file; a bad line raises ValueError naming the file and line."""
-    with open(path, encoding="utf-8-sig") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    """Stream records from a JSONL file; a line that is not UTF-8, not JSON or not an object raises ValueError
+    naming the file and line."""
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text (byte {exc.start}); re-export as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
+            yield row
+
+
+def content_id(text: str, output: str) -> str:
+    """A record's id from its content (utterance + canonical output): the same record gets the same id in any
+    file and any order, so joins by id (rollouts to records) cannot pair different records."""
+    return "r-" + hashlib.sha256(f"{text}\x1f{output}".encode()).hexdigest()[:16]
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -36,7 +36,7 @@ import msgspec
 from tqdm import tqdm
 
 from intentops.grammar import GrammarError, parse_calls, render_calls
-from intentops.io import atomic_path, write_json
+from intentops.io import atomic_path, content_id, write_json
 from intentops.storage import is_s3, open_uri
 
 log = logging.getLogger(__name__)
@@ -514,8 +514,8 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
         records.append(
             b"".join(
                 (
-                    b'{"id":"itag-',
-                    line_number,
+                    b'{"id":"',
+                    content_id(text, parsed.canonical).encode(),
                     b'","text":',
                     text_json,
                     b",",
