@@ -111,11 +111,13 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    from intentops.data.split import require_validated
     from intentops.models import read_model_card
     from intentops.training.sft import run_sft
 
     cfg = config_from_args(args)
     dataset = _fetch(args.dataset, cfg)
+    require_validated(dataset)
     with _output(args.out, [args.dataset, args.base_model]) as out:
         model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
         card = read_model_card(model_dir)
