@@ -160,3 +160,41 @@ def test_out_never_deletes_inputs_or_foreign_folders(
     assert main(["split", str(records_file), "--out", str(tmp_path / "s"), *common]) == 0  # its own output
     assert main(["split", str(records_file), "--out", str(foreign), "--force", *common]) == 0
     assert not (foreign / "notes.txt").exists() and (foreign / "train.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--workers", "-3"),
+        ("--workers", "0"),
+        ("--max-reject-rate", "-1"),
+        ("--max-reject-rate", "nan"),
+        ("--max-reject-rate", "1.5"),
+    ],
+)
+def test_convert_rejects_nonsense_numbers(tmp_path: Path, option: str, value: str, capsys) -> None:
+    """Issue 11.14: `--workers -3` or `--max-reject-rate nan` must not be accepted silently."""
+    manifest = write_manifest(tmp_path / "m.jsonl", [itag_line(t, o) for t, o in SEED_PAIRS])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "itag", str(manifest), "--out", str(tmp_path / "o"), option, value])
+    assert exit_info.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_read_only_output_gets_one_clear_line(tmp_path: Path, records_file: Path, catalog_file: Path, capsys) -> None:
+    import os
+
+    common = ["--catalog", str(catalog_file), "--set", "data__min_examples_per_intent=10"]
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    assert main(["split", str(records_file), "--out", str(tmp_path / "a-file" / "s"), *common]) == 2
+    assert "a-file" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        assert main(["split", str(records_file), "--out", str(locked / "s"), *common]) == 2
+        assert "locked" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)

@@ -149,8 +149,11 @@ def replace_output(
             upload(local, text)
         return
     target = Path(text).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise UnsafeOutputError(f"--out {target}: cannot write next to it ({exc.strerror}: {exc.filename})") from None
     staging.rmdir()
     try:
         yield staging

@@ -42,13 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _out_argument(itag)
     itag.add_argument(
         "--max-reject-rate",
-        type=float,
+        type=_share,
         default=0.05,
         help="Fail (exit 1) when more than this share of non-empty lines is rejected (default 0.05).",
     )
     itag.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         help="Converter processes (default: 1 for manifests under 64 MiB, else up to 4).",
     )
     itag.set_defaults(handler=_convert_itag)
@@ -99,6 +99,21 @@ def _catalog_and_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog", help="Intent catalog YAML, local or s3:// (default: data.catalog).")
     _out_argument(parser)
     add_config_argument(parser)
+
+
+def _share(text: str) -> float:
+    """A share between 0 and 1 (argparse names the option when this raises)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def _out_argument(parser: argparse.ArgumentParser) -> None:
