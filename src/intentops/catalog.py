@@ -189,7 +189,7 @@ def load_catalog(path: str | Path) -> Catalog:
     if not source.exists():
         raise CatalogError(f"{source}: catalog file not found")
     try:
-        raw = yaml.load(source.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+        raw = yaml.load(source.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # a safe loader (C or Python)
     except UnicodeDecodeError as exc:
         raise CatalogError(f"{source}: not UTF-8 text (byte {exc.start}); save the catalog as UTF-8") from None
     except yaml.YAMLError as exc:
