@@ -184,6 +184,12 @@ class RegistryConfig(_Section):
     tracking_uri: str = Field("", description="MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or local sqlite.")
     experiment: str = Field("intentops", description="MLflow experiment (one per pipeline).")
     model_name: str = Field("intent-detector", description="Registered model name.")
+    request_budget_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time one MLflow call keeps retrying an unreachable or failing server before the command "
+        "fails (sets MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR and _TIMEOUT).",
+    )
 
 
 class ServingConfig(_Section):

@@ -40,10 +40,39 @@ def resolve_tracking_uri(cfg: RunConfig) -> str:
     )
 
 
+def apply_request_budget(cfg: RunConfig) -> None:
+    """Bound MLflow's HTTP retries by `registry.request_budget_s`: MLflow's defaults (7 retries, doubling from
+    2 s, 120 s timeout) kept commands retrying for minutes against a dead server.
+
+    Half the budget goes to back-off sleeps (each retry sleeps 2^n s plus up to 1 s jitter), the rest to the
+    per-request timeouts, so retries x timeout + sleeps stays within the budget.
+    """
+    budget = cfg.registry.request_budget_s
+    retries = 0
+    while retries < 5 and (2 ** (retries + 1) - 1) + (retries + 1) <= budget / 2:
+        retries += 1
+    sleeps = (2**retries - 1) + retries
+    timeout = max(1, int((budget - sleeps) / (retries + 1)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when an MLflow error means the server could not be reached (refused, timed out, retries used up)."""
+    import requests
+
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, requests.exceptions.RequestException) or (
+        cause is not None and isinstance(cause, requests.exceptions.RequestException)
+    )
+
+
 def configure(cfg: RunConfig) -> str:
     """Point mlflow at the run's tracking store and experiment; returns the experiment id."""
     import mlflow
 
+    apply_request_budget(cfg)
     mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
     return mlflow.set_experiment(cfg.registry.experiment).experiment_id
 

@@ -74,11 +74,19 @@ def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _number(name: str, value: Any) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"metric {name}: {value!r} is not a number (metrics.json was edited or corrupted)")
+
+
 def _at_least(name: str, value: float | None, threshold: float) -> Check:
+    value = _number(name, value)
     return Check(name, value, threshold, ">=", value is not None and value >= threshold)
 
 
 def _at_most(name: str, value: float | None, threshold: float) -> Check:
+    value = _number(name, value)
     return Check(name, value, threshold, "<=", value is not None and value <= threshold)
 
 
