@@ -113,6 +113,7 @@ def resolve_config(
     registry__tracking_uri: str,
     registry__experiment: str,
     registry__model_name: str,
+    registry__request_budget_s: float,
     serving__target: str,
     serving__namespace: str,
     serving__service_name: str,
@@ -236,6 +237,7 @@ def resolve_config(
         registry__tracking_uri: MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or local sqlite.
         registry__experiment: MLflow experiment (one per pipeline).
         registry__model_name: Registered model name.
+        registry__request_budget_s: Longest time one MLflow call keeps retrying an unreachable or failing server before the command fails (sets MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR and _TIMEOUT).
         serving__target: Where deploy puts the model.
         serving__namespace: Kubernetes namespace for serving objects.
         serving__service_name: InferenceService / Deployment name.
@@ -359,6 +361,7 @@ def resolve_config(
         "registry__tracking_uri": registry__tracking_uri,
         "registry__experiment": registry__experiment,
         "registry__model_name": registry__model_name,
+        "registry__request_budget_s": registry__request_budget_s,
         "serving__target": serving__target,
         "serving__namespace": serving__namespace,
         "serving__service_name": serving__service_name,
