@@ -103,3 +103,48 @@ def test_promote_needs_a_whole_version_number(version: str, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_info:
         main(["promote", version])
     assert exit_info.value.code == 2 and "version" in capsys.readouterr().err
+
+
+def test_checkpoints_of_other_data_or_config_are_not_resumed(tmp_path: Path) -> None:
+    """Issue 11.3: after a data change the finished run's last checkpoint was resumed (0 steps, old model)."""
+    from intentops.training.sft import resumable_checkpoint
+
+    checkpoints = tmp_path / "out" / "checkpoints"
+    key = {"dataset": "aaaa", "base": "tiny", "sft": {"epochs": 3}}
+    assert resumable_checkpoint(checkpoints, key) is None  # nothing yet: the key is recorded
+    (checkpoints / "checkpoint-8").mkdir()
+    assert str(resumable_checkpoint(checkpoints, dict(key))).endswith("checkpoint-8")  # same run: resume
+
+    changed = {**key, "dataset": "bbbb"}
+    assert resumable_checkpoint(checkpoints, changed) is None
+    assert not (checkpoints / "checkpoint-8").exists()  # a later crash cannot resume the stale one either
+    (checkpoints / "checkpoint-2").mkdir()
+    assert str(resumable_checkpoint(checkpoints, changed)).endswith("checkpoint-2")
+    assert resumable_checkpoint(checkpoints, {**changed, "sft": {"epochs": 4}}) is None
+
+
+def test_sft_after_a_data_change_trains_afresh(
+    tmp_path: Path, tiny_model_dir: Path, small_dataset_dir: Path, training_config
+) -> None:
+    """Issue 11.3, end to end: the second run must train on the new data, not resume the finished run."""
+    import shutil
+
+    from intentops.config import RunConfig
+    from intentops.models import read_model_card
+    from intentops.training.sft import run_sft
+
+    cfg = RunConfig.from_flat(
+        {"sft__epochs": 1, "sft__batch_size": 16, "sft__save_steps": 2, "sft__check_samples": 0},
+        base=training_config,
+    )
+    out = tmp_path / "sft"
+    run_sft(small_dataset_dir, str(tiny_model_dir), cfg, out)
+    changed = tmp_path / "dataset"
+    shutil.copytree(small_dataset_dir, changed)
+    lines = (changed / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (changed / "train.jsonl").write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+
+    run_sft(changed, str(tiny_model_dir), cfg, out)
+    training = read_model_card(out)["training"]
+    assert training["resumed_from"] is None and training["records"] == len(lines) // 2
+    assert training["steps"] == -(-(len(lines) // 2) // 16)
