@@ -116,3 +116,16 @@ def test_readers_never_see_a_missing_or_half_filled_output(tmp_path):
         stop.set()
         poller.join()
     assert seen["looks"] > 0 and seen["missing"] == 0 and seen["partial"] == 0
+
+
+def test_read_json_names_the_file_for_bad_bytes(tmp_path):
+    """Issue 11.12: non-UTF-8 or broken JSON in a state file (serve state, gate.json) crashed with a traceback."""
+    from intentops.io import read_json
+
+    state = tmp_path / "local-server.json"
+    state.write_bytes(b'{"pid": 1, "model": "\xff"}')
+    with pytest.raises(ValueError, match=r"local-server\.json: not UTF-8"):
+        read_json(state)
+    state.write_text('{"pid": ', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"local-server\.json: not valid JSON"):
+        read_json(state)
