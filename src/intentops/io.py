@@ -184,8 +184,8 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); the file is damaged") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); the file is damaged") from None
+    except json.JSONDecodeError as exc:  # still a JSONDecodeError, for callers that catch that
+        raise json.JSONDecodeError(f"{path}: not valid JSON ({exc.msg})", exc.doc, exc.pos) from None
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
