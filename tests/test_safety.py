@@ -89,11 +89,13 @@ def test_default_request_budget_bounds_mlflow_retries(monkeypatch: pytest.Monkey
 def test_string_metric_in_the_gate_names_the_field() -> None:
     """Issue 11.12: a metric stored as text crashed the gate with a TypeError."""
     from intentops.config import GateConfig
-    from intentops.evaluation.gate import decide
+    from intentops.evaluation.gate import threshold_checks
 
     metrics = {"intent_accuracy": "0.95", "param_accuracy": 0.9, "format_error_rate": 0.0}
     with pytest.raises(ValueError, match=r"intent_accuracy.*'0\.95' is not a number"):
-        decide(metrics, None, GateConfig())
+        threshold_checks(metrics, GateConfig())
+    with pytest.raises(ValueError, match=r"format_error_rate.*'none' is not a number"):
+        threshold_checks({**metrics, "intent_accuracy": 0.9, "format_error_rate": "none"}, GateConfig())
 
 
 @pytest.mark.parametrize("version", ["abc", "1.5", "-2", "0"])
