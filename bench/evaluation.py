@@ -42,13 +42,9 @@ from intentops.cli import add_config_argument, config_from_args
 from intentops.config import EXAMPLE_DIR, RunConfig
 from intentops.evaluation import load_split
 from intentops.evaluation.metrics import compute_metrics, gold_calls, seed002_accuracy
-from intentops.evaluation.predictors import (
-    GenerationPredictor,
-    LabelScoringPredictor,
-    Prediction,
-    chat_prompts,
-    prediction_from_completion,
-)
+from intentops.evaluation.generation import GenerationPredictor
+from intentops.evaluation.label_scoring import LabelScoringPredictor
+from intentops.evaluation.predictors import Prediction, chat_prompts, prediction_from_completion
 from intentops.io import write_json
 from intentops.models import load_model_and_tokenizer, read_model_card
 from intentops.prompting import PromptBuilder
@@ -120,7 +116,7 @@ def label_scoring_intents_only(scoring: LabelScoringPredictor, texts: Sequence[s
     predictions = []
     for text, row in zip(texts, scoring.score(texts), strict=True):
         best = max(range(len(row)), key=row.__getitem__)
-        predictions.append(Prediction(text, scoring.continuations[best], None, scoring.labels[best], None))
+        predictions.append(Prediction(text, scoring.names[best], None, scoring.labels[best], None))
     return predictions
 
 
@@ -270,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured_at": datetime.now(UTC).isoformat(timespec="minutes"),
         "methods": rows,
         "labels": len(scoring.labels),
-        "label_trie_nodes": len(scoring.trie.prefixes),
+        "label_trie_nodes": len(scoring.trie.nodes),
         "mean_answer_tokens": round(
             sum(len(tokenizer(p.raw, add_special_tokens=False)["input_ids"]) for p in seed_predictions)
             / len(seed_predictions),
