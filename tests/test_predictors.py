@@ -15,11 +15,12 @@ import torch
 
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
-from intentops.evaluation import load_split
+from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
 from intentops.evaluation.constrained import CallGrammar, TokenGrammar
 from intentops.evaluation.decoding import assemble, common_prefix_length, plan_batches, stop_token_ids
 from intentops.evaluation.generation import GenerationPredictor
 from intentops.evaluation.label_scoring import LabelScoringPredictor, LabelTrie, label_name_ids
+from intentops.evaluation.metrics import compute_metrics
 from intentops.evaluation.predictors import chat_prompts, make_predictor, prediction_from_completion
 from intentops.evaluation.vllm_predictor import VllmPredictor
 from intentops.io import read_jsonl, write_jsonl
@@ -283,6 +284,13 @@ def test_make_predictor_falls_back_without_vllm(
     assert "vllm is not importable" in caplog.text
     assert predictor.batch_size == cfg.evaluation.batch_size
     assert isinstance(make_predictor("label_scoring", tiny_model_dir, cfg), LabelScoringPredictor)
+    knobs = cfg.model_copy(deep=True)
+    knobs.evaluation.constrained = True
+    knobs.evaluation.label_score = "mean"
+    knobs.evaluation.label_normalization = "catalog"
+    scoring = make_predictor("label_scoring", tiny_model_dir, knobs, progress=False)
+    assert scoring.constrained and scoring.length_normalized and scoring.normalization == "catalog"
+    assert make_predictor("generate", tiny_model_dir, knobs, progress=False).constrained
     with pytest.raises(ValueError, match="beam"):
         make_predictor("beam", tiny_model_dir, cfg)
 
@@ -304,16 +312,30 @@ def test_vllm_predictor_uses_greedy_offline_generation(tiny_model_dir: Path, mon
             answers = ["weather_search(杭州)", "not a call"]
             return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=a)]) for a in answers]
 
+    class StructuredOutputsParams:
+        def __init__(self, **kwargs) -> None:
+            self.kwargs = kwargs
+
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    monkeypatch.setitem(
+        sys.modules, "vllm.sampling_params", types.SimpleNamespace(StructuredOutputsParams=StructuredOutputsParams)
+    )
     monkeypatch.setattr("intentops.evaluation.vllm_predictor.vllm_available", lambda: True)
     cfg = RunConfig()
     predictor = make_predictor("vllm", tiny_model_dir, cfg, progress=False)
-    assert isinstance(predictor, VllmPredictor)
+    assert isinstance(predictor, VllmPredictor) and not predictor.constrained
     predictions = predictor.predict(["杭州天气", "hello"])
     assert calls["init"]["model"] == str(tiny_model_dir)
     assert calls["sampling"] == {"temperature": 0.0, "max_tokens": cfg.evaluation.max_new_tokens}
     assert calls["prompts"][0].endswith("<|im_start|>assistant\n") and "杭州天气" in calls["prompts"][0]
     assert [p.call for p in predictions] == ["weather_search(杭州)", None]
+    # constrained: the request carries exactly the constraint the serving client sends
+    constrained = make_predictor("vllm", tiny_model_dir, cfg, constrained=True, progress=False)
+    constrained.predict(["杭州天气", "hello"])
+    expected = structured_outputs(PromptBuilder.from_model_dir(tiny_model_dir))
+    assert calls["sampling"]["structured_outputs"].kwargs == expected and constrained.constrained
+    constrained.unconstrained().predict(["杭州天气", "hello"])
+    assert "structured_outputs" not in calls["sampling"]
 
 
 # ---- constrained decoding ---------------------------------------------------------------------------------------
@@ -373,7 +395,7 @@ def test_constrained_generation_only_writes_catalog_calls(loaded, texts: list[st
     constrained = GenerationPredictor(
         model, tokenizer, builder, batch_size=3, max_new_tokens=max_new_tokens, constrained=True, progress=False
     )
-    assert constrained.name == "constrained_generate" and constrained.unconstrained().name == "generate"
+    assert constrained.constrained and not constrained.unconstrained().constrained and not free.constrained
     pattern = re.compile(structured_outputs(builder)["regex"])
     many = texts * 3
     answers = constrained.predict(many)
@@ -394,3 +416,13 @@ def test_constrained_label_scoring_completes_valid_arguments(loaded, texts: list
     pattern = re.compile(structured_outputs(builder)["regex"])
     answers = predictor.predict(texts * 2)
     assert all(pattern.fullmatch(p.raw) for p in answers), [p.raw for p in answers]
+
+
+def test_unconstrained_figures_come_from_the_same_model_decoding_freely(loaded, small_dataset_dir: Path) -> None:
+    model, tokenizer, builder = loaded
+    records = load_split(small_dataset_dir, "test")[:4]
+    predictor = GenerationPredictor(model, tokenizer, builder, max_new_tokens=12, constrained=True, progress=False)
+    figures = _unconstrained_figures(predictor, records, builder.labels)
+    free = compute_metrics(records, [p.call for p in predictor.unconstrained().predict([r["text"] for r in records])])
+    assert figures == {key: free[key] for key in UNCONSTRAINED_FIGURES}
+    assert figures["format_error_rate"] > 0  # a random-init model decoding freely breaks the format

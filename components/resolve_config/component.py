@@ -101,6 +101,9 @@ def resolve_config(
     evaluation__decoding: str,
     evaluation__batch_size: int,
     evaluation__max_new_tokens: int,
+    evaluation__constrained: bool,
+    evaluation__label_score: str,
+    evaluation__label_normalization: str,
     evaluation__baselines: bool,
     evaluation__max_samples: int,
     gate__mode: str,
@@ -224,6 +227,9 @@ def resolve_config(
         evaluation__decoding: auto: vllm when importable, else batched generation.
         evaluation__batch_size: Prompts per forward pass.
         evaluation__max_new_tokens: Tokens generated per answer.
+        evaluation__constrained: Generate only calls the catalog allows, as the vLLM server does (structured outputs); the unconstrained figures are reported beside.
+        evaluation__label_score: label_scoring ranks by the label's total log-probability, or its mean per token.
+        evaluation__label_normalization: label_scoring: each token's probability against the whole vocabulary, or against the tokens some label can take there (what constrained decoding chooses from; much faster).
         evaluation__baselines: Log majority-class and TF-IDF + linear baselines with every evaluation.
         evaluation__max_samples: Evaluate at most N test records; 0 = all.
         gate__mode: enabled blocks promotion; dry_run records the decision but passes.
@@ -347,6 +353,9 @@ def resolve_config(
         "evaluation__decoding": evaluation__decoding,
         "evaluation__batch_size": evaluation__batch_size,
         "evaluation__max_new_tokens": evaluation__max_new_tokens,
+        "evaluation__constrained": evaluation__constrained,
+        "evaluation__label_score": evaluation__label_score,
+        "evaluation__label_normalization": evaluation__label_normalization,
         "evaluation__baselines": evaluation__baselines,
         "evaluation__max_samples": evaluation__max_samples,
         "gate__mode": gate__mode,

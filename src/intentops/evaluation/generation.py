@@ -63,9 +63,11 @@ class GenerationPredictor(Predictor):
         self.progress = progress
         self.grammar = token_grammar(model, tokenizer, builder) if constrained else None
 
+    name = "generate"
+
     @property
-    def name(self) -> str:  # type: ignore[override]
-        return "constrained_generate" if self.grammar is not None else "generate"
+    def constrained(self) -> bool:
+        return self.grammar is not None
 
     def unconstrained(self) -> GenerationPredictor:
         free = copy.copy(self)
@@ -78,7 +80,7 @@ class GenerationPredictor(Predictor):
         sequences = tokenize_prompts(self.tokenizer, self.builder, texts)
         prefix = PrefixCache.shared_by(self.model, sequences) if self.prefix_cache and sequences else None
         results: list[Prediction | None] = [None] * len(texts)
-        with progress_bar(len(texts), self.name, self.progress) as bar:
+        with progress_bar(len(texts), "constrained generate" if self.constrained else "generate", self.progress) as bar:
             for batch in plan_batches([len(s) for s in sequences], self.batch_size, self.sort_by_length):
                 start = time.perf_counter()
                 processor = (

@@ -340,6 +340,10 @@ class LabelScoringPredictor(Predictor):
 
             self.grammar = token_grammar(model, tokenizer, builder)
 
+    @property
+    def constrained(self) -> bool:
+        return self.grammar is not None
+
     def unconstrained(self) -> LabelScoringPredictor:
         free = copy.copy(self)
         free.grammar = None

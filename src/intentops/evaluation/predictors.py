@@ -65,6 +65,7 @@ class Predictor(ABC):
     """Predicts the call for each utterance; `name` is recorded in the metrics."""
 
     name: str = "predictor"
+    constrained: bool = False  # answers restricted to the catalog call grammar
 
     @abstractmethod
     def predict(self, texts: Sequence[str]) -> list[Prediction]:

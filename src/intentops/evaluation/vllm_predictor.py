@@ -44,6 +44,7 @@ class VllmPredictor(Predictor):
         self.builder = builder
         self.progress = progress
         self.constrained = constrained
+        self.max_new_tokens = max_new_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.llm = LLM(
             model=str(model_dir),
@@ -61,16 +62,14 @@ class VllmPredictor(Predictor):
             extra["structured_outputs"] = StructuredOutputsParams(**structured_outputs(builder))
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, **extra)
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return "vllm_constrained" if self.constrained else "vllm"
+    name = "vllm"
 
     def unconstrained(self) -> VllmPredictor:
         from vllm import SamplingParams
 
         free = copy.copy(self)
         free.constrained = False
-        free.sampling = SamplingParams(temperature=0.0, max_tokens=self.sampling.max_tokens)
+        free.sampling = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
         return free
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
