@@ -17,7 +17,14 @@ from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
 from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
 from intentops.evaluation.constrained import CallGrammar, TokenGrammar
-from intentops.evaluation.decoding import assemble, common_prefix_length, plan_batches, stop_token_ids
+from intentops.evaluation.decoding import (
+    assemble,
+    common_prefix_length,
+    plan_batches,
+    shared_head,
+    stop_token_ids,
+    tokenize_prompts,
+)
 from intentops.evaluation.generation import GenerationPredictor
 from intentops.evaluation.label_scoring import LabelScoringPredictor, LabelTrie, label_name_ids
 from intentops.evaluation.metrics import compute_metrics
@@ -212,6 +219,20 @@ def test_batched_generation_equals_one_by_one(loaded, texts: list[str]) -> None:
         ).predict(texts)
         assert [p.text for p in batched] == texts
         assert [p.raw for p in batched] == one_by_one
+
+
+@pytest.mark.parametrize("few_shot", ["none", "similar"])
+def test_prompts_tokenized_with_a_shared_head_equal_plain_tokenization(
+    loaded, small_dataset_dir: Path, few_shot: str
+) -> None:
+    _, tokenizer, trained = loaded
+    examples = load_split(small_dataset_dir, "train")
+    builder = PromptBuilder(trained.catalog, PromptConfig(few_shot=few_shot, few_shot_k=2), examples)
+    texts = [r["text"] for r in load_split(small_dataset_dir, "test")]
+    plain = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chat_prompts(tokenizer, builder, texts)]
+    assert tokenize_prompts(tokenizer, builder, texts) == plain
+    assert shared_head(tokenizer, chat_prompts(tokenizer, builder, texts)).endswith("<|im_start|>")
+    assert tokenize_prompts(tokenizer, builder, texts[:1]) == plain[:1]
 
 
 def test_plan_batches_is_a_length_sorted_partition() -> None:

@@ -86,11 +86,34 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return ids
 
 
+def shared_head(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> str:
+    """The longest text every prompt starts with that ends right after a special token.
+
+    Special tokens are split out before BPE runs, so no merge crosses that cut: the head can be tokenized once.
+    """
+    if not prompts:
+        return ""
+    first, last = min(prompts), max(prompts)  # their common prefix is every prompt's
+    length = 0
+    while length < len(first) and first[length] == last[length]:
+        length += 1
+    common = first[:length]
+    specials = {*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}
+    return common[: max((common.rfind(token) + len(token) for token in specials if token in common), default=0)]
+
+
 def tokenize_prompts(
     tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, texts: Sequence[str]
 ) -> list[list[int]]:
-    """Token ids of each utterance's full prompt (chat template with the generation prompt)."""
-    return tokenizer(chat_prompts(tokenizer, builder, texts), add_special_tokens=False)["input_ids"]
+    """Token ids of each utterance's full prompt (chat template with the generation prompt).
+
+    The system prompt with the catalog is most of every prompt; it is tokenized once, not once per utterance.
+    """
+    prompts = chat_prompts(tokenizer, builder, texts)
+    head = shared_head(tokenizer, prompts)
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"] if head else []
+    tails = tokenizer([prompt[len(head) :] for prompt in prompts], add_special_tokens=False)["input_ids"]
+    return [head_ids + tail for tail in tails]
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
