@@ -199,9 +199,15 @@ def test_label_scoring_predictions_follow_the_best_label(sft_model_dir: Path, te
         assert prediction.confidence == pytest.approx(float(torch.softmax(row, dim=0).max()), rel=1e-5)
         assert prediction.latency_s is not None and prediction.latency_s > 0
         if builder.catalog.get(best).parameters:
-            # arguments: what plain greedy generation continues with after the prompt and the chosen name
+            # arguments: the likeliest opening token after the prompt and the chosen name, then plain greedy
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + predictor.name_ids[label]
-            assert prediction.raw == best + _plain_generate(model, tokenizer, ids, 6)
+            with torch.inference_mode():
+                logits = model(torch.tensor([ids])).logits[0, -1]
+            openers = torch.tensor(predictor.openers[label])
+            first = int(openers[logits[openers].argmax()])
+            rest = _plain_generate(model, tokenizer, [*ids, first], 5)
+            assert prediction.raw == best + tokenizer.decode([first]) + rest
+            assert prediction.raw.startswith(best + "(")
             with_arguments += 1
         else:
             # no arguments to fill: the answer is complete without generating

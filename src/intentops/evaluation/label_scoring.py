@@ -26,6 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import torch
+from transformers import LogitsProcessor
+
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.evaluation.decoding import (
     PrefixCache,
@@ -43,7 +46,6 @@ from intentops.evaluation.predictors import Prediction, Predictor, prediction_fr
 from intentops.prompting import PromptBuilder
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -175,8 +177,6 @@ def _trie_attention(
     model: PreTrainedModel, attention: torch.Tensor, n_prefix: int, trie: LabelTrie
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive 4D mask and position ids for `[suffix][trie nodes]` queries over `[prefix][suffix][nodes]` keys."""
-    import torch
-
     device = attention.device
     rows, width = attention.shape
     n_suffix, n_nodes = width - n_prefix, len(trie.nodes)
@@ -207,8 +207,6 @@ def _edge_log_probs(
     `columns` maps logit columns to token ids (None: the whole vocabulary, in order). The normaliser is the whole
     vocabulary or, for `catalog`, the tokens some label takes at that position.
     """
-    import torch
-
     device = logits.device
     column_of = {t: c for c, t in enumerate(columns)} if columns is not None else None
     col = (lambda t: column_of[t]) if column_of is not None else (lambda t: t)
@@ -246,8 +244,6 @@ def score_label_batch(
     Hidden states are kept only at the scoring positions (the last prompt token and the trie nodes) and projected
     onto the whole output head (`vocabulary`) or onto the rows of the tokens the trie takes there (`catalog`).
     """
-    import torch
-
     device = model.device
     n_prefix = len(prefix) if prefix is not None else 0
     ids, mask = assemble(sequences, prefix_ids(prefix), pad_id)
@@ -283,6 +279,23 @@ def score_label_batch(
             scores = scores.index_add(1, label, edge_logp[:, edge])
         prompt_layers = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in out.past_key_values.layers]
     return ScoredBatch(scores.cpu(), input_ids, attention, prompt_layers)
+
+
+class FirstTokenProcessor(LogitsProcessor):
+    """Restricts each row's first generated token to its own set (the opening tokens its label was scored on)."""
+
+    def __init__(self, allowed: Sequence[Sequence[int]]) -> None:
+        self.allowed = allowed
+        self.first_call = True
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.first_call:
+            return scores
+        self.first_call = False
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        for row, tokens in enumerate(self.allowed):
+            keep[row, list(tokens)] = True
+        return scores.masked_fill(~keep, float("-inf"))
 
 
 class LabelScoringPredictor(Predictor):
@@ -374,8 +387,6 @@ class LabelScoringPredictor(Predictor):
     def _ranked(self, scores: torch.Tensor) -> torch.Tensor:
         if not self.length_normalized:
             return scores
-        import torch
-
         return scores / torch.tensor(self.full_trie.lengths(), dtype=scores.dtype)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
@@ -399,8 +410,6 @@ class LabelScoringPredictor(Predictor):
 
     def _complete(self, scored: ScoredBatch, best: list[int]) -> list[str]:
         """Each row's answer: the chosen label's `name()`, or its name and a greedy continuation (the arguments)."""
-        import torch
-
         from intentops.evaluation.constrained import CallGrammarProcessor
 
         completions = [self.names[b] + NO_ARGUMENTS for b in best]
@@ -413,10 +422,11 @@ class LabelScoringPredictor(Predictor):
         input_ids = torch.cat([scored.input_ids[rows], torch.tensor(label_rows, device=device)], dim=1)
         attention = torch.cat([scored.attention_mask[rows], torch.tensor(label_mask, device=device)], dim=1)
         cache = make_cache(self.model, [(k[rows], v[rows]) for k, v in scored.prompt_layers])
-        processor = None
         if self.grammar is not None:
             starts = [(self.grammar.grammar.after_label(self.names[best[row]]), b"") for row in need]
-            processor = CallGrammarProcessor(self.grammar, self.max_new_tokens, starts)
+            processor: LogitsProcessor = CallGrammarProcessor(self.grammar, self.max_new_tokens, starts)
+        else:  # the first token opens the argument list, as scored; the rest is free
+            processor = FirstTokenProcessor([self.openers[best[row]] for row in need])
         tails = greedy_continue(
             self.model, input_ids, attention, self.max_new_tokens, self.pad_id, self.eos_ids, cache, processor
         )
