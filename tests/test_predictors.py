@@ -453,3 +453,28 @@ def test_unconstrained_figures_come_from_the_same_model_decoding_freely(loaded, 
     free = compute_metrics(records, [p.call for p in predictor.unconstrained().predict([r["text"] for r in records])])
     assert figures == {key: free[key] for key in UNCONSTRAINED_FIGURES}
     assert figures["format_error_rate"] > 0  # a random-init model decoding freely breaks the format
+
+
+def test_evaluate_model_reports_constrained_and_unconstrained_figures(
+    tiny_model_dir: Path, small_dataset_dir: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    """The evaluation artifact says which decoding produced its figures and carries the free figures beside."""
+    from intentops.config import load_config
+    from intentops.evaluation import evaluate_model
+
+    cfg = load_config(
+        overrides={
+            "registry__tracking_uri": mlflow_server,
+            "registry__experiment": "predictors-constrained",
+            "evaluation__decoding": "generate",
+            "evaluation__constrained": True,
+            "evaluation__max_samples": 4,
+            "evaluation__max_new_tokens": 16,
+            "evaluation__baselines": False,
+        }
+    )
+    metrics = evaluate_model(tiny_model_dir, small_dataset_dir, cfg, tmp_path / "eval")
+    assert metrics["decoding"] == "generate" and metrics["constrained"] is True
+    assert metrics["format_error_rate"] == 0.0  # every constrained answer is a catalog call
+    assert set(metrics["unconstrained"]) == set(UNCONSTRAINED_FIGURES)
+    assert metrics["unconstrained"]["format_error_rate"] > 0.0  # the random-init model, free, breaks the format
