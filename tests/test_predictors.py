@@ -478,3 +478,20 @@ def test_evaluate_model_reports_constrained_and_unconstrained_figures(
     assert metrics["format_error_rate"] == 0.0  # every constrained answer is a catalog call
     assert set(metrics["unconstrained"]) == set(UNCONSTRAINED_FIGURES)
     assert metrics["unconstrained"]["format_error_rate"] > 0.0  # the random-init model, free, breaks the format
+
+
+def test_call_grammar_in_thought_mode_matches_the_served_template() -> None:
+    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / "catalog.yaml"), PromptConfig(output_mode="thought"))
+    grammar = CallGrammar.for_builder(builder)
+    pattern = re.compile(structured_outputs(builder)["regex"])
+    targets = [builder.target(r["output"]) for r in list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))[:100]]
+    broken = [
+        "<think></think><answer>volume_down()</answer>",  # empty reasoning
+        "<think>a<b</think><answer>volume_down()</answer>",  # '<' inside the reasoning
+        "<think>ok</think><answer>volume_down()",  # unclosed answer
+        "<think>ok</think><answer>volume_down()</answer> ",  # trailing text
+        "volume_down()",  # no template
+    ]
+    for text in targets + broken:
+        assert grammar.matches(text) == bool(pattern.fullmatch(text)), text
+    assert all(grammar.matches(t) for t in targets) and not any(grammar.matches(t) for t in broken)
