@@ -195,7 +195,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{rows}\n\n"
         f"Targets: label scoring >= 10x, batched generation >= 4x the seed loop. The seed script's own string "
         f"arithmetic on the seed loop's completions gives intent {seed['intent_accuracy']} / parameter "
-        f"{seed['param_accuracy']}, the same as `intentops.evaluation.metrics` ({seed['matches_metrics']}).\n\n"
+        f"{seed['param_accuracy']}; against `intentops.evaluation.metrics`: {seed['matches_metrics']}.\n\n"
         f"Reading the label-scoring rows: a label is scored on its name's tokens plus the mass of the tokens that "
         "open its argument list (`(`-tokens for intents with parameters, `()`-tokens otherwise), as the model writes "
         f"them. Vocabulary normalisation projects every trie node ({report['label_trie_nodes']} nodes for "
