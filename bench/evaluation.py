@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", CPU only"),
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", CPU only")
+        + f", load average {os.getloadavg()[0]:.1f} when the timings ended (other processes share the CPUs)",
         "measured_at": datetime.now(UTC).isoformat(timespec="minutes"),
         "methods": rows,
         "labels": len(scoring.labels),
