@@ -221,6 +221,19 @@ class EvaluationConfig(_Section):
     )
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per answer.")
+    constrained: bool = Field(
+        False,
+        description="Generate only calls the catalog allows, as the vLLM server does (structured outputs); "
+        "the unconstrained figures are reported beside.",
+    )
+    label_score: Literal["sum", "mean"] = Field(
+        "sum", description="label_scoring ranks by the label's total log-probability, or its mean per token."
+    )
+    label_normalization: Literal["vocabulary", "catalog"] = Field(
+        "vocabulary",
+        description="label_scoring: each token's probability against the whole vocabulary, or against the tokens "
+        "some label can take there (what constrained decoding chooses from; much faster).",
+    )
     baselines: bool = Field(True, description="Log majority-class and TF-IDF + linear baselines with every evaluation.")
     max_samples: int = Field(0, ge=0, description="Evaluate at most N test records; 0 = all.")
 
