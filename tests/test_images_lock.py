@@ -22,20 +22,17 @@ LOCK = IMAGES / "constraints.txt"
 PINS = image_pins(IMAGES / "versions.env")
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 IMAGE_EXTRAS = ("train", "serve")  # `dev` (pytest, ruff, moto) is never installed in an image
-# versions.env pin -> package (images/lock.py resolves with exactly these).
-PINNED = {
-    "TORCH_VERSION": "torch",
-    "TRANSFORMERS_VERSION": "transformers",
-    "TRL_VERSION": "trl",
-    "PEFT_VERSION": "peft",
-    "ACCELERATE_VERSION": "accelerate",
-    "DEEPSPEED_VERSION": "deepspeed",
-    "KFP_VERSION": "kfp",
-    "VLLM_VERSION": "vllm",
-    "MLFLOW_VERSION": "mlflow",
-    "PSYCOPG2_VERSION": "psycopg2-binary",
-    "BOTO3_VERSION": "boto3",
-}
+
+
+def _lock_script():
+    """images/lock.py (a script, not a package): its PINNED is what the lock was resolved with."""
+    spec = importlib.util.spec_from_file_location("images_lock", IMAGES / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PINNED: dict[str, str] = _lock_script().PINNED
 
 
 def _lock() -> dict[str, str]:
@@ -82,6 +79,17 @@ def test_lock_includes_what_the_pinned_packages_need():
     """The resolver's output, not a hand list: vLLM's and TRL's own dependencies are there."""
     for name in ("xgrammar", "datasets", "huggingface-hub", "safetensors", "tokenizers", "botocore"):
         assert name in LOCKED, name
+
+
+@pytest.mark.parametrize("dockerfile", sorted(IMAGES.glob("*/Dockerfile")), ids=lambda p: p.parent.name)
+def test_every_package_a_dockerfile_names_is_locked_at_its_versions_env_pin(dockerfile):
+    named = re.findall(r'"([A-Za-z0-9][A-Za-z0-9._-]*)==\$\{(\w+)\}"', dockerfile.read_text(encoding="utf-8"))
+    for package, variable in named:
+        name = canonicalize_name(package)
+        assert LOCKED.get(name) == PINS[variable], (
+            f"{dockerfile}: {package}==${{{variable}}} vs lock {LOCKED.get(name)}"
+        )
+        assert PINNED.get(variable) == name, f"images/lock.py does not resolve with {variable} ({package})"
 
 
 @pytest.mark.parametrize("dockerfile", sorted(IMAGES.glob("*/Dockerfile")), ids=lambda p: p.parent.name)
