@@ -129,6 +129,15 @@ def test_pinned_vllm_constraints_hold_in_the_lock():
     assert PINS["PYTORCH_IMAGE"].startswith(f"pytorch/pytorch:{PINS['TORCH_VERSION']}-")
 
 
+def test_trainer_base_image_has_the_cuda_major_vllm_was_built_for():
+    """vLLM's wheel brings CUDA libraries of one major (cuda-bindings); torch in the base image must match it."""
+    vllm_cuda = Version(LOCKED["cuda-bindings"]).major
+    assert Version(PINS["CUDA_VERSION"]).major == vllm_cuda, (
+        f"vLLM wants CUDA {vllm_cuda}, base is {PINS['CUDA_VERSION']}"
+    )
+    assert f"-cuda{PINS['CUDA_VERSION']}-" in PINS["PYTORCH_IMAGE"]
+
+
 # vLLM's OpenAI server took `structured_outputs` (ChatCompletionRequest / CompletionRequest, StructuredOutputsParams)
 # in 0.10.2, replacing the `guided_*` fields; docs/cluster.md "Images and versions" cites the source.
 STRUCTURED_OUTPUTS_SINCE = Version("0.10.2")
