@@ -76,7 +76,10 @@ build() {  # build NAME IMAGE_VARIABLE BUILD_ARG...
   if [[ $push -eq 1 ]]; then
     run docker push "$tag"
     if [[ $dry_run -eq 0 ]]; then
-      echo "$image_var=$(docker image inspect --format '{{index .RepoDigests 0}}' "$tag")"
+      # The digest this registry gave the push (an image pushed to several registries has one per repository).
+      local digest
+      digest="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$tag" | grep -m1 "^${tag%:*}@")"
+      echo "$image_var=$digest"
     fi
   fi
 }

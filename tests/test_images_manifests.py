@@ -267,3 +267,29 @@ def test_compile_names_the_registry_and_tag_of_the_environment(tmp_path):
         spec = next(yaml.safe_load_all(path.read_text(encoding="utf-8")))
         images = [executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()]
         assert images and set(images) == {"x/intentops-trainer:0.1.0-gabc"}, path.name
+
+
+def test_build_prints_the_pushed_digest_that_compile_accepts(tmp_path, monkeypatch):
+    """After a push build.sh prints VAR=name@sha256:... for its own registry; exported, compile pins that digest."""
+    digest = "sha256:" + "ab" * 32
+    fake = tmp_path / "docker"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {tmp_path}/calls\n'
+        'if [[ "$1 $2" == "image inspect" ]]; then\n'
+        f'  echo "mirror.example/intentops-mlflow@sha256:{"cd" * 32}"\n'
+        f'  echo "${{@: -1}}" | sed "s/:[^:/]*$/@{digest}/"\n'
+        "fi\n",
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "IMAGE_REGISTRY": "reg.example:5000/team", "IMAGE_TAG": "t"}
+    out = subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), "mlflow"], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    line = f"MLFLOW_SERVER_IMAGE=reg.example:5000/team/intentops-mlflow@{digest}"
+    assert out.splitlines()[-1] == line
+    calls = (tmp_path / "calls").read_text(encoding="utf-8").splitlines()
+    assert calls[1] == f"push reg.example:5000/team/intentops-mlflow:{VERSIONS['MLFLOW_VERSION']}"
+    monkeypatch.setenv(*line.split("=", 1))
+    assert image_pins(IMAGES / "versions.env")["MLFLOW_SERVER_IMAGE"] == line.split("=", 1)[1]
