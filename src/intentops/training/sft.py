@@ -4,7 +4,7 @@ TRL's `SFTTrainer` on a conversational prompt-completion dataset built by `Promp
 assistant's answer. Full fine-tuning or LoRA/QLoRA (peft; adapters are merged so the next stage gets a plain Hugging
 Face folder), DeepSpeed ZeRO through the trainer arguments, bf16 only where the hardware has it, checkpoints under
 `out_dir/checkpoints` and resume from the newest one. On the tiny profile the base model is first built from the
-dataset itself (`intentops.models.create_tiny_model`).
+dataset itself (`intentops.tiny_model.create_tiny_model`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from intentops.models import (
     CARD_FILE,
     base_card,
     bf16_available,
-    create_tiny_model,
     dataset_hash,
     generate_completions,
     invalidate_model_dir,
@@ -39,6 +38,7 @@ from intentops.models import (
 )
 from intentops.prompting import PromptBuilder
 from intentops.rewards import intent_reward, params_reward
+from intentops.tiny_model import create_tiny_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
