@@ -249,6 +249,7 @@ def run_sft(
     from intentops.training.callbacks import MlflowStepMetrics, ProgressLog
     from intentops.training.shared_prefix import SharedPrefixSFTTrainer
 
+    _one_progress_bar()
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     records = load_split(dataset_dir / "train.jsonl")
     catalog = load_catalog(dataset_dir / "catalog.yaml")
@@ -319,6 +320,15 @@ def run_sft(
         _log_final(result, check, out)
     log.info("SFT model written to %s (train-sample intent accuracy %s)", out, check.get("intent_accuracy"))
     return out
+
+
+def _one_progress_bar() -> None:
+    """Keep the trainer's step bar as the stage's one bar: no per-pass dataset bars, no weight loading/saving bars."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def _final_check(model_dir: Path, builder: PromptBuilder, records: list[dict[str, Any]], cfg: RunConfig) -> dict:
