@@ -16,7 +16,7 @@ from typing import Any
 
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
-from intentops.evaluation.gate import GATE_JSON, GATE_MD, GateDecision, decide, write_gate
+from intentops.evaluation.gate import GATE_HTML, GATE_JSON, GATE_MD, EvaluationResult, GateDecision, decide, write_gate
 from intentops.io import atomic_path, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ __all__ = [
     "PREDICTIONS_FILE",
     "REPORT_HTML",
     "REPORT_MD",
+    "EvaluationResult",
     "GateDecision",
     "decide",
     "evaluate_model",
@@ -71,6 +72,20 @@ def _dataset_info(dataset_dir: Path, split: str, n_evaluated: int, max_samples: 
         "max_samples": max_samples,
         "n": n_evaluated,
     }
+
+
+UNCONSTRAINED_FIGURES = ("intent_accuracy", "param_accuracy", "exact_match", "format_error_rate", "macro_f1")
+
+
+def _unconstrained_figures(predictor: Any, records: list[dict[str, Any]], labels: list[str]) -> dict[str, float]:
+    """The headline figures of the same model decoding freely, reported beside the constrained (served) ones."""
+    from intentops.evaluation.metrics import compute_metrics
+
+    free = predictor.unconstrained()
+    log.info("evaluating again without the catalog grammar (%s), for comparison", free.name)
+    calls = [p.call for p in free.predict([record["text"] for record in records])]
+    metrics = compute_metrics(records, calls, catalog_names=labels)
+    return {key: metrics[key] for key in UNCONSTRAINED_FIGURES if isinstance(metrics.get(key), int | float)}
 
 
 def evaluate_model(
@@ -128,6 +143,7 @@ def evaluate_model(
         "dataset_dir": str(dataset_dir),
         "split": split,
         "decoding": eval_cfg.decoding,
+        "constrained": eval_cfg.constrained,
         "n": len(records),
     }
     with stage_run(stage, cfg, pipeline_run_id, params=params) as run:
@@ -137,7 +153,7 @@ def evaluate_model(
         predictions = predictor.predict([record["text"] for record in records])
         elapsed = time.perf_counter() - start
 
-        outcomes = score_all(records, [p.call for p in predictions])
+        outcomes = score_all(records, [p.call for p in predictions], [p.raw for p in predictions])
         metrics = metrics_from_outcomes(
             outcomes,
             catalog_names=builder.labels,
@@ -146,6 +162,9 @@ def evaluate_model(
             confidences=[p.confidence for p in predictions] if predictor.name == "label_scoring" else None,
         )
         metrics["decoding"] = predictor.name
+        metrics["constrained"] = predictor.constrained
+        if eval_cfg.constrained:
+            metrics["unconstrained"] = _unconstrained_figures(predictor, records, builder.labels)
         metrics["model"] = {
             "dir": str(model_dir),
             "stage": card.get("stage"),
@@ -185,6 +204,8 @@ def evaluate_model(
             atomic_write_text(tmp / REPORT_MD, render_markdown(metrics, errors))
             atomic_write_text(tmp / REPORT_HTML, render_html(metrics, errors, png_path=png))
         mlflow.log_metrics(scalar_metrics(metrics))
+        if "unconstrained" in metrics:
+            mlflow.log_metrics({f"unconstrained_{k}": v for k, v in metrics["unconstrained"].items()})
         mlflow.log_artifacts(str(out_dir), artifact_path=stage)
     log.info(
         "%s: intent accuracy %.4f, parameter accuracy %.4f, format errors %.4f (%d records, %.1f utt/s)",
@@ -216,6 +237,7 @@ def run_gate(
     """
     import mlflow
 
+    from intentops.evaluation.report import gate_scalar_metrics
     from intentops.tracking import stage_run
 
     candidate_path = Path(candidate_eval_dir) / METRICS_FILE
@@ -240,6 +262,7 @@ def run_gate(
         champion_cfg = cfg.model_copy(deep=True)
         champion_cfg.evaluation.max_samples = candidate_set.get("max_samples", cfg.evaluation.max_samples)
         champion_cfg.evaluation.decoding = candidate.get("decoding", cfg.evaluation.decoding)
+        champion_cfg.evaluation.constrained = candidate.get("constrained", cfg.evaluation.constrained)
         champion_cfg.evaluation.baselines = False  # same records: the candidate's report already has them
         log.info("evaluating the champion %s on the candidate's test set", champion_model_dir)
         champion = evaluate_model(
@@ -251,19 +274,16 @@ def run_gate(
             split,
             stage="evaluate-champion",
         )
-    decision = decide(candidate, champion, cfg.gate)
+    catalog_path = dataset_dir / "catalog.yaml"
+    catalog = load_catalog(catalog_path) if catalog_path.is_file() else None
+    decision = decide(candidate_eval_dir, out / "champion" if champion is not None else None, cfg.gate, catalog)
     if champion is not None and champion_info:
         decision.champion = {**(decision.champion or {}), "registry": champion_info}
     with stage_run("gate", cfg, pipeline_run_id, params={"mode": cfg.gate.mode}):
         write_gate(decision, out)
-        mlflow.log_metrics(
-            {
-                "gate_passed": float(decision.passed),
-                "gate_failed_checks": float(len(decision.failed)),
-            }
-        )
-        mlflow.log_artifact(str(out / GATE_JSON), artifact_path="gate")
-        mlflow.log_artifact(str(out / GATE_MD), artifact_path="gate")
+        mlflow.log_metrics(gate_scalar_metrics(decision))
+        for name in (GATE_JSON, GATE_MD, GATE_HTML):
+            mlflow.log_artifact(str(out / name), artifact_path="gate")
         mlflow.set_tag("intentops.gate_passed", str(decision.passed).lower())
     log.info("gate (%s): %s; %s", decision.mode, "passed" if decision.passed else "FAILED", "; ".join(decision.reasons))
     return decision
