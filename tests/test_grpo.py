@@ -14,7 +14,8 @@ from intentops.models import read_model_card
 from intentops.prompting import PromptBuilder
 from intentops.rewards import RewardWeights, score_completion
 from intentops.training.curriculum import mine_hard_samples
-from intentops.training.grpo import ROLLOUT_COLUMNS, RewardCollapseError, run_grpo
+from intentops.training.grpo import RewardCollapseError, run_grpo
+from intentops.training.rollouts import ROLLOUT_COLUMNS
 from intentops.training.sft import load_split
 
 STEPS, BATCH, GENERATIONS = 3, 8, 4
@@ -71,6 +72,47 @@ def test_stage1_rollout_rewards_match_the_reward_functions(stage1, small_dataset
     assert rollouts["reward_format"].mean() >= 0.25 and rollouts["reward_intent"].max() == 1.0
 
 
+def test_stage1_scores_every_training_record_in_one_complete_pass(stage1, small_dataset_dir: Path, grpo_config) -> None:
+    import pyarrow.parquet as pq
+
+    from intentops.training.rollouts import KIND_METADATA, TRAIN_SET_HASH_METADATA, train_set_hash
+
+    records = load_split(small_dataset_dir / "train.jsonl")
+    table = pq.read_table(stage1.scores_path)
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert meta[KIND_METADATA] == "scoring"
+    assert json.loads(meta[TRAIN_SET_HASH_METADATA]) == train_set_hash(records)
+    scores = table.to_pandas()
+    assert tuple(scores.columns) == ROLLOUT_COLUMNS
+    assert len(scores) == len(records) * GENERATIONS  # every record, G completions each, not just what was drawn
+    for _, group in scores.groupby("sample_id"):
+        assert sorted(group["generation"]) == list(range(GENERATIONS))
+    assert set(scores["sample_id"]) == {r["id"] for r in records}
+    reference = {r["id"]: r["output"] for r in records}
+    builder = PromptBuilder.from_model_dir(stage1.model_dir)
+    weights = RewardWeights.from_config(grpo_config.grpo)
+    for row in scores.itertuples():
+        expected = score_completion(row.completion, reference[row.sample_id], builder, weights)
+        assert (row.reward_format, row.reward_intent, row.reward_params) == (
+            expected.format,
+            expected.intent,
+            expected.params,
+        )
+    assert stage1.metrics["scored_records"] == len(records)
+
+
+def test_scoring_backend_falls_back_to_transformers_without_vllm() -> None:
+    import importlib.util
+
+    from intentops.training.scoring import choose_backend
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    assert choose_backend("auto") == "transformers" and choose_backend("transformers") == "transformers"
+    with pytest.raises(ValueError, match=r"mining\.score_backend=vllm but vllm is not importable"):
+        choose_backend("vllm")
+
+
 def test_stage1_writes_a_model_card_and_mlflow_metrics(stage1, sft_model_dir: Path, grpo_config) -> None:
     from mlflow import MlflowClient
     from transformers import AutoModelForCausalLM
@@ -89,9 +131,7 @@ def test_stage1_writes_a_model_card_and_mlflow_metrics(stage1, sft_model_dir: Pa
 
 
 def test_stage2_trains_on_the_mined_hard_samples_only(tmp_path: Path, stage1, small_dataset_dir: Path, grpo_config):
-    mined = mine_hard_samples(
-        stage1.rollouts_path, small_dataset_dir / "train.jsonl", grpo_config.mining, tmp_path / "m"
-    )
+    mined = mine_hard_samples(stage1.scores_path, small_dataset_dir / "train.jsonl", grpo_config.mining, tmp_path / "m")
     assert mined.hard > 0, "a 3-step tiny policy should not be perfect on every sample"
     result = run_grpo(tmp_path / "m" / "train.jsonl", stage1.model_dir, grpo_config, tmp_path / "g2", stage="grpo2")
     assert not result.skipped and result.train_records == mined.hard
@@ -195,3 +235,173 @@ def test_cli_grpo_stage2_pass_on(tmp_path: Path, stage1, grpo_config, capsys: py
     assert read_model_card(tmp_path / "g2")["stage"] == "grpo2"
     assert main([*argv, "--stage", "grpo1", "--set", f"registry__tracking_uri={uri}"]) == 2  # usage error, named
     assert "no training records" in capsys.readouterr().err
+
+
+# ---- grpo.algorithm: advantages on a hand-computed batch (two prompts x two generations) ----------------------
+
+# rewards of [prompt 1: 3, 1 | prompt 2: 1, 1]
+HAND_REWARDS = [3.0, 1.0, 1.0, 1.0]
+
+
+def test_reinforce_pp_baseline_scales_group_centred_rewards_by_their_batch_std() -> None:
+    import torch
+
+    from intentops.training.advantages import advantages
+
+    # group means 2 and 1 -> centred [1, -1, 0, 0]; unbiased std of those = sqrt(2/3) = 0.816497
+    got = advantages("reinforce_pp_baseline", torch.tensor(HAND_REWARDS), num_generations=2)
+    expected = [1 / (0.816497 + 1e-4), -1 / (0.816497 + 1e-4), 0.0, 0.0]
+    assert got.tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_reinforce_pp_uses_the_batch_mean_and_std_without_a_group_baseline() -> None:
+    import torch
+
+    from intentops.training.advantages import advantages
+
+    # batch mean 1.5 -> [1.5, -0.5, -0.5, -0.5]; unbiased std = sqrt(3 / 3) = 1
+    got = advantages("reinforce_pp", torch.tensor(HAND_REWARDS), num_generations=2)
+    assert got.tolist() == pytest.approx([1.5 / 1.0001, -0.5 / 1.0001, -0.5 / 1.0001, -0.5 / 1.0001], abs=1e-6)
+
+
+def test_kl_is_subtracted_from_the_reward_before_the_advantages() -> None:
+    import torch
+
+    from intentops.training.advantages import advantages, kl_penalised
+
+    rewards = kl_penalised(torch.tensor(HAND_REWARDS), torch.tensor([1.0, 0.0, 2.0, 0.0]), beta=0.5)
+    assert rewards.tolist() == [2.5, 1.0, 0.0, 1.0]
+    # group means 1.75 and 0.5 -> centred [0.75, -0.75, -0.5, 0.5]; unbiased std = sqrt(1.625 / 3) = 0.735980
+    got = advantages("reinforce_pp_baseline", rewards, num_generations=2)
+    scale = 0.735980 + 1e-4
+    assert got.tolist() == pytest.approx([0.75 / scale, -0.75 / scale, -0.5 / scale, 0.5 / scale], abs=1e-5)
+    assert kl_penalised(torch.tensor(HAND_REWARDS), torch.tensor([1.0, 0, 2, 0]), beta=0.0).tolist() == HAND_REWARDS
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "config_class", "options"),
+    [
+        ("grpo", "GRPOConfig", {"scale_rewards": "group", "loss_type": "dapo", "beta": 0.04}),
+        ("dr_grpo", "GRPOConfig", {"scale_rewards": "none", "loss_type": "dr_grpo", "beta": 0.04}),
+        ("reinforce_pp_baseline", "GRPOConfig", {"beta": 0.04}),
+        ("reinforce_pp", "GRPOConfig", {"beta": 0.04}),
+        ("rloo", "RLOOConfig", {"beta": 0.04, "normalize_advantages": False}),
+    ],
+)
+def test_each_algorithm_maps_onto_trl(tmp_path: Path, algorithm: str, config_class: str, options: dict) -> None:
+    from intentops.training.grpo import grpo_training_args
+
+    cfg = RunConfig.from_flat({"grpo__algorithm": algorithm, "grpo__beta": 0.04, "grpo__loss_type": "dapo"})
+    args = grpo_training_args(cfg, tmp_path, max_steps=1, reward_weights=[1.0, 1.0, 1.0])
+    assert type(args).__name__ == config_class
+    assert {key: getattr(args, key) for key in options} == options
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "reinforce_pp_baseline", "reinforce_pp", "rloo"])
+def test_trainer_advantages_follow_the_algorithm(
+    tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config, algorithm: str, monkeypatch
+) -> None:
+    """One real step per algorithm: the advantages the trainer hands to its loss, recomputed by hand from the
+    rewards in the rollout log (beta 0: no KL term)."""
+    import torch
+    from trl import RLOOTrainer
+
+    from intentops.training.advantages import intentops_grpo_trainer
+
+    seen: list[list[float]] = []
+    cls = RLOOTrainer if algorithm == "rloo" else intentops_grpo_trainer()
+    original = cls._generate_and_score_completions
+
+    def recording(self, inputs):
+        output = original(self, inputs)
+        seen.append(output["advantages"].tolist())
+        return output
+
+    monkeypatch.setattr(cls, "_generate_and_score_completions", recording)
+    cfg = RunConfig.from_flat(
+        {"grpo__stage1_max_steps": 1, "grpo__algorithm": algorithm, "grpo__beta": 0.0, "grpo__temperature": 1.5},
+        base=grpo_config,
+    )
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    result = run_grpo(train, sft_model_dir, cfg, tmp_path / "out")
+    rewards = torch.tensor(pd.read_parquet(result.rollouts_path)["reward_total"].tolist())
+    groups = rewards.view(-1, GENERATIONS)
+    mean = groups.mean(dim=1, keepdim=True)
+    expected = {
+        "grpo": (groups - mean) / (groups.std(dim=1, keepdim=True) + 1e-4),
+        "dr_grpo": groups - mean,
+        "reinforce_pp_baseline": (groups - mean) / ((groups - mean).std() + 1e-4),
+        "reinforce_pp": (rewards - rewards.mean()) / (rewards.std() + 1e-4),
+        "rloo": groups - (groups.sum(dim=1, keepdim=True) - groups) / (GENERATIONS - 1),
+    }[algorithm]
+    assert [a for batch in seen for a in batch] == pytest.approx(expected.reshape(-1).tolist(), abs=1e-4)
+
+
+# ---- collapse guard on hand-made log histories --------------------------------------------------------------
+
+
+def _guard(**rules):
+    from intentops.training.callbacks import CollapseGuard, CollapseRules
+
+    return CollapseGuard(CollapseRules(total_weight=3.0, **{"patience": 4, **rules}))
+
+
+def _replay(guard, history: list[tuple[int, dict]]) -> int | None:
+    """Feed (global_step, logs) entries; the step at which the guard stopped training, or None."""
+    from types import SimpleNamespace
+
+    from intentops.training.callbacks import RewardCollapseError
+
+    for step, logs in history:
+        try:
+            guard.on_log(None, SimpleNamespace(global_step=step), None, logs=logs)
+        except RewardCollapseError:
+            return step
+    return None
+
+
+def _log(reward=2.5, fmt=1.0, intent=0.9, zero_std=0.2, kl=0.01, length=6.0) -> dict:
+    return {
+        "reward": reward,
+        "rewards/format/mean": fmt,
+        "rewards/intent/mean": intent,
+        "frac_reward_zero_std": zero_std,
+        "kl": kl,
+        "completions/mean_length": length,
+    }
+
+
+def test_collapse_patience_counts_optimizer_steps_not_logged_steps() -> None:
+    # logged every 2 steps; zero reward from step 4 on -> 2 + 2 = 4 collapsed optimizer steps at step 6
+    history = [(2, _log()), (4, _log(reward=0.0, intent=0.0)), (6, _log(reward=0.0, intent=0.0))]
+    assert _replay(_guard(), history) == 6
+    # a healthy log in between resets the streak
+    history = [(2, _log()), (4, _log(reward=0.0)), (6, _log()), (8, _log(reward=0.0)), (10, _log())]
+    assert _replay(_guard(), history) is None
+
+
+def test_a_drop_of_the_intent_reward_from_its_first_value_is_collapse() -> None:
+    # 2.9/3 -> stuck on a parseable but wrong call: format 1, intent 0.2 < 0.25 x 0.95, reward share 0.4 > 0.05
+    history = [(1, _log(reward=2.9, intent=0.95))] + [(s, _log(reward=1.2, intent=0.2)) for s in range(2, 7)]
+    assert _replay(_guard(), history) == 5
+    mild = [(1, _log(reward=2.9, intent=0.95))] + [(s, _log(reward=2.0, intent=0.3)) for s in range(2, 9)]
+    assert _replay(_guard(), mild) is None  # 0.3 >= 0.25 x 0.95
+
+
+def test_zero_variance_groups_count_as_collapse_only_while_the_reward_is_not_perfect() -> None:
+    stuck = [(s, _log(reward=1.0, intent=0.9, zero_std=1.0)) for s in range(1, 6)]  # one wrong answer everywhere
+    assert _replay(_guard(), stuck) == 4
+    solved = [(s, _log(reward=3.0, intent=1.0, zero_std=1.0)) for s in range(1, 6)]  # every rollout perfect
+    assert _replay(_guard(), solved) is None
+    assert _replay(_guard(zero_std_share=1.0), stuck) is None  # 1 = off
+
+
+def test_kl_and_completion_length_guards() -> None:
+    assert _replay(_guard(), [(s, _log(kl=6.0)) for s in range(1, 6)]) == 4
+    assert _replay(_guard(max_kl=0.0), [(s, _log(kl=6.0)) for s in range(1, 6)]) is None  # 0 = off
+    longer = [(1, _log(length=6.0))] + [(s, _log(length=30.0)) for s in range(2, 7)]  # 5x the first length
+    assert _replay(_guard(), longer) == 5
+    shorter = [(1, _log(length=8.0))] + [(s, _log(length=1.0)) for s in range(2, 7)]
+    assert _replay(_guard(), shorter) == 5
+    assert _replay(_guard(length_ratio=0.0), longer) is None

@@ -72,11 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mine",
         help="Mine the samples stage-1 rollouts did not master (reward-based curriculum sampling).",
         description=(
-            "Score each training sample from its stage-1 rollouts and write OUT/train.jsonl (the hard samples, plus "
-            "mining.easy_per_hard easy ones), OUT/mining_report.json and OUT/mining_report.md."
+            "Score each training sample by its completions in the stage-1 scoring pass (every record, G each) and "
+            "write OUT/train.jsonl (the hard samples, plus mining.easy_per_hard easy ones), OUT/mining_report.json "
+            "and OUT/mining_report.md."
         ),
     )
-    mine.add_argument("--rollouts", required=True, help="Stage-1 rollouts.parquet, local or s3://.")
+    mine.add_argument(
+        "--rollouts", required=True, help="The stage-1 scoring pass (rollouts.scoring.parquet), local or s3://."
+    )
     mine.add_argument("--train", required=True, help="The stage-1 training records (train.jsonl), local or s3://.")
     mine.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
     add_config_argument(mine)
@@ -160,7 +163,7 @@ def _mine(args: argparse.Namespace) -> int:
             "easy_selected": report.easy_selected,
             "selected": report.selected,
             "scored": report.scored,
-            "unscored": report.unscored,
+            "coverage": report.coverage,
         }
     )
     return 0
