@@ -338,6 +338,58 @@ def test_trainer_advantages_follow_the_algorithm(
     assert [a for batch in seen for a in batch] == pytest.approx(expected.reshape(-1).tolist(), abs=1e-4)
 
 
+def test_reinforce_pp_puts_the_kl_in_the_reward(
+    tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config, monkeypatch
+) -> None:
+    """Two real steps with beta > 0: the advantages are the batch-normalised rewards minus beta x the summed KL of
+    each completion, and the KL is logged (the loss itself has no KL term)."""
+    import torch
+
+    from intentops.training.advantages import intentops_grpo_trainer
+
+    cls = intentops_grpo_trainer()
+    kls: list[list[float]] = []
+    seen: list[list[float]] = []
+    original_kl, original_score = cls._sequence_kl, cls._generate_and_score_completions
+
+    def recording_kl(self, output):
+        kl = original_kl(self, output)
+        kls.append(kl.tolist())
+        return kl
+
+    def recording(self, inputs):
+        output = original_score(self, inputs)
+        seen.append(output["advantages"].tolist())
+        return output
+
+    monkeypatch.setattr(cls, "_sequence_kl", recording_kl)
+    monkeypatch.setattr(cls, "_generate_and_score_completions", recording)
+    beta = 0.5
+    cfg = RunConfig.from_flat(
+        {
+            "grpo__stage1_max_steps": 2,
+            "grpo__algorithm": "reinforce_pp",
+            "grpo__beta": beta,
+            "grpo__learning_rate": 1e-3,
+        },
+        base=grpo_config,
+    )
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    result = run_grpo(train, sft_model_dir, cfg, tmp_path / "out")
+    rollouts = pd.read_parquet(result.rollouts_path)
+    assert len(kls) == 2 and any(abs(v) > 1e-6 for v in kls[1])  # the policy moved away from the reference
+    for step, (kl, advantage) in enumerate(zip(kls, seen, strict=True)):
+        rewards = torch.tensor(rollouts[rollouts["step"] == step]["reward_total"].tolist()) - beta * torch.tensor(kl)
+        expected = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+        assert advantage == pytest.approx(expected.tolist(), abs=1e-4)
+    from mlflow import MlflowClient
+
+    card = read_model_card(result.model_dir)
+    history = MlflowClient(cfg.registry.tracking_uri).get_metric_history(card["training"]["mlflow_run_id"], "kl")
+    assert history  # logged by the override, since the loss no longer computes it
+
+
 # ---- collapse guard on hand-made log histories --------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ def resolve_config(
     prompt__numeric_labels: bool,
     prompt__uncertain_label: bool,
     prompt__system_prompt: str,
+    sft__enabled: bool,
     sft__epochs: float,
     sft__learning_rate: float,
     sft__batch_size: int,
@@ -76,7 +77,7 @@ def resolve_config(
     grpo__num_generations: int,
     grpo__beta: float,
     grpo__loss_type: str,
-    grpo__scale_rewards: str,
+    grpo__algorithm: str,
     grpo__temperature: float,
     grpo__max_prompt_length: int,
     grpo__max_completion_length: int,
@@ -89,14 +90,21 @@ def resolve_config(
     grpo__reward_partial_credit: bool,
     grpo__collapse_threshold: float,
     grpo__collapse_patience: int,
+    grpo__collapse_intent_drop: float,
+    grpo__collapse_zero_std_share: float,
+    grpo__collapse_max_kl: float,
+    grpo__collapse_length_ratio: float,
+    grpo__online_filtering: bool,
     grpo__logging_steps: int,
     grpo__save_steps: int,
     grpo__deepspeed: str,
     grpo__seed: int,
     mining__hard_threshold: float,
     mining__easy_per_hard: float,
-    mining__last_steps_only: int,
-    mining__include_unscored: bool,
+    mining__hard_includes_params: bool,
+    mining__score_generations: int,
+    mining__score_batch_size: int,
+    mining__score_backend: str,
     mining__seed: int,
     evaluation__decoding: str,
     evaluation__batch_size: int,
@@ -177,6 +185,7 @@ def resolve_config(
         prompt__numeric_labels: Answer with the intent's number instead of its name.
         prompt__uncertain_label: Offer an explicit `uncertain()` answer.
         prompt__system_prompt: First line of the system prompt.
+        sft__enabled: Run the supervised warm-up; false starts GRPO straight from the base or instruct model.
         sft__epochs: Training epochs.
         sft__learning_rate: Peak learning rate.
         sft__batch_size: Per-device batch size.
@@ -199,7 +208,7 @@ def resolve_config(
         grpo__num_generations: Completions sampled per prompt (group size).
         grpo__beta: KL coefficient against the reference model.
         grpo__loss_type: TRL GRPO loss variant.
-        grpo__scale_rewards: group: GRPO; batch: REINFORCE++-baseline; none: Dr. GRPO.
+        grpo__algorithm: How rewards become advantages. grpo: centred and scaled per group; dr_grpo: centred per group, unscaled, length-unbiased loss; reinforce_pp_baseline: centred per group, scaled by the batch std, KL in the reward; reinforce_pp: centred and scaled over the batch, KL in the reward; rloo: leave-one-out baseline (TRL RLOOTrainer), KL in the reward.
         grpo__temperature: Sampling temperature for rollouts.
         grpo__max_prompt_length: Prompt tokens kept.
         grpo__max_completion_length: Generated tokens per rollout.
@@ -211,15 +220,22 @@ def resolve_config(
         grpo__strict_format: Strict template (seed 000) vs loose format reward.
         grpo__reward_partial_credit: Multi-intent answers with some right calls earn their Jaccard overlap instead of 0.
         grpo__collapse_threshold: Mean reward share at or below this counts as collapse.
-        grpo__collapse_patience: Steps of collapse before training stops with an error.
+        grpo__collapse_patience: Optimizer steps of collapse before training stops with an error.
+        grpo__collapse_intent_drop: Intent reward below this share of its first logged value counts as collapse.
+        grpo__collapse_zero_std_share: Share of groups whose rollouts all score the same at or above this, while the reward is not near perfect, counts as collapse (the policy is stuck on one answer); 1 = off.
+        grpo__collapse_max_kl: Mean per-token KL to the reference above this counts as collapse; 0 = off.
+        grpo__collapse_length_ratio: Mean completion length more than this factor above or below its first logged value counts as collapse; 0 = off.
+        grpo__online_filtering: Drop prompt groups whose rollouts all score the same (no gradient) and refill the batch with fresh prompts from the sampler.
         grpo__logging_steps: Log every N steps.
         grpo__save_steps: Checkpoint every N steps.
         grpo__deepspeed: DeepSpeed JSON config path; empty = none.
         grpo__seed: Training seed.
         mining__hard_threshold: A sample is hard when its share of perfect rollouts is below this.
         mining__easy_per_hard: Easy samples mixed in per hard sample (seed 000: 0 best).
-        mining__last_steps_only: Score only rollouts of the last N logged steps; 0 = all.
-        mining__include_unscored: Also train stage 2 on samples stage 1 never rolled out (difficulty unknown).
+        mining__hard_includes_params: A perfect rollout also needs a perfect parameter reward (else format and intent only).
+        mining__score_generations: Completions sampled per record in the scoring pass; 0 = grpo.num_generations.
+        mining__score_batch_size: Prompts per generation batch in the scoring pass.
+        mining__score_backend: Scoring-pass generation: auto = vLLM when importable with a GPU, else transformers.
         mining__seed: Seed for sampling easy examples.
         evaluation__decoding: auto: vllm when importable, else batched generation.
         evaluation__batch_size: Prompts per forward pass.
@@ -300,6 +316,7 @@ def resolve_config(
         "prompt__numeric_labels": prompt__numeric_labels,
         "prompt__uncertain_label": prompt__uncertain_label,
         "prompt__system_prompt": prompt__system_prompt,
+        "sft__enabled": sft__enabled,
         "sft__epochs": sft__epochs,
         "sft__learning_rate": sft__learning_rate,
         "sft__batch_size": sft__batch_size,
@@ -322,7 +339,7 @@ def resolve_config(
         "grpo__num_generations": grpo__num_generations,
         "grpo__beta": grpo__beta,
         "grpo__loss_type": grpo__loss_type,
-        "grpo__scale_rewards": grpo__scale_rewards,
+        "grpo__algorithm": grpo__algorithm,
         "grpo__temperature": grpo__temperature,
         "grpo__max_prompt_length": grpo__max_prompt_length,
         "grpo__max_completion_length": grpo__max_completion_length,
@@ -335,14 +352,21 @@ def resolve_config(
         "grpo__reward_partial_credit": grpo__reward_partial_credit,
         "grpo__collapse_threshold": grpo__collapse_threshold,
         "grpo__collapse_patience": grpo__collapse_patience,
+        "grpo__collapse_intent_drop": grpo__collapse_intent_drop,
+        "grpo__collapse_zero_std_share": grpo__collapse_zero_std_share,
+        "grpo__collapse_max_kl": grpo__collapse_max_kl,
+        "grpo__collapse_length_ratio": grpo__collapse_length_ratio,
+        "grpo__online_filtering": grpo__online_filtering,
         "grpo__logging_steps": grpo__logging_steps,
         "grpo__save_steps": grpo__save_steps,
         "grpo__deepspeed": grpo__deepspeed,
         "grpo__seed": grpo__seed,
         "mining__hard_threshold": mining__hard_threshold,
         "mining__easy_per_hard": mining__easy_per_hard,
-        "mining__last_steps_only": mining__last_steps_only,
-        "mining__include_unscored": mining__include_unscored,
+        "mining__hard_includes_params": mining__hard_includes_params,
+        "mining__score_generations": mining__score_generations,
+        "mining__score_batch_size": mining__score_batch_size,
+        "mining__score_backend": mining__score_backend,
         "mining__seed": mining__seed,
         "evaluation__decoding": evaluation__decoding,
         "evaluation__batch_size": evaluation__batch_size,
