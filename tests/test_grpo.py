@@ -237,6 +237,58 @@ def test_cli_grpo_stage2_pass_on(tmp_path: Path, stage1, grpo_config, capsys: py
     assert "no training records" in capsys.readouterr().err
 
 
+# ---- GRPO without the SFT warm-up ---------------------------------------------------------------------------
+
+
+def test_sft_disabled_hands_the_base_on_and_grpo_starts_from_it(
+    tmp_path: Path, small_dataset_dir: Path, tiny_model_dir: Path, grpo_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    from intentops.cli import main
+    from intentops.training.sft import run_sft
+
+    no_sft = RunConfig.from_flat({"sft__enabled": False}, base=grpo_config)
+    run_sft(small_dataset_dir, "", no_sft, tmp_path / "base")
+    card = read_model_card(tmp_path / "base")
+    assert card["stage"] == "base" and "sft.enabled=false" in card["skipped"] and card["training"]["steps"] == 0
+    assert card["catalog_hash"] == read_model_card(tiny_model_dir)["catalog_hash"]
+    assert not list((tmp_path / "base").glob(".base-*")) and not list((tmp_path / "base").glob(".staging-*"))
+    # the tiny base is deterministic: untrained means the very same weights as the fixture's tiny model
+    base, tiny = load_file(tmp_path / "base" / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert base.keys() == tiny.keys() and all(base[k].equal(tiny[k]) for k in base)
+    uri = grpo_config.registry.tracking_uri
+    argv = ["train", "sft", "--dataset", str(small_dataset_dir), "--out", str(tmp_path / "cli")]
+    assert main([*argv, "--set", "sft__enabled=false", "--set", f"registry__tracking_uri={uri}"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stage"] == "base"
+
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    cfg = RunConfig.from_flat({"grpo__stage1_max_steps": 1}, base=grpo_config)
+    result = run_grpo(train, tmp_path / "base", cfg, tmp_path / "g1")
+    assert read_model_card(result.model_dir)["parent"]["stage"] == "base" and result.steps == 1
+
+
+def test_grpo_runs_from_a_plain_hugging_face_folder_without_a_model_card(
+    tmp_path: Path, small_dataset_dir: Path, tiny_model_dir: Path, grpo_config
+) -> None:
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain, ignore=shutil.ignore_patterns("intentops.json", "catalog.yaml"))
+    dataset = tmp_path / "dataset"  # the prompt's catalog comes from the training file's dataset folder
+    dataset.mkdir()
+    shutil.copy(small_dataset_dir / "catalog.yaml", dataset / "catalog.yaml")
+    write_jsonl(dataset / "train.jsonl", load_split(small_dataset_dir / "train.jsonl")[:4])
+    cfg = RunConfig.from_flat({"grpo__stage1_max_steps": 1, "prompt__few_shot": "none"}, base=grpo_config)
+    result = run_grpo(dataset / "train.jsonl", plain, cfg, tmp_path / "g1")
+    card = read_model_card(result.model_dir)
+    assert card["stage"] == "grpo1" and card["parent"] == {"stage": "pretrained", "base_model": str(plain)}
+    assert card["catalog_hash"] == read_model_card(tiny_model_dir)["catalog_hash"]
+    assert card["prompt"] == cfg.prompt.model_dump()
+    assert len(pd.read_parquet(result.scores_path)) == 4 * GENERATIONS
+
+
 # ---- grpo.algorithm: advantages on a hand-computed batch (two prompts x two generations) ----------------------
 
 # rewards of [prompt 1: 3, 1 | prompt 2: 1, 1]

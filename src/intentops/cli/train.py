@@ -61,7 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     grpo.add_argument("--train", required=True, help="Training records (train.jsonl), local or s3://.")
-    grpo.add_argument("--model", required=True, help="Model folder to start from (an SFT or stage-1 output) or s3://.")
+    grpo.add_argument(
+        "--model",
+        required=True,
+        help="Model folder to start from (an SFT or stage-1 output, or a plain base/instruct model: its prompt then "
+        "comes from the configuration and the dataset's catalog.yaml) or s3://.",
+    )
     grpo.add_argument("--out", required=True, help="Output model folder or s3:// prefix.")
     grpo.add_argument("--stage", choices=("grpo1", "grpo2"), default="grpo1", help="Which GRPO stage (default grpo1).")
     grpo.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run's parent run.")
@@ -119,7 +124,7 @@ def _sft(args: argparse.Namespace) -> int:
     with _output(args.out) as out:
         model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
         card = read_model_card(model_dir)
-    _print({"out": args.out, "stage": "sft", "training": card.get("training", {})})
+    _print({"out": args.out, "stage": card.get("stage", "sft"), "training": card.get("training", {})})
     return 0
 
 
