@@ -358,7 +358,7 @@ def test_trainer_advantages_follow_the_algorithm(
     import torch
     from trl import RLOOTrainer
 
-    from intentops.training.advantages import intentops_grpo_trainer
+    from intentops.training.trainer import intentops_grpo_trainer
 
     seen: list[list[float]] = []
     cls = RLOOTrainer if algorithm == "rloo" else intentops_grpo_trainer()
@@ -397,7 +397,7 @@ def test_reinforce_pp_puts_the_kl_in_the_reward(
     each completion, and the KL is logged (the loss itself has no KL term)."""
     import torch
 
-    from intentops.training.advantages import intentops_grpo_trainer
+    from intentops.training.trainer import intentops_grpo_trainer
 
     cls = intentops_grpo_trainer()
     kls: list[list[float]] = []
@@ -509,3 +509,130 @@ def test_kl_and_completion_length_guards() -> None:
     shorter = [(1, _log(length=8.0))] + [(s, _log(length=1.0)) for s in range(2, 7)]
     assert _replay(_guard(), shorter) == 5
     assert _replay(_guard(length_ratio=0.0), longer) is None
+
+
+# ---- online difficulty filtering ----------------------------------------------------------------------------
+
+
+def test_groups_without_reward_variety_are_found_and_batches_merge_with_padding() -> None:
+    import torch
+
+    from intentops.training.filtering import concat_rows, informative_groups, select_rows
+
+    rewards = torch.tensor([3.0, 3.0, 1.0, 2.0, 0.0, 0.0])  # groups of 2: uniform, varied, uniform
+    assert informative_groups(rewards, 2).tolist() == [False, True, False]
+    first = {
+        "prompt_ids": torch.tensor([[5, 6], [5, 6], [7, 8], [7, 8]]),
+        "prompt_mask": torch.ones(4, 2, dtype=torch.long),
+        "completion_ids": torch.tensor([[1, 2, 3], [1, 0, 0], [4, 0, 0], [4, 4, 0]]),
+        "completion_mask": torch.tensor([[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]]),
+        "advantages": torch.tensor([0.0, 0.0, 0.7, -0.7]),
+        "num_items_in_batch": torch.tensor(7),
+    }
+    kept = select_rows(first, torch.tensor([False, False, True, True]))
+    refill = {
+        "prompt_ids": torch.tensor([[9], [9]]),
+        "prompt_mask": torch.tensor([[1], [1]]),
+        "completion_ids": torch.tensor([[2, 2, 2, 2], [3, 0, 0, 0]]),
+        "completion_mask": torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]),
+        "advantages": torch.tensor([0.5, -0.5]),
+    }
+    merged = concat_rows([kept, refill], pad_token_id=0)
+    assert merged["prompt_ids"].tolist() == [[7, 8], [7, 8], [0, 9], [0, 9]]  # prompts padded on the left
+    assert merged["prompt_mask"].tolist() == [[1, 1], [1, 1], [0, 1], [0, 1]]
+    assert merged["completion_ids"].tolist() == [[4, 0, 0, 0], [4, 4, 0, 0], [2, 2, 2, 2], [3, 0, 0, 0]]
+    assert merged["advantages"].tolist() == pytest.approx([0.7, -0.7, 0.5, -0.5])
+    assert int(merged["num_items_in_batch"]) == 1 + 2 + 4 + 1
+    with pytest.raises(ValueError, match="cannot merge batches with pixel_values"):
+        select_rows({**first, "pixel_values": torch.zeros(4)}, torch.ones(4, dtype=torch.bool))
+
+
+def test_online_filtering_drops_uniform_groups_and_refills_the_batch(
+    tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config, monkeypatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from intentops.training.filtering import MAX_REFILL_ROUNDS
+    from intentops.training.trainer import FILTERED_SHARE_METRIC, REFILL_ROUNDS_METRIC, intentops_grpo_trainer
+
+    cls = intentops_grpo_trainer()
+    original = cls._filtered
+    batches: list[tuple[list[float], float]] = []
+
+    def recording(self, output):
+        merged = original(self, output)
+        batches.append((merged["advantages"].tolist(), self._metrics["train"][REFILL_ROUNDS_METRIC][-1]))
+        return merged
+
+    monkeypatch.setattr(cls, "_filtered", recording)
+    # format-only reward: the warmed-up model often writes valid calls in every completion -> uniform groups
+    cfg = RunConfig.from_flat(
+        {
+            "grpo__stage1_max_steps": 2,
+            "grpo__online_filtering": True,
+            "grpo__reward_intent_weight": 0.0,
+            "grpo__reward_params_weight": 0.0,
+            "grpo__temperature": 1.5,
+        },
+        base=grpo_config,
+    )
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:8])
+    result = run_grpo(train, sft_model_dir, cfg, tmp_path / "out")
+    assert len(batches) == 2
+    for advantages, rounds in batches:
+        assert len(advantages) == BATCH  # the shape TRL expects, whatever was dropped
+        groups = [advantages[i : i + GENERATIONS] for i in range(0, BATCH, GENERATIONS)]
+        uniform = sum(all(a == 0 for a in group) for group in groups)
+        assert uniform == 0 or rounds == MAX_REFILL_ROUNDS  # refilled unless the refill rounds ran out
+    run_id = read_model_card(result.model_dir)["training"]["mlflow_run_id"]
+    shares = MlflowClient(cfg.registry.tracking_uri).get_metric_history(run_id, FILTERED_SHARE_METRIC)
+    assert [m.step for m in shares] == [1, 2] and all(0 <= m.value <= 1 for m in shares)
+    assert any(m.value > 0 for m in shares)  # seeded: the second step drops half its groups and refills them
+    rollouts = pd.read_parquet(result.rollouts_path)
+    assert len(rollouts) >= 2 * BATCH  # refills are rolled out (and logged) too
+
+
+def test_filtering_keeps_varied_groups_and_refills_from_new_prompts_on_a_hand_batch() -> None:
+    """`_filtered` on a stand-in trainer: batch [uniform, varied] -> keep the varied group, draw one prompt, whose
+    refill batch [varied, uniform] contributes its first group."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    import torch
+
+    from intentops.training.trainer import FILTERED_SHARE_METRIC, REFILL_ROUNDS_METRIC, intentops_grpo_trainer
+
+    def batch(rewards: list[float], tag: int) -> dict:
+        n = len(rewards)
+        return {
+            "prompt_ids": torch.full((n, 1), tag),
+            "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+            "completion_ids": torch.arange(n).view(n, 1) + 10 * tag,
+            "completion_mask": torch.ones(n, 1, dtype=torch.long),
+            "advantages": torch.tensor(rewards) - torch.tensor(rewards).mean(),
+            "num_items_in_batch": torch.tensor(n),
+        }
+
+    queue = [[1.0, 0.0, 2.0, 2.0]]  # the refill round's rewards: varied, then uniform
+    draws: list[int] = []
+    trainer = SimpleNamespace(
+        num_generations=2,
+        _metrics={"train": defaultdict(list)},
+        processing_class=SimpleNamespace(pad_token_id=0),
+        _current=torch.tensor([3.0, 3.0, 1.0, 0.0]),  # first batch: uniform group, varied group
+    )
+    trainer._rewards = lambda: trainer._current
+
+    def scored(inputs):
+        trainer._current = torch.tensor(queue.pop(0))
+        return batch(trainer._current.tolist(), tag=2)
+
+    trainer._scored = scored
+    trainer._draw_prompts = lambda count, round_: draws.append(count) or ["prompt"] * (2 * count)
+    merged = intentops_grpo_trainer()._filtered(trainer, batch([3.0, 3.0, 1.0, 0.0], tag=1))
+    assert draws == [1]  # one group was missing
+    assert merged["prompt_ids"].view(-1).tolist() == [1, 1, 2, 2]  # kept group of batch 1, first group of the refill
+    assert merged["completion_ids"].view(-1).tolist() == [12, 13, 20, 21]
+    assert trainer._metrics["train"][FILTERED_SHARE_METRIC] == [0.5]
+    assert trainer._metrics["train"][REFILL_ROUNDS_METRIC] == [1.0]

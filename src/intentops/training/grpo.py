@@ -32,7 +32,7 @@ from intentops.models import (
 )
 from intentops.prompting import PromptBuilder
 from intentops.rewards import RewardWeights, make_reward_funcs
-from intentops.training.advantages import make_trainer, trainer_options
+from intentops.training.advantages import trainer_options
 from intentops.training.callbacks import (
     CollapseGuard,
     CollapseRules,
@@ -43,6 +43,7 @@ from intentops.training.callbacks import (
 from intentops.training.rollouts import RolloutLog, train_set_hash
 from intentops.training.scoring import SCORES_FILE, score_training_set
 from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
+from intentops.training.trainer import make_trainer
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -252,6 +253,7 @@ def run_grpo(
     with stage_run as run:
         trainer = make_trainer(
             grpo.algorithm,
+            online_filtering=grpo.online_filtering,
             model=model,
             reward_funcs=reward_funcs,
             args=args,
