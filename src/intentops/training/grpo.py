@@ -1,10 +1,14 @@
-"""GRPO stages (seed 000): stage 1 on the whole training set from the SFT weights, stage 2 on the mined hard set.
+"""GRPO stages (seed 000): stage 1 on the whole training set from the SFT weights (or straight from a base model),
+stage 2 on the mined hard set.
 
-TRL's `GRPOTrainer` samples `num_generations` completions per prompt and scores them with the rule-based rewards of
-`intentops.rewards` (format, intent, params; weights from the config). Every rollout's reward components are appended
-to `out_dir/rollouts.parquet` (one row per completion: sample id, step, generation index), which is what hard-sample
-mining reads. A collapse guard stops training with `RewardCollapseError` when the reward or the format validity
-stays near zero, so a broken policy is never handed on. Stage 2 on an empty hard set passes the stage-1 model on.
+TRL's `GRPOTrainer` (or `RLOOTrainer`, per `grpo.algorithm`, see `intentops.training.trainer`) samples
+`num_generations` completions per prompt and scores them with the rule-based rewards of `intentops.rewards`
+(format, intent, params; weights from the config). Every rollout's reward components are appended to
+`out_dir/rollouts.parquet` (one row per completion: sample id, step, generation index). After stage 1 the trained
+policy scores every training record in one complete pass (`intentops.training.scoring`,
+`rollouts.scoring.parquet`), which is what hard-sample mining reads. A collapse guard
+(`intentops.training.callbacks.CollapseGuard`) stops training with `RewardCollapseError`, so a broken policy is never
+handed on. Stage 2 on an empty hard set passes the stage-1 model on.
 """
 
 from __future__ import annotations
