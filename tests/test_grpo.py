@@ -636,3 +636,21 @@ def test_filtering_keeps_varied_groups_and_refills_from_new_prompts_on_a_hand_ba
     assert merged["completion_ids"].view(-1).tolist() == [12, 13, 20, 21]
     assert trainer._metrics["train"][FILTERED_SHARE_METRIC] == [0.5]
     assert trainer._metrics["train"][REFILL_ROUNDS_METRIC] == [1.0]
+
+
+def test_cli_score_then_mine(tmp_path: Path, stage1, small_dataset_dir: Path, grpo_config, capsys) -> None:
+    from intentops.cli import main
+
+    train = small_dataset_dir / "train.jsonl"
+    uri = ["--set", f"registry__tracking_uri={grpo_config.registry.tracking_uri}"]
+    argv = ["train", "score", "--model", str(stage1.model_dir), "--train", str(train), "--out", str(tmp_path / "s")]
+    assert main([*argv, "--set", "mining__score_generations=2", *uri]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = load_split(train)
+    assert (summary["records"], summary["scored"], summary["generations"]) == (len(records), len(records), 2)
+    assert summary["backend"] == "transformers" or summary["backend"] == "vllm"
+    scores = tmp_path / "s" / "rollouts.scoring.parquet"
+    assert len(pd.read_parquet(scores)) == 2 * len(records)
+    assert main(["train", "mine", "--rollouts", str(scores), "--train", str(train), "--out", str(tmp_path / "m")]) == 0
+    mined = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert mined["scored"] == len(records) and mined["coverage"] == 1.0

@@ -1,4 +1,4 @@
-"""`intentops train sft|grpo|mine`: the training stages, one command each, reading and writing paths or s3:// URIs.
+"""`intentops train sft|grpo|score|mine`: the training stages, one command each, reading and writing paths or s3:// URIs.
 
 Exit status: 0 on success; 1 when GRPO stopped on reward collapse (no model written); 2 on a usage or input error.
 Each command prints a one-line JSON summary on stdout for the pipeline component that wraps it.
@@ -72,6 +72,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grpo.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run's parent run.")
     add_config_argument(grpo)
     grpo.set_defaults(handler=_grpo)
+
+    score = stages.add_parser(
+        "score",
+        help="The RCS scoring pass: G sampled completions for every training record, scored with the GRPO rewards.",
+        description=(
+            "Sample mining.score_generations (0 = grpo.num_generations) completions per record of TRAIN with the "
+            "model (vLLM or transformers, mining.score_backend), score them with the GRPO rewards and write "
+            "OUT/rollouts.scoring.parquet, the input of `intentops train mine`. GRPO stage 1 runs this pass itself."
+        ),
+    )
+    score.add_argument("--model", required=True, help="IntentOps model folder (e.g. the stage-1 output) or s3://.")
+    score.add_argument("--train", required=True, help="Training records (train.jsonl), local or s3://.")
+    score.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
+    add_config_argument(score)
+    score.set_defaults(handler=_score)
 
     mine = stages.add_parser(
         "mine",
@@ -148,6 +163,28 @@ def _grpo(args: argparse.Namespace) -> int:
             "train_records": result.train_records,
             "steps": result.steps,
             "metrics": result.metrics,
+        }
+    )
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from intentops.training.scoring import SCORES_FILE, score_model
+
+    cfg = config_from_args(args)
+    train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
+    with _output(args.out) as out:
+        result = score_model(model, train, cfg, out / SCORES_FILE)
+    _print(
+        {
+            "out": args.out,
+            "records": result.records,
+            "scored": result.scored,
+            "skipped": result.skipped,
+            "generations": result.generations,
+            "backend": result.backend,
+            "perfect_rate": result.perfect_rate,
+            "seconds": round(result.seconds, 3),
         }
     )
     return 0

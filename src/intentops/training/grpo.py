@@ -45,7 +45,7 @@ from intentops.training.callbacks import (
     RewardCollapseError,
 )
 from intentops.training.rollouts import RolloutLog, train_set_hash
-from intentops.training.scoring import SCORES_FILE, score_training_set
+from intentops.training.scoring import SCORES_FILE, prompt_length, score_training_set
 from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
 from intentops.training.trainer import make_trainer
 
@@ -106,8 +106,7 @@ def _prompt_rows(
     """
     rows, rejects = [], []
     for record in records:
-        messages = builder.messages(record["text"])
-        length = len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"])
+        length = prompt_length(builder, tokenizer, record["text"])
         if length > max_prompt_length:
             rejects.append(
                 {
@@ -117,7 +116,7 @@ def _prompt_rows(
                 }
             )
             continue
-        rows.append({"prompt": messages, "output": record["output"], "id": str(record["id"])})
+        rows.append({"prompt": builder.messages(record["text"]), "output": record["output"], "id": str(record["id"])})
     return rows, rejects
 
 
