@@ -654,3 +654,57 @@ def test_cli_score_then_mine(tmp_path: Path, stage1, small_dataset_dir: Path, gr
     assert main(["train", "mine", "--rollouts", str(scores), "--train", str(train), "--out", str(tmp_path / "m")]) == 0
     mined = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert mined["scored"] == len(records) and mined["coverage"] == 1.0
+
+
+def test_scoring_pass_through_the_vllm_backend(
+    tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config, monkeypatch
+) -> None:
+    """vLLM is not installed here: a stand-in module checks what the pass asks of `vllm.LLM.chat` (chat prompts,
+    n = G, the rollout temperature and length) and that its answers are scored in record order."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from intentops.training.scoring import score_training_set
+
+    calls: dict = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            calls["sampling"] = kwargs
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            calls["model"] = model
+
+        def chat(self, conversations, params, use_tqdm=False):
+            calls["conversations"] = conversations
+            n = calls["sampling"]["n"]
+            return [
+                types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"answer{i}-{k}") for k in range(n)])
+                for i in range(len(conversations))
+            ]
+
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    records = load_split(small_dataset_dir / "train.jsonl")[:3]
+    builder = PromptBuilder.from_model_dir(sft_model_dir)
+    cfg = RunConfig.from_flat({"mining__score_backend": "vllm", "mining__score_generations": 2}, base=grpo_config)
+    result = score_training_set(
+        sft_model_dir, records, builder, cfg, tmp_path / "s.parquet", skip_ids=[records[2]["id"]]
+    )
+    assert result.backend == "vllm" and (result.scored, result.skipped) == (2, 1)
+    assert calls["model"] == str(sft_model_dir)
+    assert calls["conversations"] == [builder.messages(r["text"]) for r in records[:2]]
+    assert calls["sampling"]["n"] == 2 and calls["sampling"]["temperature"] == cfg.grpo.temperature
+    assert calls["sampling"]["max_tokens"] == cfg.grpo.max_completion_length
+    scores = pd.read_parquet(tmp_path / "s.parquet")
+    assert list(zip(scores["sample_id"], scores["generation"], scores["completion"], strict=True)) == [
+        (records[0]["id"], 0, "answer0-0"),
+        (records[0]["id"], 1, "answer0-1"),
+        (records[1]["id"], 0, "answer1-0"),
+        (records[1]["id"], 1, "answer1-1"),
+    ]
+    assert (scores["reward_format"] == 0).all()  # "answerN-k" is no call
