@@ -4,7 +4,7 @@
   batch wastes little compute on padding, and the token prefix every prompt shares (the system prompt with the
   catalog, usually >90% of the prompt) is run through the model once and its key/value cache reused by every batch,
   as vLLM's automatic prefix caching does in serving. The answer is read back with `PromptBuilder.extract`.
-- `LabelScoringPredictor`: the perplexity-based decoding of GenCLS++ (seed 001). Every catalog intent's continuation
+- `LabelScoringPredictor`: ranks the intents by likelihood instead of generating. Every catalog intent's continuation
   (`weather_search(` or `#3(`) is scored as the assistant's answer in ONE forward pass per batch: each row holds its
   prompt followed by the labels' token trie, and a 4D attention mask lets every trie node see the prompt and its own
   ancestors only, so all labels are scored exactly as if each were appended alone, and shared label prefixes
@@ -311,7 +311,7 @@ class GenerationPredictor(Predictor):
         return [r for r in results if r is not None]
 
 
-# ---- label scoring (seed 001 perplexity-based decoding) ---------------------------------------------------------
+# ---- label scoring (rank the intents by likelihood) -------------------------------------------------------------
 
 
 def label_token_ids(
@@ -456,7 +456,7 @@ def score_label_batch(
 
 
 class LabelScoringPredictor(Predictor):
-    """Perplexity-based decoding (GenCLS++, seed 001) plus short argument completion.
+    """Rank every intent by its likelihood after the prompt, then complete the chosen call's arguments briefly.
 
     Labels are ranked by the log-likelihood of their continuation; with `length_normalized` by the mean per-token
     log-likelihood, i.e. the lowest perplexity, as the paper phrases it. The sum is the default because the mean

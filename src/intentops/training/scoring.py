@@ -1,4 +1,4 @@
-"""The RCS scoring pass (seed 000): the stage-1 policy samples G completions for EVERY training record, scored with
+"""The RCS scoring pass: the stage-1 policy samples G completions for EVERY training record, scored with
 the GRPO reward functions, so hard-sample mining judges each record by one complete pass rather than by whatever
 stage 1 happened to draw.
 
