@@ -260,6 +260,19 @@ class EvaluationConfig(_Section):
     )
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per answer.")
+    constrained: bool = Field(
+        False,
+        description="Generate only calls the catalog allows, as the vLLM server does (structured outputs); "
+        "the unconstrained figures are reported beside.",
+    )
+    label_score: Literal["sum", "mean"] = Field(
+        "sum", description="label_scoring ranks by the label's total log-probability, or its mean per token."
+    )
+    label_normalization: Literal["vocabulary", "catalog"] = Field(
+        "vocabulary",
+        description="label_scoring: each token's probability against the whole vocabulary, or against the tokens "
+        "some label can take there (what constrained decoding chooses from; much faster).",
+    )
     baselines: bool = Field(True, description="Log majority-class and TF-IDF + linear baselines with every evaluation.")
     max_samples: int = Field(0, ge=0, description="Evaluate at most N test records; 0 = all.")
 
@@ -301,6 +314,12 @@ class RegistryConfig(_Section):
     tracking_uri: str = Field("", description="MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or local sqlite.")
     experiment: str = Field("intentops", description="MLflow experiment (one per pipeline).")
     model_name: str = Field("intent-detector", description="Registered model name.")
+    request_budget_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time one MLflow call keeps retrying an unreachable or failing server before the command "
+        "fails (sets MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR and _TIMEOUT).",
+    )
 
 
 class ServingConfig(_Section):
@@ -461,10 +480,19 @@ def _problem(error: Any) -> str:
 
 
 def _validated(data: dict[str, Any], source: str) -> RunConfig:
+    from intentops.storage import has_credentials
+
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {'; '.join(_problem(err) for err in exc.errors())}") from None
+    secret = [name for name, value in cfg.flat().items() if has_credentials(value)]
+    if secret:  # knobs end up in MLflow params and compiled pipelines: credentials come from the environment
+        raise ConfigError(
+            f"{source}: {', '.join(secret)} holds a user/password in a URI; remove it and set "
+            f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or AWS_* for S3) in the environment instead"
+        )
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -113,9 +113,12 @@ def _fetch(uri: str, cfg: Any) -> Path:
 
 
 @contextmanager
-def _output(out: str) -> Iterator[Path]:
+def _output(out: str, inputs: list[str]) -> Iterator[Path]:
     """A local folder for the stage's output; an s3:// --out is written locally and uploaded when the stage succeeds."""
+    from intentops.io import check_output
     from intentops.storage import is_s3, upload
+
+    check_output(out, inputs, resume=True)  # never train into (or over) the dataset or the base model
 
     if not is_s3(out):
         yield Path(out)
@@ -131,12 +134,14 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    from intentops.data.split import require_validated
     from intentops.models import read_model_card
     from intentops.training.sft import run_sft
 
     cfg = config_from_args(args)
     dataset = _fetch(args.dataset, cfg)
-    with _output(args.out) as out:
+    require_validated(dataset)
+    with _output(args.out, [args.dataset, args.base_model]) as out:
         model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
         card = read_model_card(model_dir)
     _print({"out": args.out, "stage": card.get("stage", "sft"), "training": card.get("training", {})})
@@ -149,7 +154,7 @@ def _grpo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
     try:
-        with _output(args.out) as out:
+        with _output(args.out, [args.train, args.model]) as out:
             result = run_grpo(train, model, cfg, out, stage=args.stage, pipeline_run_id=args.pipeline_run_id)
     except RewardCollapseError as exc:
         print(f"intentops train grpo: {exc}", file=sys.stderr)
@@ -195,7 +200,7 @@ def _mine(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     rollouts, train = _fetch(args.rollouts, cfg), _fetch(args.train, cfg)
-    with _output(args.out) as out:
+    with _output(args.out, [args.rollouts, args.train]) as out:
         report = mine_hard_samples(rollouts, train, cfg.mining, out)
     _print(
         {
