@@ -178,7 +178,7 @@ def _score(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
-    with _output(args.out) as out:
+    with _output(args.out, [args.train, args.model]) as out:
         result = score_model(model, train, cfg, out / SCORES_FILE)
     _print(
         {
