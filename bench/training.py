@@ -95,7 +95,7 @@ def run_chain(work: Path, cfg: RunConfig) -> dict[str, Any]:
     )
 
     mined = timed(
-        "mining", lambda: mine_hard_samples(g1.rollouts_path, dataset / "train.jsonl", cfg.mining, work / "mined"), rows
+        "mining", lambda: mine_hard_samples(g1.scores_path, dataset / "train.jsonl", cfg.mining, work / "mined"), rows
     )
     rows[-1].update(items=mined.rollouts_used, unit="rollouts", note=f"{mined.hard} hard of {mined.scored} scored")
 

@@ -8,7 +8,7 @@ every row, so rows differ only in the method:
 
 - TF-IDF + linear classifier (`intentops.evaluation.baselines.tfidf_baseline`);
 - SFT (`intentops.training.sft.run_sft`), then SFT + GRPO stage 1 (`run_grpo`), then SFT + GRPO + RCS stage 2
-  (`mine_hard_samples` on the stage-1 rollouts, GRPO stage 2 on the hard set), each scored by `evaluate_model`
+  (`mine_hard_samples` on the stage-1 scoring pass, GRPO stage 2 on the hard set), each scored by `evaluate_model`
   with the config's decoding (batched greedy generation in the tiny profile);
 - the best of those three again with label scoring (the perplexity-based decoding of GenCLS++).
 
@@ -279,17 +279,17 @@ def model_rows(result: ProtocolResult, data_dir: Path, cfg: RunConfig, work: Pat
     rows["SFT + GRPO"].note = f"GRPO stage 1: {grpo1.steps} steps on {grpo1.train_records} training records"
     result.rows.append(rows["SFT + GRPO"])
 
-    if grpo1.rollouts_path is None:
-        raise RuntimeError(f"GRPO stage 1 wrote no rollout log in {grpo1.model_dir}; nothing to mine")
+    if grpo1.scores_path is None:
+        raise RuntimeError(f"GRPO stage 1 wrote no scoring pass in {grpo1.model_dir}; nothing to mine")
     hard_dir = work / "hard"
-    mining = timed("mining", mine_hard_samples, grpo1.rollouts_path, train_path, cfg.mining, hard_dir)
+    mining = timed("mining", mine_hard_samples, grpo1.scores_path, train_path, cfg.mining, hard_dir)
     grpo2 = timed(
         "grpo2", run_grpo, hard_dir / "train.jsonl", dirs["SFT + GRPO"], cfg, models / "grpo2", "grpo2", run_id
     )
     cost += stage_s["mining"] + stage_s["grpo2"]
     dirs["SFT + GRPO + RCS"] = Path(grpo2.model_dir)
     rcs = evaluate("SFT + GRPO + RCS", dirs["SFT + GRPO + RCS"], data_dir, cfg, work / "eval" / "grpo2", run_id, cost)
-    rcs.note = f"RCS: {mining.hard} hard of {mining.scored} samples rolled out in stage 1; " + (
+    rcs.note = f"RCS: {mining.hard} hard of {mining.scored} samples scored after stage 1; " + (
         grpo2.reason if grpo2.skipped else f"GRPO stage 2: {grpo2.steps} steps on them"
     )
     rows["SFT + GRPO + RCS"] = rcs

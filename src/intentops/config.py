@@ -122,6 +122,9 @@ class PromptConfig(_Section):
 
 
 class SftConfig(_Section):
+    enabled: bool = Field(
+        True, description="Run the supervised warm-up; false starts GRPO straight from the base or instruct model."
+    )
     epochs: float = Field(3.0, gt=0, description="Training epochs.")
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
     batch_size: int = Field(8, ge=1, description="Per-device batch size.")
@@ -161,10 +164,14 @@ class GrpoConfig(_Section):
         description="How token losses are averaged: grpo (per completion), bnpo (per token of the device batch), "
         "dr_grpo (by a fixed length), dapo (per token of the whole step).",
     )
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group",
-        description="Advantage = reward minus its group mean, divided by the std of the group, of the batch, "
-        "or not divided (none).",
+    algorithm: Literal["grpo", "dr_grpo", "reinforce_pp_baseline", "reinforce_pp", "rloo"] = Field(
+        "grpo",
+        description=(
+            "How rewards become advantages. grpo: centred and scaled per group; dr_grpo: centred per group, unscaled, "
+            "length-unbiased loss; reinforce_pp_baseline: centred per group, scaled by the batch std, KL in the "
+            "reward; reinforce_pp: centred and scaled over the batch, KL in the reward; rloo: leave-one-out baseline "
+            "(TRL RLOOTrainer), KL in the reward."
+        ),
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
     max_prompt_length: int = Field(1024, ge=16, description="Prompt tokens kept.")
@@ -182,7 +189,33 @@ class GrpoConfig(_Section):
         True, description="Multi-intent answers with some right calls earn their Jaccard overlap instead of 0."
     )
     collapse_threshold: float = Field(0.05, ge=0, description="Mean reward share at or below this counts as collapse.")
-    collapse_patience: int = Field(20, ge=1, description="Steps of collapse before training stops with an error.")
+    collapse_patience: int = Field(
+        20, ge=1, description="Optimizer steps of collapse before training stops with an error."
+    )
+    collapse_intent_drop: float = Field(
+        0.25, ge=0, le=1, description="Intent reward below this share of its first logged value counts as collapse."
+    )
+    collapse_zero_std_share: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Share of groups whose rollouts all score the same at or above this, while the reward is not "
+        "near perfect, counts as collapse (the policy is stuck on one answer); 1 = off.",
+    )
+    collapse_max_kl: float = Field(
+        5.0, ge=0, description="Mean per-token KL to the reference above this counts as collapse; 0 = off."
+    )
+    collapse_length_ratio: float = Field(
+        4.0,
+        ge=0,
+        description="Mean completion length more than this factor above or below its first logged value counts as "
+        "collapse; 0 = off.",
+    )
+    online_filtering: bool = Field(
+        False,
+        description="Drop prompt groups whose rollouts all score the same (no gradient) and refill the batch with "
+        "fresh prompts from the sampler.",
+    )
     logging_steps: int = Field(5, ge=1, description="Log every N steps.")
     save_steps: int = Field(100, ge=1, description="Checkpoint every N steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
@@ -208,9 +241,15 @@ class MiningConfig(_Section):
     easy_per_hard: float = Field(
         0.0, ge=0, description="Easy samples mixed into stage 2 per hard sample; 0 trains on hard samples only."
     )
-    last_steps_only: int = Field(0, ge=0, description="Score only rollouts of the last N logged steps; 0 = all.")
-    include_unscored: bool = Field(
-        False, description="Also train stage 2 on samples stage 1 never rolled out (difficulty unknown)."
+    hard_includes_params: bool = Field(
+        False, description="A perfect rollout also needs a perfect parameter reward (else format and intent only)."
+    )
+    score_generations: int = Field(
+        0, ge=0, description="Completions sampled per record in the scoring pass; 0 = grpo.num_generations."
+    )
+    score_batch_size: int = Field(32, ge=1, description="Prompts per generation batch in the scoring pass.")
+    score_backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="Scoring-pass generation: auto = vLLM when importable with a GPU, else transformers."
     )
     seed: int = Field(42, description="Seed for sampling easy examples.")
 

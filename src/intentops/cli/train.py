@@ -1,4 +1,4 @@
-"""`intentops train sft|grpo|mine`: the training stages, one command each, reading and writing paths or s3:// URIs.
+"""`intentops train sft|grpo|score|mine`: the training stages, one command each, reading and writing paths or s3:// URIs.
 
 Exit status: 0 on success; 1 when GRPO stopped on reward collapse (no model written); 2 on a usage or input error.
 Each command prints a one-line JSON summary on stdout for the pipeline component that wraps it.
@@ -61,22 +61,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     grpo.add_argument("--train", required=True, help="Training records (train.jsonl), local or s3://.")
-    grpo.add_argument("--model", required=True, help="Model folder to start from (an SFT or stage-1 output) or s3://.")
+    grpo.add_argument(
+        "--model",
+        required=True,
+        help="Model folder to start from (an SFT or stage-1 output, or a plain base/instruct model: its prompt then "
+        "comes from the configuration and the dataset's catalog.yaml) or s3://.",
+    )
     grpo.add_argument("--out", required=True, help="Output model folder or s3:// prefix.")
     grpo.add_argument("--stage", choices=("grpo1", "grpo2"), default="grpo1", help="Which GRPO stage (default grpo1).")
     grpo.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run's parent run.")
     add_config_argument(grpo)
     grpo.set_defaults(handler=_grpo)
 
+    score = stages.add_parser(
+        "score",
+        help="The RCS scoring pass: G sampled completions for every training record, scored with the GRPO rewards.",
+        description=(
+            "Sample mining.score_generations (0 = grpo.num_generations) completions per record of TRAIN with the "
+            "model (vLLM or transformers, mining.score_backend), score them with the GRPO rewards and write "
+            "OUT/rollouts.scoring.parquet, the input of `intentops train mine`. GRPO stage 1 runs this pass itself."
+        ),
+    )
+    score.add_argument("--model", required=True, help="IntentOps model folder (e.g. the stage-1 output) or s3://.")
+    score.add_argument("--train", required=True, help="Training records (train.jsonl), local or s3://.")
+    score.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
+    add_config_argument(score)
+    score.set_defaults(handler=_score)
+
     mine = stages.add_parser(
         "mine",
         help="Mine the samples stage-1 rollouts did not master (reward-based curriculum sampling).",
         description=(
-            "Score each training sample from its stage-1 rollouts and write OUT/train.jsonl (the hard samples, plus "
-            "mining.easy_per_hard easy ones), OUT/mining_report.json and OUT/mining_report.md."
+            "Score each training sample by its completions in the stage-1 scoring pass (every record, G each) and "
+            "write OUT/train.jsonl (the hard samples, plus mining.easy_per_hard easy ones), OUT/mining_report.json "
+            "and OUT/mining_report.md."
         ),
     )
-    mine.add_argument("--rollouts", required=True, help="Stage-1 rollouts.parquet, local or s3://.")
+    mine.add_argument(
+        "--rollouts", required=True, help="The stage-1 scoring pass (rollouts.scoring.parquet), local or s3://."
+    )
     mine.add_argument("--train", required=True, help="The stage-1 training records (train.jsonl), local or s3://.")
     mine.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
     add_config_argument(mine)
@@ -121,7 +144,7 @@ def _sft(args: argparse.Namespace) -> int:
     with _output(args.out, [args.dataset, args.base_model]) as out:
         model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
         card = read_model_card(model_dir)
-    _print({"out": args.out, "stage": "sft", "training": card.get("training", {})})
+    _print({"out": args.out, "stage": card.get("stage", "sft"), "training": card.get("training", {})})
     return 0
 
 
@@ -150,6 +173,28 @@ def _grpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from intentops.training.scoring import SCORES_FILE, score_model
+
+    cfg = config_from_args(args)
+    train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
+    with _output(args.out, [args.train, args.model]) as out:
+        result = score_model(model, train, cfg, out / SCORES_FILE)
+    _print(
+        {
+            "out": args.out,
+            "records": result.records,
+            "scored": result.scored,
+            "skipped": result.skipped,
+            "generations": result.generations,
+            "backend": result.backend,
+            "perfect_rate": result.perfect_rate,
+            "seconds": round(result.seconds, 3),
+        }
+    )
+    return 0
+
+
 def _mine(args: argparse.Namespace) -> int:
     from intentops.training.curriculum import mine_hard_samples
 
@@ -165,7 +210,7 @@ def _mine(args: argparse.Namespace) -> int:
             "easy_selected": report.easy_selected,
             "selected": report.selected,
             "scored": report.scored,
-            "unscored": report.unscored,
+            "coverage": report.coverage,
         }
     )
     return 0

@@ -1,13 +1,15 @@
-"""Reward-based curriculum sampling (RCS): mine the samples stage-1 GRPO did not master.
+"""Reward-based curriculum sampling (RCS): mine the training samples the stage-1 policy has not mastered.
 
-Every training sample that stage 1 rolled out gets a score from its rollouts: the mean total reward and the share of
-perfect rollouts. A sample is hard when that share is below `mining.hard_threshold` (default 1.0: not every rollout
-was perfect). Stage 2 trains on the hard samples, optionally mixed with `easy_per_hard` easy ones (hard-only
-trained best in the method's experiments, so the default is 0). Samples stage 1 never drew are "unscored" and left out unless
-`mining.include_unscored` is set.
+The input is the scoring pass (`intentops.training.scoring`): after stage 1, the policy sampled G completions for
+every training record, scored with the GRPO rewards. A sample's score is the share of its G completions that are
+perfect; perfect means format and intent rewards of 1, and, with `mining.hard_includes_params`, a parameter reward
+of 1 too. A sample is hard when its score is below `mining.hard_threshold` (default 1.0: not every completion was
+perfect). Stage 2 trains on the hard samples, optionally mixed with `easy_per_hard` easy ones (hard-only trained
+best in the method's experiments, so the default is 0).
 
-A rollout is perfect when its total equals the sum of the reward weights it was scored with (stored in the rollout
-log's metadata by the GRPO stage); for a log without that metadata, when every component is 1.
+Records are joined to the log by their `id`; the log records the training set's hash, so a log made from another
+training file is refused, and a record without a score is an error naming it (records whose prompt is too long for
+GRPO are listed by the pass and reported, not trained).
 """
 
 from __future__ import annotations
@@ -22,90 +24,111 @@ from typing import Any
 from intentops.config import MiningConfig
 from intentops.io import atomic_write_text, write_json, write_jsonl
 from intentops.rewards import REWARD_WEIGHTS_METADATA
+from intentops.training.rollouts import (
+    GENERATIONS_METADATA,
+    KIND_METADATA,
+    SKIPPED_METADATA,
+    TRAIN_SET_HASH_METADATA,
+    train_set_hash,
+)
 from intentops.training.sft import load_split
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("sample_id", "step", "reward_format", "reward_intent", "reward_params", "reward_total")
+REQUIRED_COLUMNS = ("sample_id", "reward_format", "reward_intent", "reward_params", "reward_total")
 HISTOGRAM_BINS = 10
 _EPS = 1e-6
 
 
 @dataclass
 class MiningReport:
-    rollouts_path: str
+    scores_path: str
     train_path: str
     out_dir: str
     train_records: int
     scored: int
-    unscored: int
+    skipped: int
+    coverage: float
     hard: int
     easy: int
     easy_selected: int
     selected: int
     hard_threshold: float
+    hard_includes_params: bool
     easy_per_hard: float
-    include_unscored: bool
-    last_steps_only: int
-    steps_used: list[int]
+    generations: int
     max_reward: float
     rollouts_used: int
-    per_intent: dict[str, dict[str, int]] = field(default_factory=dict)
-    histogram: dict[str, list[float]] = field(default_factory=dict)
+    per_intent: dict[str, dict[str, float]] = field(default_factory=dict)
+    score_histogram: dict[str, int] = field(default_factory=dict)
+    reward_histogram: dict[str, list[float]] = field(default_factory=dict)
     hard_ids: list[str] = field(default_factory=list)
+    skipped_ids: list[str] = field(default_factory=list)
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def ui_metadata(self) -> dict[str, Any]:
+        """Flat scalars for the Kubeflow UI's artifact metadata: coverage, counts and the hard share per intent."""
+        return {
+            "train_records": self.train_records,
+            "scored": self.scored,
+            "coverage": round(self.coverage, 4),
+            "hard": self.hard,
+            "hard_share": round(self.hard / self.scored, 4) if self.scored else 0.0,
+            "easy": self.easy,
+            "selected": self.selected,
+            "hard_threshold": self.hard_threshold,
+            "hard_includes_params": self.hard_includes_params,
+            **{f"score={key}": count for key, count in self.score_histogram.items()},
+            **{f"hard_share/{intent}": c["hard_share"] for intent, c in self.per_intent.items()},
+        }
 
-def read_rollouts(path: str | Path) -> tuple[Any, float | None]:
-    """The rollout log as a DataFrame, and the reward total of a perfect rollout when the log records it."""
-    import pandas as pd
+
+def read_scores(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The scoring pass as a DataFrame and its metadata (weights, kind, training-set hash, skipped ids, G)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: rollout log not found")
+        raise FileNotFoundError(f"{path}: scoring-pass log not found")
     table = pq.read_table(path)
     missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
     if missing:
         raise ValueError(f"{path}: rollout log lacks column(s) {', '.join(missing)}")
-    metadata = table.schema.metadata or {}
-    max_reward = None
-    key = REWARD_WEIGHTS_METADATA.encode()
-    if key in metadata:
-        max_reward = float(sum(json.loads(metadata[key])))
-    frame: pd.DataFrame = table.to_pandas()
-    frame["sample_id"] = frame["sample_id"].astype(str)
-    return frame, max_reward
-
-
-def score_samples(frame: Any, max_reward: float | None, last_steps_only: int = 0) -> tuple[Any, list[int]]:
-    """Per sample: rollouts, mean total reward, share of perfect rollouts, all_perfect. Returns (scores, steps)."""
-    steps = sorted(int(s) for s in frame["step"].unique())
-    if last_steps_only:
-        steps = steps[-last_steps_only:]
-        frame = frame[frame["step"].isin(steps)]
-    if max_reward is None:
-        perfect = (
-            (frame["reward_format"] >= 1 - _EPS)
-            & (frame["reward_intent"] >= 1 - _EPS)
-            & (frame["reward_params"] >= 1 - _EPS)
+    raw = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
+    kind = raw.get(KIND_METADATA, "")
+    if kind != "scoring":
+        raise ValueError(
+            f"{path}: a {kind or 'untyped'} rollout log, not the scoring pass over every training record; mining "
+            f"needs the stage-1 scoring pass (rollouts.scoring.parquet)"
         )
-    else:
-        perfect = frame["reward_total"] >= max_reward - _EPS
-    scores = (
+    meta = {
+        "weights": json.loads(raw[REWARD_WEIGHTS_METADATA]) if REWARD_WEIGHTS_METADATA in raw else [1.0, 1.0, 1.0],
+        "train_set_hash": json.loads(raw.get(TRAIN_SET_HASH_METADATA, '""')),
+        "skipped": json.loads(raw.get(SKIPPED_METADATA, "[]")),
+        "generations": int(json.loads(raw.get(GENERATIONS_METADATA, "0"))),
+    }
+    frame = table.to_pandas()
+    frame["sample_id"] = frame["sample_id"].astype(str)
+    return frame, meta
+
+
+def score_samples(frame: Any, include_params: bool) -> Any:
+    """Per sample: completions, mean total reward and the share of perfect completions (the sample's score)."""
+    perfect = (frame["reward_format"] >= 1 - _EPS) & (frame["reward_intent"] >= 1 - _EPS)
+    if include_params:
+        perfect &= frame["reward_params"] >= 1 - _EPS
+    return (
         frame.assign(perfect=perfect)
         .groupby("sample_id")
-        .agg(rollouts=("reward_total", "size"), mean_reward=("reward_total", "mean"), perfect_share=("perfect", "mean"))
+        .agg(rollouts=("reward_total", "size"), mean_reward=("reward_total", "mean"), score=("perfect", "mean"))
     )
-    scores["all_perfect"] = scores["perfect_share"] >= 1 - _EPS
-    return scores, steps
 
 
 def mine_hard_samples(
-    rollouts_path: str | Path, train_path: str | Path, mining_cfg: MiningConfig, out_dir: str | Path
+    scores_path: str | Path, train_path: str | Path, mining_cfg: MiningConfig, out_dir: str | Path
 ) -> MiningReport:
     """Write the stage-2 training set (`train.jsonl`, a subset of `train_path` with every field kept) and the
     report (`mining_report.json`, `mining_report.md`) to `out_dir`."""
@@ -113,64 +136,76 @@ def mine_hard_samples(
 
     out = Path(out_dir)
     records = load_split(train_path)
-    frame, max_reward = read_rollouts(rollouts_path)
-    scores, steps = score_samples(frame, max_reward, mining_cfg.last_steps_only)
-    by_id = {str(r["id"]): r for r in records}
-    unknown = sorted(set(scores.index) - set(by_id))
-    if unknown and len(unknown) == len(scores):
+    frame, meta = read_scores(scores_path)
+    expected_hash = train_set_hash(records)
+    if meta["train_set_hash"] != expected_hash:
         raise ValueError(
-            f"{rollouts_path}: none of its {len(scores)} sample ids is in {train_path}; "
-            f"was the rollout log made from this training set?"
+            f"{scores_path}: scored training set {meta['train_set_hash'][:12] or '(none)'} is not {train_path} "
+            f"({expected_hash[:12]}); score the same training set stage 1 trained on"
         )
-    if unknown:
-        log.warning("%d rollout sample ids are not in %s (ignored), e.g. %s", len(unknown), train_path, unknown[:3])
-        scores = scores.drop(index=unknown)
+    scores = score_samples(frame, mining_cfg.hard_includes_params)
+    by_id = {str(r["id"]): r for r in records}
+    skipped = set(meta["skipped"])
+    unscored = [(line, i) for line, i in enumerate(by_id, start=1) if i not in scores.index and i not in skipped]
+    if unscored:
+        line, first = unscored[0]
+        raise ValueError(
+            f"{train_path}:{line}: record {first!r} has no score in {scores_path} ({len(unscored)} records lack one); "
+            f"the scoring pass must cover every training record"
+        )
 
-    hard_ids = set(scores.index[scores["perfect_share"] < mining_cfg.hard_threshold])
-    easy_ids = sorted(set(scores.index) - hard_ids, key=list(by_id).index)
-    unscored_ids = [i for i in by_id if i not in scores.index]
+    hard_ids = set(scores.index[scores["score"] < mining_cfg.hard_threshold - _EPS])
+    easy_ids = [i for i in by_id if i in scores.index and i not in hard_ids]
     n_easy = min(len(easy_ids), round(mining_cfg.easy_per_hard * len(hard_ids)))
     easy_selected = set(random.Random(mining_cfg.seed).sample(easy_ids, n_easy)) if n_easy else set()
-    selected = hard_ids | easy_selected | (set(unscored_ids) if mining_cfg.include_unscored else set())
+    selected = hard_ids | easy_selected
     subset = [record for record in records if str(record["id"]) in selected]
 
-    per_intent: dict[str, dict[str, int]] = {}
+    per_intent: dict[str, dict[str, float]] = {}
     for sample_id, record in by_id.items():
-        counts = per_intent.setdefault(
-            str(record.get("intent", "?")), {"hard": 0, "easy": 0, "unscored": 0, "selected": 0}
-        )
-        status = "hard" if sample_id in hard_ids else "easy" if sample_id in scores.index else "unscored"
-        counts[status] += 1
+        counts = per_intent.setdefault(str(record.get("intent", "?")), {"records": 0, "hard": 0, "selected": 0})
+        counts["records"] += 1
+        counts["hard"] += sample_id in hard_ids
         counts["selected"] += sample_id in selected
-    top = max_reward if max_reward is not None else 3.0  # without metadata: three components of weight 1
+    for counts in per_intent.values():
+        counts["hard_share"] = round(counts["hard"] / counts["records"], 4)
+    generations = meta["generations"] or int(scores["rollouts"].max())
+    score_counts = {
+        f"{k}/{generations}": int((scores["score"] * generations).round().eq(k).sum()) for k in range(generations + 1)
+    }
+    top = float(sum(meta["weights"]))
     counts, edges = np.histogram(scores["mean_reward"].to_numpy(), bins=HISTOGRAM_BINS, range=(0.0, top))
+    rule = "format and intent" + (" and params" if mining_cfg.hard_includes_params else "")
     message = (
-        f"{len(hard_ids)} hard of {len(scores)} scored samples (perfect-rollout share < {mining_cfg.hard_threshold})"
+        f"{len(hard_ids)} hard of {len(scores)} scored samples (share of perfect completions < "
+        f"{mining_cfg.hard_threshold}, perfect = {rule} right)"
         if hard_ids
-        else f"no hard samples: all {len(scores)} scored samples had only perfect rollouts; stage 2 will pass the "
-        f"stage-1 model on"
+        else f"no hard samples: all {len(scores)} scored samples had only perfect completions; stage 2 will pass "
+        f"the stage-1 model on"
     )
     report = MiningReport(
-        rollouts_path=str(rollouts_path),
+        scores_path=str(scores_path),
         train_path=str(train_path),
         out_dir=str(out),
         train_records=len(records),
         scored=len(scores),
-        unscored=len(unscored_ids),
+        skipped=len(skipped & set(by_id)),
+        coverage=len(scores) / len(records) if records else 0.0,
         hard=len(hard_ids),
         easy=len(easy_ids),
         easy_selected=len(easy_selected),
         selected=len(subset),
         hard_threshold=mining_cfg.hard_threshold,
+        hard_includes_params=mining_cfg.hard_includes_params,
         easy_per_hard=mining_cfg.easy_per_hard,
-        include_unscored=mining_cfg.include_unscored,
-        last_steps_only=mining_cfg.last_steps_only,
-        steps_used=steps,
-        max_reward=float(top),
+        generations=generations,
+        max_reward=top,
         rollouts_used=int(scores["rollouts"].sum()) if len(scores) else 0,
         per_intent=dict(sorted(per_intent.items())),
-        histogram={"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]},
+        score_histogram=score_counts,
+        reward_histogram={"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]},
         hard_ids=sorted(hard_ids),
+        skipped_ids=sorted(skipped & set(by_id)),
         message=message,
     )
     write_jsonl(out / "train.jsonl", subset)
@@ -181,29 +216,31 @@ def mine_hard_samples(
 
 
 def render_markdown(report: MiningReport) -> str:
-    """A human-readable summary: thresholds, counts per intent and the reward histogram."""
+    """A human-readable summary: coverage, rule, hard share per intent and the score and reward histograms."""
     lines = [
         "# Hard-sample mining (reward-based curriculum sampling)",
         "",
         f"**{report.message}.**",
         "",
-        f"- rollout log: `{report.rollouts_path}` ({report.rollouts_used} rollouts, steps "
-        f"{report.steps_used[0] if report.steps_used else '-'}..{report.steps_used[-1] if report.steps_used else '-'})",
-        f"- training set: `{report.train_path}` ({report.train_records} records, {report.scored} scored, "
-        f"{report.unscored} never rolled out{' and included' if report.include_unscored else ''})",
-        f"- hard: perfect-rollout share < {report.hard_threshold}; perfect = total reward {report.max_reward:g}",
+        f"- scoring pass: `{report.scores_path}` ({report.rollouts_used} completions, {report.generations} per record)",
+        f"- training set: `{report.train_path}`: {report.train_records} records, {report.scored} scored "
+        f"(coverage {report.coverage:.1%}), {report.skipped} skipped for an over-long prompt",
+        f"- hard: share of perfect completions < {report.hard_threshold}; perfect = format and intent reward 1"
+        f"{' and parameter reward 1' if report.hard_includes_params else ''}",
         f"- mix: {report.easy_per_hard:g} easy per hard -> {report.easy_selected} easy added; "
         f"stage-2 set: {report.selected} records",
         "",
-        "| intent | hard | easy | unscored | selected |",
+        "| intent | records | hard | hard share | selected |",
         "|---|---:|---:|---:|---:|",
     ]
-    for intent, counts in report.per_intent.items():
-        lines.append(
-            f"| {intent} | {counts['hard']} | {counts['easy']} | {counts['unscored']} | {counts['selected']} |"
-        )
+    for intent, c in report.per_intent.items():
+        lines.append(f"| {intent} | {c['records']} | {c['hard']} | {c['hard_share']:.1%} | {c['selected']} |")
+    width = max(report.score_histogram.values(), default=0) or 1
+    lines += ["", "Samples by perfect completions:", "", "| perfect | samples |", "|---|---:|"]
+    for key, count in report.score_histogram.items():
+        lines.append(f"| {key} | {count} {'█' * round(20 * count / width)} |")
     lines += ["", "Mean total reward per sample:", "", "| reward | samples |", "|---|---:|"]
-    edges, counts = report.histogram.get("edges", []), report.histogram.get("counts", [])
+    edges, counts = report.reward_histogram.get("edges", []), report.reward_histogram.get("counts", [])
     width = max(counts, default=0) or 1
     for low, high, count in zip(edges, edges[1:], counts, strict=False):
         lines.append(f"| {low:.2f}-{high:.2f} | {count} {'█' * round(20 * count / width)} |")

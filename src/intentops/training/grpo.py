@@ -1,10 +1,14 @@
-"""GRPO stages: stage 1 on the whole training set from the SFT weights, stage 2 on the mined hard set.
+"""GRPO stages: stage 1 on the whole training set from the SFT weights (or straight from a base model), stage 2 on
+the mined hard set.
 
-TRL's `GRPOTrainer` samples `num_generations` completions per prompt and scores them with the rule-based rewards of
-`intentops.rewards` (format, intent, params; weights from the config). Every rollout's reward components are appended
-to `out_dir/rollouts.parquet` (one row per completion: sample id, step, generation index), which is what hard-sample
-mining reads. A collapse guard stops training with `RewardCollapseError` when the reward or the format validity
-stays near zero, so a broken policy is never handed on. Stage 2 on an empty hard set passes the stage-1 model on.
+TRL's `GRPOTrainer` (or `RLOOTrainer`, per `grpo.algorithm`, see `intentops.training.trainer`) samples
+`num_generations` completions per prompt and scores them with the rule-based rewards of `intentops.rewards`
+(format, intent, params; weights from the config). Every rollout's reward components are appended to
+`out_dir/rollouts.parquet` (one row per completion: sample id, step, generation index). After stage 1 the trained
+policy scores every training record in one complete pass (`intentops.training.scoring`,
+`rollouts.scoring.parquet`), which is what hard-sample mining reads. A collapse guard
+(`intentops.training.callbacks.CollapseGuard`) stops training with `RewardCollapseError`, so a broken policy is never
+handed on. Stage 2 on an empty hard set passes the stage-1 model on.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-import os
-from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,19 +26,31 @@ from intentops import tracking
 from intentops.config import RunConfig
 from intentops.io import write_jsonl
 from intentops.models import (
+    base_card,
     bf16_available,
     copy_model,
+    dataset_hash,
     invalidate_model_dir,
     load_model_and_tokenizer,
     publish_model_dir,
-    read_model_card,
 )
 from intentops.prompting import PromptBuilder
-from intentops.rewards import REWARD_WEIGHTS_METADATA, RewardWeights, make_reward_funcs
+from intentops.rewards import RewardWeights, make_reward_funcs
+from intentops.training.advantages import trainer_options
+from intentops.training.callbacks import (
+    CollapseGuard,
+    CollapseRules,
+    MlflowStepMetrics,
+    ProgressLog,
+    RewardCollapseError,
+)
+from intentops.training.rollouts import RolloutLog, train_set_hash
+from intentops.training.scoring import SCORES_FILE, prompt_length, score_training_set
 from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
+from intentops.training.trainer import make_trainer
 
 if TYPE_CHECKING:
-    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +59,6 @@ STAGES: tuple[str, ...] = ("grpo1", "grpo2")
 ROLLOUTS_FILE = "rollouts.parquet"
 COLLAPSED_ROLLOUTS_FILE = "rollouts.collapsed.parquet"
 REJECTS_FILE = "rejected_prompts.jsonl"
-ROLLOUT_COLUMNS = (
-    "sample_id",
-    "step",
-    "generation",
-    "completion",
-    "reward_format",
-    "reward_intent",
-    "reward_params",
-    "reward_total",
-)
-
-
-class RewardCollapseError(RuntimeError):
-    """GRPO's reward or format validity stayed near zero: the policy is broken and must not be handed on."""
 
 
 @dataclass
@@ -71,6 +71,7 @@ class GrpoResult:
     skipped: bool = False
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    scores_path: Path | None = None  # stage 1: the RCS scoring pass over every training record
 
     def summary(self) -> dict[str, Any]:
         """What a person following the run needs at a glance (KFP artifact metadata, CLI output)."""
@@ -84,133 +85,15 @@ class GrpoResult:
         }
 
     def move_rollouts(self, dest_dir: str | Path) -> None:
-        """Hand the rollout log on as its own artifact (mine-hard-samples reads it); the model keeps the weights."""
+        """Hand the rollout log and the scoring pass on as their own artifact (mine-hard-samples reads the
+        scoring pass); the model folder keeps the weights."""
         import shutil
 
         Path(dest_dir).mkdir(parents=True, exist_ok=True)
         if self.rollouts_path is not None:
-            shutil.move(self.rollouts_path, Path(dest_dir) / "rollouts.parquet")
-
-
-def _rollout_schema(reward_weights: Sequence[float]) -> Any:
-    """Columns per docs/architecture.md; the weights ride along as metadata so mining knows a perfect total."""
-    import json
-
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("step", pa.int64()),
-            ("generation", pa.int64()),
-            ("completion", pa.string()),
-            ("reward_format", pa.float64()),
-            ("reward_intent", pa.float64()),
-            ("reward_params", pa.float64()),
-            ("reward_total", pa.float64()),
-        ],
-        metadata={REWARD_WEIGHTS_METADATA: json.dumps(list(reward_weights))},
-    )
-
-
-class RolloutLog:
-    """Appends scored rollouts to a parquet file as training goes; `close()` moves it into place atomically.
-
-    The generation index counts a sample's completions within a step (0..num_generations-1). Under several processes
-    the rows are gathered to the main process, which alone writes.
-    """
-
-    def __init__(self, path: Path, reward_weights: Sequence[float]) -> None:
-        self.path = path
-        self._schema = _rollout_schema(reward_weights)
-        self._partial = path.with_name(f".{path.name}.partial")
-        self._writer: Any = None
-        self._seen: Counter[tuple[int, str]] = Counter()
-        self.rows = 0
-
-    def __call__(self, rows: list[dict[str, Any]]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from accelerate import PartialState
-        from accelerate.utils import gather_object
-
-        state = PartialState()
-        if state.num_processes > 1:
-            rows = gather_object(rows)
-            if not state.is_main_process:
-                return
-        records = []
-        for row in rows:
-            key = (int(row["step"]), str(row["sample_id"]))
-            records.append(
-                {
-                    "sample_id": key[1],
-                    "step": key[0],
-                    "generation": self._seen[key],
-                    "completion": row["completion"],
-                    "reward_format": row["format"],
-                    "reward_intent": row["intent"],
-                    "reward_params": row["params"],
-                    "reward_total": row["total"],
-                }
-            )
-            self._seen[key] += 1
-        if self._writer is None:
-            self._partial.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self._partial, self._schema)
-        self._writer.write_table(pa.Table.from_pylist(records, schema=self._schema))
-        self.rows += len(records)
-
-    def close(self, target: Path | None = None) -> Path | None:
-        """Finish the file and rename it to `target` (default: the log's path); None when nothing was logged."""
-        if self._writer is None:
-            return None
-        self._writer.close()
-        self._writer = None
-        final = target or self.path
-        os.replace(self._partial, final)
-        return final
-
-    def discard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self._partial.unlink(missing_ok=True)
-
-
-def _collapse_guard(total_weight: float, threshold: float, patience: int) -> TrainerCallback:
-    from transformers import TrainerCallback
-
-    class CollapseGuard(TrainerCallback):
-        """Counts consecutive logged steps whose mean reward share or format validity is <= threshold."""
-
-        def __init__(self) -> None:
-            self.streak = 0
-
-        def on_log(
-            self,
-            args: TrainingArguments,
-            state: TrainerState,
-            control: TrainerControl,
-            logs: dict[str, Any] | None = None,
-            **kwargs: Any,
-        ) -> None:
-            if not logs or "reward" not in logs:
-                return
-            share = float(logs["reward"]) / total_weight
-            validity = logs.get("rewards/format/mean")
-            collapsed = share <= threshold or (validity is not None and float(validity) <= threshold)
-            self.streak = self.streak + 1 if collapsed else 0
-            if self.streak >= patience:
-                raise RewardCollapseError(
-                    f"reward collapse at step {state.global_step}: mean reward share {share:.3f} and format validity "
-                    f"{validity if validity is None else round(float(validity), 3)} have been <= "
-                    f"grpo.collapse_threshold={threshold} for {self.streak} logged steps "
-                    f"(grpo.collapse_patience={patience}); no model was written. Check the SFT warm-up, "
-                    f"the learning rate and the reward weights."
-                )
-
-    return CollapseGuard()
+            shutil.move(self.rollouts_path, Path(dest_dir) / ROLLOUTS_FILE)
+        if self.scores_path is not None:
+            shutil.move(self.scores_path, Path(dest_dir) / SCORES_FILE)
 
 
 def _prompt_rows(
@@ -223,8 +106,7 @@ def _prompt_rows(
     """
     rows, rejects = [], []
     for record in records:
-        messages = builder.messages(record["text"])
-        length = len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"])
+        length = prompt_length(builder, tokenizer, record["text"])
         if length > max_prompt_length:
             rejects.append(
                 {
@@ -234,7 +116,7 @@ def _prompt_rows(
                 }
             )
             continue
-        rows.append({"prompt": messages, "output": record["output"], "id": str(record["id"])})
+        rows.append({"prompt": builder.messages(record["text"]), "output": record["output"], "id": str(record["id"])})
     return rows, rejects
 
 
@@ -255,20 +137,20 @@ def _fill_one_batch(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str
 
 
 def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights: list[float]) -> Any:
-    """TRL `GRPOConfig` from the run configuration (bf16 only where the hardware has it; DeepSpeed passed through)."""
-    from trl import GRPOConfig
+    """TRL `GRPOConfig` (`RLOOConfig` for grpo.algorithm=rloo) from the run configuration (bf16 only where the
+    hardware has it; DeepSpeed passed through; the algorithm's options from `advantages.trainer_options`)."""
+    from trl import GRPOConfig, RLOOConfig
 
     grpo = cfg.grpo
-    return GRPOConfig(
+    config_class = RLOOConfig if grpo.algorithm == "rloo" else GRPOConfig
+    return config_class(
         output_dir=str(out / CHECKPOINTS),
         max_steps=max_steps,
         learning_rate=grpo.learning_rate,
         per_device_train_batch_size=grpo.batch_size,
         gradient_accumulation_steps=grpo.gradient_accumulation_steps,
         num_generations=grpo.num_generations,
-        beta=grpo.beta,
-        loss_type=grpo.loss_type,
-        scale_rewards=grpo.scale_rewards,
+        **trainer_options(grpo),
         temperature=grpo.temperature,
         max_completion_length=grpo.max_completion_length,
         reward_weights=reward_weights,
@@ -307,7 +189,7 @@ def run_grpo(
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     train_path, model_dir, out = Path(train_path), Path(model_dir), Path(out_dir)
-    parent_card = read_model_card(model_dir)
+    parent_card = base_card(model_dir)
     records = load_split(train_path)
     if not records:
         if stage == "grpo1":
@@ -319,7 +201,7 @@ def run_grpo(
             "or set grpo__use_vllm=false to generate rollouts with transformers"
         )
     max_steps = cfg.grpo.stage1_max_steps if stage == "grpo1" else cfg.grpo.stage2_max_steps
-    builder = PromptBuilder.from_model_dir(model_dir)
+    builder = _prompt_builder(model_dir, parent_card, train_path, records, cfg)
     out.mkdir(parents=True, exist_ok=True)
     invalidate_model_dir(out)
     model, tokenizer = load_model_and_tokenizer(model_dir, cfg.model)
@@ -341,13 +223,10 @@ def run_grpo(
 
     from accelerate import PartialState
     from datasets import Dataset
-    from trl import GRPOTrainer
-
-    from intentops.training.callbacks import MlflowStepMetrics, ProgressLog
 
     grpo = cfg.grpo
     weights = RewardWeights.from_config(grpo)
-    rollouts = RolloutLog(out / ROLLOUTS_FILE, weights.as_list())
+    rollouts = RolloutLog(out / ROLLOUTS_FILE, weights.as_list(), train_set_hash(records))
     reward_funcs, reward_weights = make_reward_funcs(builder, grpo, rollouts)
     args = grpo_training_args(cfg, out, max_steps, reward_weights)
     params = {
@@ -359,11 +238,13 @@ def run_grpo(
         **{f"grpo__{k}": v for k, v in grpo.model_dump().items()},
         "model__lora": cfg.model.lora,
     }
-    guard = _collapse_guard(weights.total, grpo.collapse_threshold, grpo.collapse_patience)
+    guard = CollapseGuard(CollapseRules.from_config(grpo, weights.total))
     main = PartialState().is_main_process
     stage_run = tracking.stage_run(stage, cfg, pipeline_run_id, params=params) if main else nullcontext(None)
     with stage_run as run:
-        trainer = GRPOTrainer(
+        trainer = make_trainer(
+            grpo.algorithm,
+            online_filtering=grpo.online_filtering,
             model=model,
             reward_funcs=reward_funcs,
             args=args,
@@ -413,7 +294,7 @@ def run_grpo(
             base_model=parent_card.get("base_model", str(model_dir)),
             stage=stage,
             catalog_hash=parent_card.get("catalog_hash", builder.catalog.content_hash),
-            dataset_hash=parent_card.get("dataset_hash", ""),
+            dataset_hash=parent_card.get("dataset_hash", "") or dataset_hash(train_path.parent),
             parent=parent_card,
             training={
                 "train_path": str(train_path),
@@ -422,19 +303,52 @@ def run_grpo(
                 "num_generations": grpo.num_generations,
                 "reward_weights": reward_weights,
                 "strict_format": grpo.strict_format,
+                "algorithm": grpo.algorithm,
                 "rollouts": rollouts.rows,
                 "metrics": metrics,
                 "mlflow_run_id": run.info.run_id if run is not None else None,
             },
         )
+        scores_path = None
+        if stage == "grpo1":
+            skipped = [reject["id"] for reject in rejects]
+            scoring = score_training_set(out, records, builder, cfg, out / SCORES_FILE, skip_ids=skipped)
+            scores_path = scoring.path
+            metrics.update(
+                {
+                    "scored_records": float(scoring.scored),
+                    "score_pass_perfect_rate": scoring.perfect_rate,
+                    "score_pass_seconds": scoring.seconds,
+                }
+            )
         if run is not None:
             import mlflow
 
             mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
-            if rollouts_path is not None:
-                mlflow.log_artifact(str(rollouts_path))
+            for path in (rollouts_path, scores_path):
+                if path is not None:
+                    mlflow.log_artifact(str(path))
     log.info("%s model written to %s (%d rollouts logged)", stage, out, rollouts.rows)
-    return GrpoResult(stage, out, rollouts_path, n_records, steps=train_result.global_step, metrics=metrics)
+    return GrpoResult(
+        stage, out, rollouts_path, n_records, steps=train_result.global_step, metrics=metrics, scores_path=scores_path
+    )
+
+
+def _prompt_builder(
+    model_dir: Path, card: dict[str, Any], train_path: Path, records: list[dict[str, Any]], cfg: RunConfig
+) -> PromptBuilder:
+    """The prompt the model was trained with (IntentOps model folder), or, for a plain base or instruct model
+    (no SFT warm-up), one built from the configuration and the dataset's catalog."""
+    if card.get("stage") != "pretrained":
+        return PromptBuilder.from_model_dir(model_dir)
+    from intentops.catalog import load_catalog
+    from intentops.storage import ensure_local
+
+    catalog = train_path.parent / "catalog.yaml"
+    if not catalog.is_file():
+        catalog = ensure_local(cfg.data.catalog, cfg.model.cache_dir or None)
+    log.info("%s has no IntentOps model card: prompts from the configuration and %s", model_dir, catalog)
+    return PromptBuilder(load_catalog(catalog), cfg.prompt, examples=records)
 
 
 def _pass_on(model_dir: Path, out: Path, cfg: RunConfig, pipeline_run_id: str | None, train_path: Path) -> GrpoResult:

@@ -265,7 +265,12 @@ def run_sft(
     dataset's train split. Writes a model folder with card (stage "sft") and catalog.yaml to `out_dir`.
 
     `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, tests that interrupt training).
+    With `sft.enabled=false` the base model is handed on untrained (`intentops.training.start`).
     """
+    if not cfg.sft.enabled:
+        from intentops.training.start import hand_on_base
+
+        return hand_on_base(dataset_dir, base_model, cfg, out_dir, pipeline_run_id)
     from accelerate import PartialState
     from datasets import Dataset
 
