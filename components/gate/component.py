@@ -24,6 +24,7 @@ def gate(
     pipeline_run_id: str,
     decision: dsl.Output[dsl.Artifact],
     gate_report: dsl.Output[dsl.Markdown],
+    gate_metrics: dsl.Output[dsl.Metrics],
 ) -> bool:
     """Decide whether the candidate may be promoted: absolute thresholds plus no regression against the champion.
 
@@ -36,8 +37,9 @@ def gate(
         evaluation: evaluate output folder (metrics.json).
         dataset: validate-dataset output folder (the same test split).
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
-        decision: Output folder: gate.json (passed, mode, reasons, candidate, champion) and gate.md.
+        decision: Output folder: gate.json (passed, mode, reasons, checks, comparisons with the champion), gate.md, gate.html.
         gate_report: gate.md for the KFP UI.
+        gate_metrics: Scalar metrics for the KFP UI: verdict, and each comparison's difference, interval and p-value.
 
     Returns:
         Whether the candidate passed, i.e. whether register-model and deploy-vllm run.
@@ -48,6 +50,7 @@ def gate(
 
     from intentops.config import load_config
     from intentops.evaluation import run_gate
+    from intentops.evaluation.report import gate_scalar_metrics
     from intentops.registry import download_champion
 
     started = time.perf_counter()
@@ -65,6 +68,8 @@ def gate(
             champion_info=champion_version.to_dict() if champion_version is not None else None,
         )
     shutil.copyfile(f"{decision.path}/gate.md", gate_report.path)
+    for name, value in gate_scalar_metrics(result).items():
+        gate_metrics.log_metric(name, value)
     decision.metadata.update(
         {
             "passed": result.passed,

@@ -16,7 +16,7 @@ from typing import Any
 
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
-from intentops.evaluation.gate import GATE_JSON, GATE_MD, GateDecision, decide, write_gate
+from intentops.evaluation.gate import GATE_HTML, GATE_JSON, GATE_MD, EvaluationResult, GateDecision, decide, write_gate
 from intentops.io import atomic_path, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ __all__ = [
     "PREDICTIONS_FILE",
     "REPORT_HTML",
     "REPORT_MD",
+    "EvaluationResult",
     "GateDecision",
     "decide",
     "evaluate_model",
@@ -137,7 +138,7 @@ def evaluate_model(
         predictions = predictor.predict([record["text"] for record in records])
         elapsed = time.perf_counter() - start
 
-        outcomes = score_all(records, [p.call for p in predictions])
+        outcomes = score_all(records, [p.call for p in predictions], [p.raw for p in predictions])
         metrics = metrics_from_outcomes(
             outcomes,
             catalog_names=builder.labels,
@@ -216,6 +217,7 @@ def run_gate(
     """
     import mlflow
 
+    from intentops.evaluation.report import gate_scalar_metrics
     from intentops.tracking import stage_run
 
     candidate_path = Path(candidate_eval_dir) / METRICS_FILE
@@ -251,19 +253,16 @@ def run_gate(
             split,
             stage="evaluate-champion",
         )
-    decision = decide(candidate, champion, cfg.gate)
+    catalog_path = dataset_dir / "catalog.yaml"
+    catalog = load_catalog(catalog_path) if catalog_path.is_file() else None
+    decision = decide(candidate_eval_dir, out / "champion" if champion is not None else None, cfg.gate, catalog)
     if champion is not None and champion_info:
         decision.champion = {**(decision.champion or {}), "registry": champion_info}
     with stage_run("gate", cfg, pipeline_run_id, params={"mode": cfg.gate.mode}):
         write_gate(decision, out)
-        mlflow.log_metrics(
-            {
-                "gate_passed": float(decision.passed),
-                "gate_failed_checks": float(len(decision.failed)),
-            }
-        )
-        mlflow.log_artifact(str(out / GATE_JSON), artifact_path="gate")
-        mlflow.log_artifact(str(out / GATE_MD), artifact_path="gate")
+        mlflow.log_metrics(gate_scalar_metrics(decision))
+        for name in (GATE_JSON, GATE_MD, GATE_HTML):
+            mlflow.log_artifact(str(out / name), artifact_path="gate")
         mlflow.set_tag("intentops.gate_passed", str(decision.passed).lower())
     log.info("gate (%s): %s; %s", decision.mode, "passed" if decision.passed else "FAILED", "; ".join(decision.reasons))
     return decision
