@@ -68,6 +68,7 @@ def resolve_config(
     sft__deepspeed: str,
     sft__gradient_checkpointing: bool,
     sft__check_samples: int,
+    sft__uncertain_share: float,
     sft__seed: int,
     grpo__stage1_max_steps: int,
     grpo__stage2_max_steps: int,
@@ -204,6 +205,7 @@ def resolve_config(
         sft__deepspeed: DeepSpeed JSON config path (configs/deepspeed/*.json); empty = none.
         sft__gradient_checkpointing: Trade compute for memory.
         sft__check_samples: After training, greedy intent accuracy on up to N training records (0 = skip).
+        sft__uncertain_share: With prompt.uncertain_label on: share of training records, the ones the warmed-up model is least confident of, relabelled `uncertain()` before GRPO; 0 = none.
         sft__seed: Training seed.
         grpo__stage1_max_steps: GRPO stage-1 optimizer steps.
         grpo__stage2_max_steps: GRPO stage-2 optimizer steps on the hard set.
@@ -340,6 +342,7 @@ def resolve_config(
         "sft__deepspeed": sft__deepspeed,
         "sft__gradient_checkpointing": sft__gradient_checkpointing,
         "sft__check_samples": sft__check_samples,
+        "sft__uncertain_share": sft__uncertain_share,
         "sft__seed": sft__seed,
         "grpo__stage1_max_steps": grpo__stage1_max_steps,
         "grpo__stage2_max_steps": grpo__stage2_max_steps,

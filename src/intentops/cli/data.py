@@ -165,7 +165,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     cfg, catalog, data = _inputs(args, args.data)
     with _local_out(args.out) as out:
-        report = validate_records(data, catalog, cfg.data, out)
+        report = validate_records(data, catalog, cfg.data, out, uncertain_label=cfg.prompt.uncertain_label)
     _print(
         {
             "out": args.out,
