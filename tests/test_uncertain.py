@@ -138,6 +138,16 @@ def test_relabel_uncertain_turns_the_least_confident_quarter(
     assert report.threshold == pytest.approx(max(batched[i] for i in relabelled), abs=1e-4)
     assert read_json(tmp_path / "out" / "uncertain.json")["relabelled"] == 3
 
+    # records already answering uncertain() are not candidates: the share is of the others
+    records[0] = {**records[0], "output": "uncertain()", "intent": "uncertain", "params": [], "calls": []}
+    train.write_text("".join(pd.DataFrame(records).to_json(orient="records", lines=True, force_ascii=False)))
+    path, report = relabel_uncertain(model_dir, train, cfg, tmp_path / "out2")
+    others = [c for i, c in enumerate(gold_confidences(model_dir, records, cfg)) if i > 0]
+    expected = [i + 1 for i in least_confident(others, 0.25)]  # round(0.25 * 11) = 3 of the 11 others
+    rows = list(read_jsonl(path))
+    assert [i for i, row in enumerate(rows) if RELABELLED_FROM in row] == expected
+    assert (report.candidates, report.relabelled) == (11, 3)
+
 
 def test_relabel_uncertain_needs_the_label_in_the_prompt(
     tiny_model_dir: Path, small_dataset_dir: Path, tmp_path: Path

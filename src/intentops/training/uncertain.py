@@ -112,6 +112,7 @@ class RelabelReport:
     """What the relabelling did: how many records, which share, the confidence cut-off."""
 
     train_records: int
+    candidates: int  # training records not already answering uncertain()
     share: float
     relabelled: int
     threshold: float | None  # the highest confidence that was relabelled
@@ -140,13 +141,16 @@ def relabel_uncertain(
     if not records:
         raise UncertainLabelError(f"{train_path}: no training records to relabel")
     confidences = gold_confidences(model_dir, records, cfg)
-    picked = least_confident(confidences, cfg.sft.uncertain_share)
+    # records already answering uncertain() (out-of-scope examples) are not candidates: the share is of the rest
+    candidates = [i for i, record in enumerate(records) if record.get("intent") != UNCERTAIN_INTENT]
+    picked = [candidates[i] for i in least_confident([confidences[i] for i in candidates], cfg.sft.uncertain_share)]
     relabelled = relabel(records, picked)
     per_intent: dict[str, int] = {}
     for index in picked:
         per_intent[records[index]["intent"]] = per_intent.get(records[index]["intent"], 0) + 1
     report = RelabelReport(
         train_records=len(records),
+        candidates=len(candidates),
         share=cfg.sft.uncertain_share,
         relabelled=len(picked),
         threshold=max((confidences[i] for i in picked), default=None),
