@@ -190,10 +190,10 @@ def test_use_vllm_without_vllm_is_a_clear_error(
         run_grpo(small_dataset_dir / "train.jsonl", sft_model_dir, cfg, tmp_path / "out")
 
 
-def test_batch_must_hold_whole_groups(tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config):
-    cfg = RunConfig.from_flat({"grpo__batch_size": 6, "grpo__num_generations": 4}, base=grpo_config)
-    with pytest.raises(ValueError, match=r"not divisible by grpo\.num_generations=4"):
-        run_grpo(small_dataset_dir / "train.jsonl", sft_model_dir, cfg, tmp_path / "out")
+def test_batch_must_hold_whole_groups(grpo_config):
+    """Rejected when the configuration is built, before any stage runs (tests/test_config.py has the rule)."""
+    with pytest.raises(ValueError, match=r"not divisible by grpo__num_generations=4"):
+        RunConfig.from_flat({"grpo__batch_size": 6, "grpo__num_generations": 4}, base=grpo_config)
 
 
 def test_overlong_prompts_are_reported_not_truncated(
@@ -636,3 +636,75 @@ def test_filtering_keeps_varied_groups_and_refills_from_new_prompts_on_a_hand_ba
     assert merged["completion_ids"].view(-1).tolist() == [12, 13, 20, 21]
     assert trainer._metrics["train"][FILTERED_SHARE_METRIC] == [0.5]
     assert trainer._metrics["train"][REFILL_ROUNDS_METRIC] == [1.0]
+
+
+def test_cli_score_then_mine(tmp_path: Path, stage1, small_dataset_dir: Path, grpo_config, capsys) -> None:
+    from intentops.cli import main
+
+    train = small_dataset_dir / "train.jsonl"
+    uri = ["--set", f"registry__tracking_uri={grpo_config.registry.tracking_uri}"]
+    argv = ["train", "score", "--model", str(stage1.model_dir), "--train", str(train), "--out", str(tmp_path / "s")]
+    assert main([*argv, "--set", "mining__score_generations=2", *uri]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = load_split(train)
+    assert (summary["records"], summary["scored"], summary["generations"]) == (len(records), len(records), 2)
+    assert summary["backend"] == "transformers" or summary["backend"] == "vllm"
+    scores = tmp_path / "s" / "rollouts.scoring.parquet"
+    assert len(pd.read_parquet(scores)) == 2 * len(records)
+    assert main(["train", "mine", "--rollouts", str(scores), "--train", str(train), "--out", str(tmp_path / "m")]) == 0
+    mined = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert mined["scored"] == len(records) and mined["coverage"] == 1.0
+
+
+def test_scoring_pass_through_the_vllm_backend(
+    tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config, monkeypatch
+) -> None:
+    """vLLM is not installed here: a stand-in module checks what the pass asks of `vllm.LLM.chat` (chat prompts,
+    n = G, the rollout temperature and length) and that its answers are scored in record order."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from intentops.training.scoring import score_training_set
+
+    calls: dict = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            calls["sampling"] = kwargs
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            calls["model"] = model
+
+        def chat(self, conversations, params, use_tqdm=False):
+            calls["conversations"] = conversations
+            n = calls["sampling"]["n"]
+            return [
+                types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"answer{i}-{k}") for k in range(n)])
+                for i in range(len(conversations))
+            ]
+
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    records = load_split(small_dataset_dir / "train.jsonl")[:3]
+    builder = PromptBuilder.from_model_dir(sft_model_dir)
+    cfg = RunConfig.from_flat({"mining__score_backend": "vllm", "mining__score_generations": 2}, base=grpo_config)
+    result = score_training_set(
+        sft_model_dir, records, builder, cfg, tmp_path / "s.parquet", skip_ids=[records[2]["id"]]
+    )
+    assert result.backend == "vllm" and (result.scored, result.skipped) == (2, 1)
+    assert calls["model"] == str(sft_model_dir)
+    assert calls["conversations"] == [builder.messages(r["text"]) for r in records[:2]]
+    assert calls["sampling"]["n"] == 2 and calls["sampling"]["temperature"] == cfg.grpo.temperature
+    assert calls["sampling"]["max_tokens"] == cfg.grpo.max_completion_length
+    scores = pd.read_parquet(tmp_path / "s.parquet")
+    assert list(zip(scores["sample_id"], scores["generation"], scores["completion"], strict=True)) == [
+        (records[0]["id"], 0, "answer0-0"),
+        (records[0]["id"], 1, "answer0-1"),
+        (records[1]["id"], 0, "answer1-0"),
+        (records[1]["id"], 1, "answer1-1"),
+    ]
+    assert (scores["reward_format"] == 0).all()  # "answerN-k" is no call

@@ -1,9 +1,9 @@
 """One prompt builder for training, evaluation and serving.
 
 The catalog is rendered as tool APIs (name, parameters, description), so adding, splitting or merging an intent
-changes the prompt, not the weights. The GenCLS++ strategies (seed 001) are options: category definitions, fixed or
+changes the prompt, not the weights. Prompt strategies are options: category definitions, fixed or
 similar in-context examples, numeric labels, an explicit uncertain label; the output is either the call string alone
-(`answer`) or a reasoning block then the call in the strict template of seed 000 (`thought`).
+(`answer`) or a reasoning block then the call in a strict `<think>...</think><answer>...</answer>` template (`thought`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,21 @@ FEWSHOT_FILE = "fewshot_examples.jsonl"
 _THOUGHT_STRICT = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL)
 _ANSWER_TAG = re.compile(r"<answer>(?P<answer>.+?)</answer>", re.DOTALL)
 _NUMERIC_LABEL = re.compile(r"#(\d+)(?=\s*[(（])")
+# Chat control tokens as they appear in text: ChatML/Qwen/Llama-3 `<|...|>` and Llama/Mistral `<s>`, `</s>`, `[INST]`.
+_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>|</?s>|\[/?INST\]")
+_WORD_JOINER = "\u2060"
 _LOOSE_CALL = re.compile(
     r"[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）](?:\s*[;；]\s*[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）])*"
 )
+
+
+def neutralise_control_tokens(text: str) -> str:
+    """User text with every chat control token broken by an invisible word joiner after its first character.
+
+    The words stay readable to the model, but no tokenizer matches them as special tokens, so a request cannot
+    close its own turn and speak as the assistant or the system.
+    """
+    return _CONTROL_TOKEN.sub(lambda m: m.group(0)[0] + _WORD_JOINER + m.group(0)[1:], text)
 
 
 class PromptBuilder:
@@ -42,8 +54,6 @@ class PromptBuilder:
         self._name_of = {str(index): name for name, index in self._number_of.items()}
         self._fixed_examples = self._pick_fixed_examples() if cfg.few_shot == "fixed" else []
         self._retriever = _TfidfRetriever(self.examples) if cfg.few_shot == "similar" and self.examples else None
-        if cfg.few_shot == "similar" and cfg.similarity != "tfidf":
-            raise ValueError(f"prompt.similarity={cfg.similarity!r} is not available; use 'tfidf'")
         self._base_system = self._render_system()
 
     @property
@@ -57,13 +67,15 @@ class PromptBuilder:
         examples = self._examples_for(text)
         if not examples:
             return self._base_system
-        shots = "\n".join(f"User: {ex['text']}\nAssistant: {self.target(ex['output'])}" for ex in examples)
+        shots = "\n".join(
+            f"User: {neutralise_control_tokens(ex['text'])}\nAssistant: {self.target(ex['output'])}" for ex in examples
+        )
         return f"{self._base_system}\n\nExamples:\n{shots}"
 
     def messages(self, text: str) -> list[dict[str, str]]:
         return [
             {"role": "system", "content": self.system_prompt(text)},
-            {"role": "user", "content": text},
+            {"role": "user", "content": neutralise_control_tokens(text)},
         ]
 
     def target(self, output: str) -> str:
@@ -101,7 +113,7 @@ class PromptBuilder:
         return any(self._parse_answer(m.group(0)) is not None for m in _LOOSE_CALL.finditer(text))
 
     def label_continuations(self) -> dict[str, str]:
-        """Intent -> the assistant text that commits to it; label scoring (seed 001) ranks these continuations."""
+        """Intent -> the assistant text that commits to it; label scoring ranks these continuations."""
         if self.cfg.output_mode != "answer":
             raise ValueError("label scoring needs prompt.output_mode='answer'")
         return {name: f"{self._label_token(name)}(" for name in self._labels}
@@ -129,7 +141,10 @@ class PromptBuilder:
         if not card_path.exists():
             raise FileNotFoundError(f"{card_path}: model card missing; is {model_dir} an IntentOps model folder?")
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        cfg = PromptConfig.model_validate(card.get("prompt", {}))
+        # Cards written before a prompt knob was removed (e.g. `similarity`) still load: only current knobs are read.
+        cfg = PromptConfig.model_validate(
+            {k: v for k, v in card.get("prompt", {}).items() if k in PromptConfig.model_fields}
+        )
         examples = []
         if (model_dir / FEWSHOT_FILE).exists():
             from intentops.io import read_jsonl

@@ -29,7 +29,7 @@ from intentops.catalog import load_catalog
 from intentops.config import RunConfig
 from intentops.io import atomic_path, read_json
 from intentops.prompting import CATALOG_FILE, MODEL_CARD
-from intentops.tracking import resolve_tracking_uri, stage_run
+from intentops.tracking import apply_request_budget, resolve_tracking_uri, stage_run
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -140,6 +140,7 @@ def _client(cfg: RunConfig) -> MlflowClient:
     """A client for the run's tracking server; the registry lives on the same server."""
     from mlflow import MlflowClient
 
+    apply_request_budget(cfg)
     uri = resolve_tracking_uri(cfg)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -535,6 +536,9 @@ def _pyfunc_model_config(cfg: RunConfig) -> dict[str, Any]:
         "batch_size": cfg.evaluation.batch_size,
         "max_new_tokens": cfg.evaluation.max_new_tokens,
         "dtype": cfg.model.dtype,
+        "constrained": cfg.evaluation.constrained,
+        "label_score": cfg.evaluation.label_score,
+        "label_normalization": cfg.evaluation.label_normalization,
     }
 
 

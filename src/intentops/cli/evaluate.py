@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="Evaluate a model folder on a dataset split (metrics, predictions, reports, MLflow).",
         description=(
-            "Predict every record of a dataset split, compute intent/parameter accuracy (seed 002 definition), "
+            "Predict every record of a dataset split, compute intent/parameter accuracy (first call's intent / intent and arguments), "
             "macro-F1, per-intent scores, confusion matrix, seen/unseen and per-language splits, latency and the "
             "majority / TF-IDF baselines; write metrics.json, predictions.jsonl, report.md, report.html and "
             "confusion_matrix.png to --out and log them to MLflow."
@@ -33,11 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--model", required=True, help="IntentOps model folder (HF files + intentops.json).")
     evaluate.add_argument("--dataset", required=True, help="Validated dataset folder (train/val/test.jsonl).")
     evaluate.add_argument("--out", required=True, help="Output folder for the evaluation artifact.")
+    evaluate.add_argument("--force", action="store_true", help="Replace --out even if intentops did not write it.")
     evaluate.add_argument("--split", default="test", help="Split to evaluate (default: test).")
     evaluate.add_argument(
         "--decoding",
         choices=["generate", "label_scoring", "vllm", "auto"],
-        help="Override evaluation.decoding: batched generation, label scoring (seed 001), vLLM, or auto.",
+        help="Override evaluation.decoding: batched generation, label scoring (rank intents by likelihood), vLLM, or auto.",
     )
     evaluate.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run.")
     add_config_argument(evaluate)
@@ -71,7 +72,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.decoding:
         cfg.evaluation.decoding = args.decoding
-    metrics = evaluate_model(args.model, args.dataset, cfg, args.out, args.pipeline_run_id, args.split)
+    from intentops.io import replace_output
+
+    with replace_output(args.out, [args.model, args.dataset], args.force, "evaluate") as out:
+        metrics = evaluate_model(args.model, args.dataset, cfg, out, args.pipeline_run_id, args.split)
     summary = {key: metrics[key] for key in ("n", "intent_accuracy", "param_accuracy", "macro_f1", "format_error_rate")}
     print(json.dumps({"out": str(Path(args.out)), "decoding": metrics["decoding"], **summary}, ensure_ascii=False))
     return 0

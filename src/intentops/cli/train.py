@@ -1,4 +1,4 @@
-"""`intentops train sft|grpo|mine`: the training stages, one command each, reading and writing paths or s3:// URIs.
+"""`intentops train sft|grpo|score|mine`: the training stages, one command each, reading and writing paths or s3:// URIs.
 
 Exit status: 0 on success; 1 when GRPO stopped on reward collapse (no model written); 2 on a usage or input error.
 Each command prints a one-line JSON summary on stdout for the pipeline component that wraps it.
@@ -73,6 +73,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_argument(grpo)
     grpo.set_defaults(handler=_grpo)
 
+    score = stages.add_parser(
+        "score",
+        help="The RCS scoring pass: G sampled completions for every training record, scored with the GRPO rewards.",
+        description=(
+            "Sample mining.score_generations (0 = grpo.num_generations) completions per record of TRAIN with the "
+            "model (vLLM or transformers, mining.score_backend), score them with the GRPO rewards and write "
+            "OUT/rollouts.scoring.parquet, the input of `intentops train mine`. GRPO stage 1 runs this pass itself."
+        ),
+    )
+    score.add_argument("--model", required=True, help="IntentOps model folder (e.g. the stage-1 output) or s3://.")
+    score.add_argument("--train", required=True, help="Training records (train.jsonl), local or s3://.")
+    score.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
+    add_config_argument(score)
+    score.set_defaults(handler=_score)
+
     mine = stages.add_parser(
         "mine",
         help="Mine the samples stage-1 rollouts did not master (reward-based curriculum sampling).",
@@ -98,9 +113,12 @@ def _fetch(uri: str, cfg: Any) -> Path:
 
 
 @contextmanager
-def _output(out: str) -> Iterator[Path]:
+def _output(out: str, inputs: list[str]) -> Iterator[Path]:
     """A local folder for the stage's output; an s3:// --out is written locally and uploaded when the stage succeeds."""
+    from intentops.io import check_output
     from intentops.storage import is_s3, upload
+
+    check_output(out, inputs, resume=True)  # never train into (or over) the dataset or the base model
 
     if not is_s3(out):
         yield Path(out)
@@ -116,12 +134,14 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    from intentops.data.split import require_validated
     from intentops.models import read_model_card
     from intentops.training.sft import run_sft
 
     cfg = config_from_args(args)
     dataset = _fetch(args.dataset, cfg)
-    with _output(args.out) as out:
+    require_validated(dataset)
+    with _output(args.out, [args.dataset, args.base_model]) as out:
         model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
         card = read_model_card(model_dir)
     _print({"out": args.out, "stage": card.get("stage", "sft"), "training": card.get("training", {})})
@@ -134,7 +154,7 @@ def _grpo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
     try:
-        with _output(args.out) as out:
+        with _output(args.out, [args.train, args.model]) as out:
             result = run_grpo(train, model, cfg, out, stage=args.stage, pipeline_run_id=args.pipeline_run_id)
     except RewardCollapseError as exc:
         print(f"intentops train grpo: {exc}", file=sys.stderr)
@@ -153,12 +173,34 @@ def _grpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from intentops.training.scoring import SCORES_FILE, score_model
+
+    cfg = config_from_args(args)
+    train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
+    with _output(args.out) as out:
+        result = score_model(model, train, cfg, out / SCORES_FILE)
+    _print(
+        {
+            "out": args.out,
+            "records": result.records,
+            "scored": result.scored,
+            "skipped": result.skipped,
+            "generations": result.generations,
+            "backend": result.backend,
+            "perfect_rate": result.perfect_rate,
+            "seconds": round(result.seconds, 3),
+        }
+    )
+    return 0
+
+
 def _mine(args: argparse.Namespace) -> int:
     from intentops.training.curriculum import mine_hard_samples
 
     cfg = config_from_args(args)
     rollouts, train = _fetch(args.rollouts, cfg), _fetch(args.train, cfg)
-    with _output(args.out) as out:
+    with _output(args.out, [args.rollouts, args.train]) as out:
         report = mine_hard_samples(rollouts, train, cfg.mining, out)
     _print(
         {

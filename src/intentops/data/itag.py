@@ -1,6 +1,6 @@
 """Convert a PAI iTAG export manifest into IntentOps records, accounting for every line.
 
-The usual throwaway script (seed 002) loads the whole file, takes the first `label-*` key it meets
+The usual throwaway script loads the whole file, takes the first `label-*` key it meets
 (often the machine pre-label), prints and drops anything odd and dumps one big list at the end. Here the
 manifest is streamed in chunks (local or s3://), the reviewed label `label-<id>` wins over the pre-label
 `label-<id>-system`, every excluded line is written to rejects.jsonl with a reason id, and all outputs are
@@ -36,7 +36,7 @@ import msgspec
 from tqdm import tqdm
 
 from intentops.grammar import GrammarError, parse_calls, render_calls
-from intentops.io import atomic_path, write_json
+from intentops.io import atomic_path, content_id, write_json
 from intentops.storage import is_s3, open_uri
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def detect_lang(text: str) -> str:
 
 
 def join_turns(turns: list[str]) -> str:
-    """Concatenate user turns as seed 002 does (`我想聽音樂。給我放個X的音樂吧。`).
+    """Concatenate user turns as the reference conversion script does (`我想聽音樂。給我放個X的音樂吧。`).
 
     A space separates turns that do not end in CJK text or punctuation, so English turns stay readable.
     """
@@ -554,7 +554,8 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
             batch.reject(number, "unparseable_output", line, exc.reason)
             continue
         text_json = encode(text)
-        records.append(b'{"id":"itag-%d","text":%b%b%d}\n' % (number, text_json, tail, number))
+        record_id = content_id(text, _parse_output(output).canonical).encode()  # stable across files and orders
+        records.append(b'{"id":"%b","text":%b%b%d}\n' % (record_id, text_json, tail, number))
         train.append(b'{"instruction":%b,"output":%b}' % (text_json, train_output))
         kinds.append(kind)
     _count_kinds(batch, kinds)

@@ -1,11 +1,11 @@
-"""Reward-based curriculum sampling (RCS, seed 000): mine the training samples the stage-1 policy has not mastered.
+"""Reward-based curriculum sampling (RCS): mine the training samples the stage-1 policy has not mastered.
 
 The input is the scoring pass (`intentops.training.scoring`): after stage 1, the policy sampled G completions for
 every training record, scored with the GRPO rewards. A sample's score is the share of its G completions that are
 perfect; perfect means format and intent rewards of 1, and, with `mining.hard_includes_params`, a parameter reward
 of 1 too. A sample is hard when its score is below `mining.hard_threshold` (default 1.0: not every completion was
-perfect). Stage 2 trains on the hard samples, optionally mixed with `easy_per_hard` easy ones (seed 000 found
-hard-only best, so the default is 0).
+perfect). Stage 2 trains on the hard samples, optionally mixed with `easy_per_hard` easy ones (hard-only trained
+best in the method's experiments, so the default is 0).
 
 Records are joined to the log by their `id`; the log records the training set's hash, so a log made from another
 training file is refused, and a record without a score is an error naming it (records whose prompt is too long for

@@ -1,5 +1,5 @@
-"""GRPO stages (seed 000): stage 1 on the whole training set from the SFT weights (or straight from a base model),
-stage 2 on the mined hard set.
+"""GRPO stages: stage 1 on the whole training set from the SFT weights (or straight from a base model), stage 2 on
+the mined hard set.
 
 TRL's `GRPOTrainer` (or `RLOOTrainer`, per `grpo.algorithm`, see `intentops.training.trainer`) samples
 `num_generations` completions per prompt and scores them with the rule-based rewards of `intentops.rewards`
@@ -45,7 +45,7 @@ from intentops.training.callbacks import (
     RewardCollapseError,
 )
 from intentops.training.rollouts import RolloutLog, train_set_hash
-from intentops.training.scoring import SCORES_FILE, score_training_set
+from intentops.training.scoring import SCORES_FILE, prompt_length, score_training_set
 from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
 from intentops.training.trainer import make_trainer
 
@@ -106,8 +106,7 @@ def _prompt_rows(
     """
     rows, rejects = [], []
     for record in records:
-        messages = builder.messages(record["text"])
-        length = len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"])
+        length = prompt_length(builder, tokenizer, record["text"])
         if length > max_prompt_length:
             rejects.append(
                 {
@@ -117,7 +116,7 @@ def _prompt_rows(
                 }
             )
             continue
-        rows.append({"prompt": messages, "output": record["output"], "id": str(record["id"])})
+        rows.append({"prompt": builder.messages(record["text"]), "output": record["output"], "id": str(record["id"])})
     return rows, rejects
 
 
@@ -130,22 +129,11 @@ def _fill_one_batch(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str
 
     if not rows:
         return rows
-    grpo = cfg.grpo
-    needed = grpo.batch_size * grpo.gradient_accumulation_steps * PartialState().num_processes // grpo.num_generations
+    needed = cfg.grpo.prompts_per_step(PartialState().num_processes)
     if len(rows) >= needed:
         return rows
     log.warning("%d prompts are fewer than the %d one GRPO step needs; cycling them", len(rows), needed)
     return [rows[i % len(rows)] for i in range(needed)]
-
-
-def _check_batch(cfg: RunConfig) -> None:
-    grpo = cfg.grpo
-    generation_batch = grpo.batch_size * grpo.gradient_accumulation_steps
-    if generation_batch % grpo.num_generations:
-        raise ValueError(
-            f"grpo.batch_size x grpo.gradient_accumulation_steps = {generation_batch} completions per step is not "
-            f"divisible by grpo.num_generations={grpo.num_generations}"
-        )
 
 
 def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights: list[float]) -> Any:
@@ -167,12 +155,12 @@ def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights
         max_completion_length=grpo.max_completion_length,
         reward_weights=reward_weights,
         use_vllm=grpo.use_vllm,
-        vllm_mode=grpo.vllm_mode,
+        vllm_mode="colocate",
         logging_steps=grpo.logging_steps,
         save_strategy="steps",
         save_steps=grpo.save_steps,
-        save_total_limit=cfg.sft.save_total_limit,
-        gradient_checkpointing=cfg.sft.gradient_checkpointing,
+        save_total_limit=grpo.save_total_limit,
+        gradient_checkpointing=grpo.gradient_checkpointing,
         bf16=bf16_available() and cfg.model.dtype in ("auto", "bfloat16"),
         fp16=False,
         deepspeed=deepspeed_config(grpo.deepspeed, "grpo.deepspeed"),
@@ -212,7 +200,6 @@ def run_grpo(
             "grpo.use_vllm is set but vllm is not importable here; install it (pip install 'intentops[serve]') "
             "or set grpo__use_vllm=false to generate rollouts with transformers"
         )
-    _check_batch(cfg)
     max_steps = cfg.grpo.stage1_max_steps if stage == "grpo1" else cfg.grpo.stage2_max_steps
     builder = _prompt_builder(model_dir, parent_card, train_path, records, cfg)
     out.mkdir(parents=True, exist_ok=True)

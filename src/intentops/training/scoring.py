@@ -1,4 +1,4 @@
-"""The RCS scoring pass (seed 000): the stage-1 policy samples G completions for EVERY training record, scored with
+"""The RCS scoring pass: the stage-1 policy samples G completions for EVERY training record, scored with
 the GRPO reward functions, so hard-sample mining judges each record by one complete pass rather than by whatever
 stage 1 happened to draw.
 
@@ -46,6 +46,26 @@ class ScoringResult:
     backend: str
     perfect_rate: float
     seconds: float
+
+
+def prompt_length(builder: PromptBuilder, tokenizer: Any, text: str) -> int:
+    """Tokens of a record's chat prompt, generation prompt included (what grpo.max_prompt_length limits)."""
+    messages = builder.messages(text)
+    return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"])
+
+
+def score_model(model_dir: str | Path, train_path: str | Path, cfg: RunConfig, out_path: str | Path) -> ScoringResult:
+    """The scoring pass for a finished IntentOps model folder over the records of `train_path`
+    (`intentops train score`; GRPO stage 1 runs it itself)."""
+    from intentops.models import load_tokenizer
+    from intentops.training.sft import load_split
+
+    records = load_split(train_path)
+    builder = PromptBuilder.from_model_dir(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    limit = cfg.grpo.max_prompt_length
+    skip = [r["id"] for r in records if prompt_length(builder, tokenizer, r["text"]) > limit]
+    return score_training_set(model_dir, records, builder, cfg, out_path, skip_ids=skip)
 
 
 def choose_backend(requested: str) -> str:

@@ -1,4 +1,4 @@
-"""SFT warm-up (seed 001's "policy warm-up"): teach the base model the answer format before GRPO.
+"""SFT warm-up: teach the base model the answer format before GRPO.
 
 TRL's `SFTTrainer` on a conversational prompt-completion dataset built by `PromptBuilder`, so the loss covers only the
 assistant's answer. Full fine-tuning or LoRA/QLoRA (peft; adapters are merged so the next stage gets a plain Hugging
@@ -10,6 +10,7 @@ dataset itself (`intentops.models.create_tiny_model`).
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import random
 import shutil
@@ -20,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from intentops import tracking
 from intentops.catalog import load_catalog
-from intentops.config import PROJECT_ROOT, RunConfig
-from intentops.io import read_jsonl
+from intentops.config import RunConfig
+from intentops.io import read_json, read_jsonl, sha256_file, write_json
 from intentops.models import (
     CARD_FILE,
     base_card,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+RESUME_KEY = "resume_key.json"  # what the checkpoints were trained from: data, base model, training config
 TINY_BASE = "tiny-base"
 
 
@@ -175,13 +177,34 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
 
 
 def deepspeed_config(path: str, knob: str) -> str | None:
-    """The DeepSpeed JSON to hand the trainer: as given, else relative to the repository (configs/deepspeed/...)."""
+    """The DeepSpeed JSON to hand the trainer (bundled `configs/deepspeed/...` names are resolved by the config)."""
     if not path:
         return None
-    for candidate in (Path(path), PROJECT_ROOT / path):
-        if candidate.is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"{knob}={path!r}: DeepSpeed config not found (also looked in {PROJECT_ROOT})")
+    if Path(path).is_file():
+        return path
+    raise FileNotFoundError(f"{knob}={path!r}: DeepSpeed config not found (bundled ones: configs/deepspeed/*.json)")
+
+
+def resumable_checkpoint(checkpoints: Path, key: dict[str, Any]) -> str | None:
+    """The newest checkpoint if it was trained from the same data, base model and config (`key`), else None.
+
+    Checkpoints of another key are removed (they are this output's own `checkpoint-N` folders), so neither this
+    run nor a later resume can continue a model trained on other data.
+    """
+    key = json.loads(json.dumps(key, default=str))
+    key_file = checkpoints / RESUME_KEY
+    stored = read_json(key_file) if key_file.is_file() else None
+    last = last_checkpoint(checkpoints)
+    if last and stored == key:
+        return last
+    if last:
+        changed = sorted(name for name in key if (stored or {}).get(name) != key[name])
+        log.warning("not resuming from %s: %s changed since; training from the start", last, ", ".join(changed))
+        for old in checkpoints.glob("checkpoint-*"):
+            shutil.rmtree(old)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_json(key_file, key)
+    return None
 
 
 def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
@@ -246,7 +269,16 @@ def run_sft(
     tokenizer = load_tokenizer(base_dir)
     dataset = Dataset.from_list(sft_rows(records, builder))
     checkpoints = out / CHECKPOINTS
-    resume_from = last_checkpoint(checkpoints) if cfg.sft.resume else None
+    resume_key = {
+        "train_sha256": sha256_file(dataset_dir / "train.jsonl"),
+        "base_model": str(base_model or cfg.model.base_model or "tiny"),
+        "sft": cfg.sft.model_dump(exclude={"resume"}),
+        "model": cfg.model.model_dump(),
+        "prompt": cfg.prompt.model_dump(),
+    }
+    resume_from = resumable_checkpoint(checkpoints, resume_key) if cfg.sft.resume else None
+    if not cfg.sft.resume:  # checkpoints of this run must not pass for the recorded key's later
+        (checkpoints / RESUME_KEY).unlink(missing_ok=True)
     if resume_from:
         log.info("resuming SFT from %s", resume_from)
 

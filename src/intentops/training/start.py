@@ -1,4 +1,4 @@
-"""GRPO straight from a base or instruct model (`sft.enabled=false`, seed 000's "GRPO without SFT" comparisons).
+"""GRPO straight from a base or instruct model (`sft.enabled=false`): GRPO without the supervised warm-up.
 
 The SFT stage then trains nothing: it hands the base model on, untrained, as an IntentOps model folder (card stage
 `base`, the prompt built from the configuration and the dataset's catalog), so GRPO stage 1, evaluation and serving

@@ -101,7 +101,11 @@ def intentops_grpo_trainer() -> type:
                 attention = torch.cat([output["prompt_mask"], mask], dim=1)
                 with torch.no_grad():
                     policy, _, _ = self._get_per_token_logps_and_entropies(
-                        self.model, ids, attention, output["completion_ids"].size(1), batch_size=len(ids)
+                        self.model,
+                        ids,
+                        attention,
+                        output["completion_ids"].size(1),
+                        batch_size=self.args.per_device_train_batch_size,
                     )
             per_token = (policy - ref) * mask
             stats = self.accelerator.reduce(torch.stack([per_token.sum(), mask.sum().float()]), reduction="sum")
