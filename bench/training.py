@@ -59,7 +59,8 @@ def timed(name: str, func: Callable[[], Any], rows: list[dict[str, Any]]) -> Any
 
 def run_chain(work: Path, cfg: RunConfig) -> dict[str, Any]:
     from intentops.data.split import split_dataset
-    from intentops.models import create_tiny_model, read_model_card
+    from intentops.models import read_model_card
+    from intentops.tiny_model import create_tiny_model
     from intentops.training.curriculum import mine_hard_samples
     from intentops.training.grpo import run_grpo
     from intentops.training.sft import run_sft

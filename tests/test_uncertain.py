@@ -92,7 +92,7 @@ def test_validation_accepts_uncertain_only_when_the_prompt_offers_it(tmp_path: P
 def uncertain_model(tmp_path_factory: pytest.TempPathFactory, small_dataset_dir: Path) -> tuple[Path, RunConfig]:
     """A random-init tiny model whose prompt offers `uncertain()` (confidences need no training to be checked)."""
     from intentops.config import load_config
-    from intentops.models import create_tiny_model
+    from intentops.tiny_model import create_tiny_model
 
     cfg = load_config(overrides={"prompt__uncertain_label": True, "sft__uncertain_share": 0.25})
     catalog = load_catalog(small_dataset_dir / "catalog.yaml")

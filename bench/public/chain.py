@@ -61,7 +61,7 @@ def timer(result: ProtocolResult) -> Any:
 def build_base(data_dir: Path, cfg: RunConfig, out: Path) -> Path:
     """The model every training starts from: the tiny profile's random-init model, or the configured base."""
     if cfg.model.profile == "tiny":
-        from intentops.models import create_tiny_model
+        from intentops.tiny_model import create_tiny_model
 
         catalog = load_catalog(data_dir / "catalog.yaml")
         return create_tiny_model(data_dir, catalog, cfg.model, out, cfg.prompt)

@@ -4,11 +4,12 @@ TRL's `SFTTrainer` on a conversational prompt-completion dataset built by `Promp
 assistant's answer. Full fine-tuning or LoRA/QLoRA (peft; adapters are merged so the next stage gets a plain Hugging
 Face folder), DeepSpeed ZeRO through the trainer arguments, bf16 only where the hardware has it, checkpoints under
 `out_dir/checkpoints` and resume from the newest one. On the tiny profile the base model is first built from the
-dataset itself (`intentops.models.create_tiny_model`).
+dataset itself (`intentops.tiny_model.create_tiny_model`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -27,7 +28,6 @@ from intentops.models import (
     CARD_FILE,
     base_card,
     bf16_available,
-    create_tiny_model,
     dataset_hash,
     generate_completions,
     invalidate_model_dir,
@@ -40,6 +40,7 @@ from intentops.models import (
 )
 from intentops.prompting import PromptBuilder
 from intentops.rewards import intent_reward, params_reward
+from intentops.tiny_model import create_tiny_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -209,6 +210,7 @@ def resumable_checkpoint(checkpoints: Path, key: dict[str, Any]) -> str | None:
 
 def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
     """TRL `SFTConfig` from the run configuration (bf16 only where the hardware has it; DeepSpeed passed through)."""
+    import torch
     from trl import SFTConfig
 
     return SFTConfig(
@@ -218,13 +220,11 @@ def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
         per_device_train_batch_size=cfg.sft.batch_size,
         gradient_accumulation_steps=cfg.sft.gradient_accumulation_steps,
         max_length=cfg.sft.max_length,
-        warmup_steps=cfg.sft.warmup_ratio,
         lr_scheduler_type="cosine",
         logging_steps=cfg.sft.logging_steps,
         save_strategy="steps",
         save_steps=cfg.sft.save_steps,
         save_total_limit=cfg.sft.save_total_limit,
-        gradient_checkpointing=cfg.sft.gradient_checkpointing,
         bf16=bf16_available() and cfg.model.dtype in ("auto", "bfloat16"),
         fp16=False,
         deepspeed=deepspeed_config(cfg.sft.deepspeed, "sft.deepspeed"),
@@ -232,7 +232,25 @@ def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
         data_seed=cfg.sft.seed,
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory only helps copies to a GPU
+        **version_dependent_args(SFTConfig, cfg.sft.warmup_ratio, cfg.sft.gradient_checkpointing),
     )
+
+
+def version_dependent_args(args_class: type, warmup_ratio: float, checkpointing: bool) -> dict[str, Any]:
+    """Warm-up and activation-checkpointing arguments under the names the installed transformers reads.
+
+    transformers 5 dropped `warmup_ratio` (a float `warmup_steps` below 1 is read as a ratio) and renamed
+    `gradient_checkpointing` to `activation_checkpointing`; 4.x knows only the old names.
+    """
+    fields = {f.name for f in dataclasses.fields(args_class)}
+    args: dict[str, Any] = (
+        {"warmup_ratio": warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": warmup_ratio}
+    )
+    args["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = (
+        checkpointing
+    )
+    return args
 
 
 def run_sft(
@@ -255,10 +273,11 @@ def run_sft(
         return hand_on_base(dataset_dir, base_model, cfg, out_dir, pipeline_run_id)
     from accelerate import PartialState
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from intentops.training.callbacks import MlflowStepMetrics, ProgressLog
+    from intentops.training.shared_prefix import SharedPrefixSFTTrainer
 
+    _one_progress_bar()
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     records = load_split(dataset_dir / "train.jsonl")
     catalog = load_catalog(dataset_dir / "catalog.yaml")
@@ -296,7 +315,7 @@ def run_sft(
     stage_run = tracking.stage_run("sft", cfg, pipeline_run_id, params=params) if main else nullcontext(None)
     with stage_run as run:
         model, _ = load_model_and_tokenizer(base_dir, cfg.model)
-        trainer = SFTTrainer(
+        trainer = SharedPrefixSFTTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
@@ -338,6 +357,15 @@ def run_sft(
         _log_final(result, check, out)
     log.info("SFT model written to %s (train-sample intent accuracy %s)", out, check.get("intent_accuracy"))
     return out
+
+
+def _one_progress_bar() -> None:
+    """Keep the trainer's step bar as the stage's one bar: no per-pass dataset bars, no weight loading/saving bars."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def _final_check(model_dir: Path, builder: PromptBuilder, records: list[dict[str, Any]], cfg: RunConfig) -> dict:

@@ -60,7 +60,8 @@ def gold_confidences(
     """Each record's confidence under the model: mean token log-prob of its gold answer after its prompt."""
     import torch
 
-    from intentops.evaluation.predictors import chat_prompts, left_pad, plan_batches
+    from intentops.evaluation.decoding import left_pad, plan_batches
+    from intentops.evaluation.predictors import chat_prompts
     from intentops.models import load_model_and_tokenizer
     from intentops.prompting import PromptBuilder
 
