@@ -94,8 +94,9 @@ def split_comparisons(result: ProtocolResult, chain: Chain, cfg: RunConfig, name
     def grpo_from(model: Path, cfg_run: RunConfig, name: str, cost: float, train: Path | None = None) -> Row:
         result_ = timed(name, run_grpo, train or chain.train_path, model, cfg_run, models / name, "grpo1", run_id)
         row = evaluate(name, Path(result_.model_dir), data_dir, cfg, evals / name, run_id, cost + stage_s[name])
-        row.note = f"{result_.steps} GRPO steps" + "".join(
-            f"; {k} {v:.3g}" for k, v in sorted(result_.metrics.items()) if "filter" in k
+        reward = result_.metrics.get("final_reward", math.nan)
+        row.note = f"{result_.steps} GRPO steps" + (
+            "" if math.isnan(reward) else f", last logged mean reward {reward:.2f}"
         )
         return row
 
