@@ -263,32 +263,104 @@ def _results(rows: list[dict]) -> dict:
 
 
 def test_report_block_replaced_in_place_with_failures_visible(tmp_path: Path) -> None:
-    run = _load("run")
-    ok = run.Row(method="SFT", decoding="generate", accuracy=0.5, macro_f1=0.4, train_s=3.0, eval_s=1.0)
-    failed = run.Row(method="SFT + GRPO", decoding="generate", error="RewardCollapseError: mean reward 0")
+    rows, rep = _load("rows"), _load("report")
+    ok = rows.Row(method="SFT", decoding="generate", accuracy=0.5, macro_f1=0.4, train_s=3.0, eval_s=1.0)
+    failed = rows.Row(method="SFT + GRPO", decoding="generate", error="RewardCollapseError: mean reward 0")
     results = _results([vars(ok), vars(failed)])
+    compared = rows.Row(method="GRPO from base", decoding="generate", accuracy=0.25, protocol="grpo_from_base")
+    broken = rows.Row(method="SFT, 1 epochs", decoding="", protocol="sft_vs_grpo", error="ValueError: boom")
+    results["protocols"][0]["comparisons"] = [vars(compared), vars(broken)]
     report = tmp_path / "RESULTS.md"
     report.write_text("# Results\n\nprose before\n")
-    run.update_report(report, run.render_block(results))
+    rep.update_report(report, rep.render_block(results))
     report.write_text(report.read_text() + "\nprose after\n")
     results["finished"] = "tomorrow"
-    run.update_report(report, run.render_block(results))
+    rep.update_report(report, rep.render_block(results))
 
     text = report.read_text()
-    assert text.count(run.MARK_START) == 1 and text.count(run.MARK_END) == 1
+    assert text.count(rep.MARK_START) == 1 and text.count(rep.MARK_END) == 1
     assert (
-        text.index("prose before") < text.index(run.MARK_START) < text.index(run.MARK_END) < text.index("prose after")
+        text.index("prose before") < text.index(rep.MARK_START) < text.index(rep.MARK_END) < text.index("prose after")
     )
     assert "Measured tomorrow" in text and "Measured today" not in text
     table = [line for line in text.splitlines() if line.startswith("| unseen |")]
     assert table[0].startswith("| unseen | SFT | generate | 50.0 | 40.0 |")
     assert "RewardCollapseError" in table[1] and table[1].count("|") == table[0].count("|")
     assert "- `oos`: skipped (no out-of-scope records)" in text
+    seed = [line for line in text.splitlines() if line.startswith(("| grpo_from_base |", "| sft_vs_grpo |"))]
+    assert seed[0].startswith("| grpo_from_base | GRPO from base | 25.0 |")
+    assert "ValueError: boom" in seed[1] and seed[1].count("|") == seed[0].count("|")
+
+
+def test_grpo_epochs_counts_prompts_per_step() -> None:
+    protocols = _load("protocols")
+    from intentops.config import load_config
+
+    cfg = load_config(
+        overrides={"grpo__batch_size": 8, "grpo__num_generations": 4, "grpo__gradient_accumulation_steps": 3}
+    )
+    # 8 completions / 4 per prompt = 2 prompts per micro-batch, x3 accumulation = 6 prompts per step
+    assert protocols.grpo_epochs(cfg, steps=10, n_train=30) == pytest.approx(2.0)
+
+
+@pytest.fixture(scope="module")
+def variants() -> ModuleType:
+    return _load("variants")
+
+
+def test_bundled_cross_lingual_split(variants: ModuleType, tmp_path: Path) -> None:
+    example = ROOT / "examples" / "assistant"
+    info = variants.prepare_bundled(
+        example / "records.jsonl", example / "catalog.yaml", tmp_path, max_intents=4, max_train_per_intent=6,
+        max_test_per_intent=2,
+    )  # fmt: skip
+    assert (info["train_lang"], info["test_lang"], info["intents"]) == ("zh", "en", 4)
+    same, cross = (tmp_path / "same", tmp_path / "cross")
+    catalog = load_catalog(same / "catalog.yaml")
+    assert {"music_pause", "music_resume"} <= set(catalog.names), "the replaces group is always kept"
+    assert read_split(same, "train") == read_split(cross, "train")
+    assert {r["lang"] for r in read_split(same, "train") + read_split(same, "test")} == {"zh"}
+    assert {r["lang"] for r in read_split(cross, "test")} == {"en"}
+    assert Counter(r["intent"] for r in read_split(same, "train")) == dict.fromkeys(catalog.names, 5)  # 6 - 1 val
+    assert not {r["id"] for r in read_split(same, "train")} & {r["id"] for r in read_split(same, "test")}
+    assert info["counts"]["cross"]["test"] == info["counts"]["same"]["test"] == 8
+
+
+def test_merge_and_split_through_replaces(variants: ModuleType, prep: ModuleType, tmp_path: Path) -> None:
+    source = write_normalised(tmp_path / "toy.jsonl", n_intents=4, oos=False, bad_lines=False)
+    prep.prepare(source, tmp_path / "ds", "in_domain")
+    catalog = load_catalog(tmp_path / "ds" / "catalog.yaml")
+    group, merged = variants.pick_merge_group(catalog, seed=42)
+    assert len(group) == 2 and merged == f"{group[0]}_or_{group[1]}"  # no replaces group: a seeded pair
+
+    new = variants.merge_intents(tmp_path / "ds", group, merged, tmp_path / "merged")
+    assert new.get(merged).replaces == tuple(group) and not set(group) & set(new.names)
+    before, after = read_split(tmp_path / "ds", "test"), read_split(tmp_path / "merged", "test")
+    for old, row in zip(before, after, strict=True):
+        assert row["output"] == (f"{merged}()" if old["intent"] in group else old["output"])
+        assert row["intent"] == parse_call(row["output"]).name
+    assert variants.replaced_groups(new) == {}
+
+    split = variants.with_replaces(tmp_path / "ds", group, merged, tmp_path / "split")
+    assert variants.replaced_groups(split) == {merged: group}
+    assert variants.pick_merge_group(split, seed=0) == (group, merged)
+
+    # gold merged intent: an old-catalog answer naming a replaced intent counts only when mapped forward
+    predictions = [
+        {"gold_intent": merged, "intent": group[0]},
+        {"gold_intent": merged, "intent": merged},
+        {"gold_intent": merged, "intent": "other"},
+        {"gold_intent": "other", "intent": "other"},
+    ]
+    assert variants.replaced_accuracy(predictions, new, [merged], mapped=False) == pytest.approx(1 / 3)
+    assert variants.replaced_accuracy(predictions, new, [merged], mapped=True) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="parameterless"):  # PrepareError, as imported by variants.py
+        variants.merge_intents(tmp_path / "ds", group[:1], merged, tmp_path / "bad")
 
 
 @pytest.mark.slow
 def test_run_smoke_end_to_end(tmp_path: Path) -> None:
-    """The CI-sized benchmark: every protocol, every row, the JSON and the regenerated table."""
+    """The CI-sized benchmark: the chain on in_domain, every seed protocol, the JSON and the regenerated table."""
     data = tmp_path / "datasets"
     data.mkdir()
     write_normalised(data / "toy.jsonl")
@@ -305,33 +377,36 @@ def test_run_smoke_end_to_end(tmp_path: Path) -> None:
         "--work-dir", str(tmp_path / "work"),
     ]  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}  # the bench keeps its MLflow runs in the work dir
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
 
     results = json.loads((tmp_path / "results" / "smoke.json").read_text())
     blocks = {block["protocol"]: block for block in results["protocols"]}
-    assert set(blocks) == {"in_domain", "unseen", "oos"}
-    for protocol, block in blocks.items():
-        methods = [row["method"] for row in block["rows"]]
-        assert methods[:4] == ["TF-IDF + linear", "SFT", "SFT + GRPO", "SFT + GRPO + RCS"], protocol
-        assert block["rows"][4]["decoding"] == "label_scoring"
-        assert block["rows"][4]["method"] in methods[1:4]
-        for row in block["rows"]:
-            assert not row["error"], (protocol, row)
-            assert 0.0 <= row["accuracy"] <= 1.0 and row["train_s"] > 0
-        assert all(row["eval_s"] > 0 for row in block["rows"][1:])
-        model_costs = [row["train_s"] for row in block["rows"][1:4]]
-        assert model_costs == sorted(model_costs), "training time is cumulative along the chain"
-        assert block["data"]["intents"] == 4
+    assert set(blocks) == {"in_domain", "bundled"}
+    block = blocks["in_domain"]
+    methods = [row["method"] for row in block["rows"]]
+    assert methods[:4] == ["TF-IDF + linear", "SFT", "SFT + GRPO", "SFT + GRPO + RCS"]
+    assert block["rows"][4]["decoding"] == "label_scoring" and block["rows"][4]["method"] in methods[1:4]
+    for row in [*block["rows"], *block["comparisons"], *blocks["bundled"]["comparisons"]]:
+        assert not row["error"], row
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["train_s"] > 0
+    model_costs = [row["train_s"] for row in block["rows"][1:4]]
+    assert model_costs == sorted(model_costs), "training time is cumulative along the chain"
+    assert block["data"]["intents"] == 4
+    assert block["rows"][0]["accuracy"] >= 0.75, "one keyword per intent: the baseline must find it"
 
-    tfidf = {protocol: block["rows"][0] for protocol, block in blocks.items()}
-    assert tfidf["in_domain"]["accuracy"] >= 0.75, "one keyword per intent: the baseline must find it"
-    assert tfidf["unseen"]["unseen_accuracy"] == 0.0, "a classifier cannot name an intent it never saw"
-    assert len(blocks["unseen"]["data"]["unseen_intents"]) == 1
-    assert all(row["oos_recall"] is not None for row in blocks["oos"]["rows"])
-    assert all(row["oos_recall"] is None for row in blocks["in_domain"]["rows"])
+    compared = Counter(row["protocol"] for row in block["comparisons"])
+    assert compared == dict.fromkeys(
+        ["sft_vs_grpo", "grpo_from_base", "format_reward", "online_filtering", "uncertain_label"], 2
+    )
+    relabelled = [r for r in block["comparisons"] if r["protocol"] == "uncertain_label"][1]
+    assert "relabelled uncertain()" in relabelled["note"] and "uncertain rate" in relabelled["note"]
+    bundled = Counter(row["protocol"] for row in blocks["bundled"]["comparisons"])
+    assert bundled == {"cross_lingual": 4, "catalog_change": 4}
+    assert blocks["bundled"]["data"]["catalog_change"]["merged_intent"] == "music_control"
 
     text = report.read_text()
     assert "Hand-written reading that must survive." in text
     assert text.count("| in_domain | SFT + GRPO + RCS |") == 1
+    assert text.count("| online_filtering |") == 2 and text.count("| cross_lingual |") == 4
     assert ("--smoke" in text and "no GPU" in text) or "GPU" in text

@@ -142,6 +142,13 @@ class SftConfig(_Section):
     check_samples: int = Field(
         64, ge=0, description="After training, greedy intent accuracy on up to N training records (0 = skip)."
     )
+    uncertain_share: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="With prompt.uncertain_label on: share of training records, the ones the warmed-up model is "
+        "least confident of, relabelled `uncertain()` before GRPO; 0 = none.",
+    )
     seed: int = Field(42, description="Training seed.")
 
     _bundled = field_validator("deepspeed")(bundled_path)

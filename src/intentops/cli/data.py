@@ -174,7 +174,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     cfg, catalog, data, inputs = _inputs(args, args.data)
     with replace_output(args.out, inputs, args.force, "validate") as out:
-        report = validate_records(data, catalog, cfg.data, out)
+        report = validate_records(data, catalog, cfg.data, out, uncertain_label=cfg.prompt.uncertain_label)
     _print(
         {
             "out": args.out,

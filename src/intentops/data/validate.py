@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from intentops.catalog import Catalog
+from intentops.catalog import UNCERTAIN_INTENT, Catalog
 from intentops.config import DataConfig
 from intentops.data.records import annotate, load_records, unseen_intents
 from intentops.io import atomic_path, write_json
@@ -126,9 +126,10 @@ def _counts_phrase(values: pd.Series, limit: int = 8) -> str:
 class _Checks:
     """The checks over one annotated table; each method returns a Finding or None."""
 
-    def __init__(self, frame: pd.DataFrame, catalog: Catalog, data_cfg: DataConfig) -> None:
+    def __init__(self, frame: pd.DataFrame, catalog: Catalog, data_cfg: DataConfig, uncertain_label: bool) -> None:
         self.frame = frame
         self.catalog = catalog
+        self.uncertain_label = uncertain_label  # `uncertain()` is a valid answer when the prompt offers it
         self.cfg = data_cfg
         self.exempt = set(unseen_intents(catalog, data_cfg))
         self.parsed = frame[frame["parse_error"].isna()]
@@ -147,7 +148,7 @@ class _Checks:
         )
 
     def unknown_intent(self) -> Finding | None:
-        known = set(self.catalog.names)
+        known = set(self.catalog.names) | ({UNCERTAIN_INTENT} if self.uncertain_label else set())
         unknown = [tuple(name for name in intents if name not in known) for intents in self.parsed["intents"]]
         mask = [bool(names) for names in unknown]
         rows = self.parsed[mask]
@@ -355,16 +356,22 @@ def _markdown(report: ValidationReport, source: str) -> str:
 
 
 def validate_records(
-    records: str | Path | pd.DataFrame, catalog: Catalog, data_cfg: DataConfig, out_dir: str | Path
+    records: str | Path | pd.DataFrame,
+    catalog: Catalog,
+    data_cfg: DataConfig,
+    out_dir: str | Path,
+    uncertain_label: bool = False,
 ) -> ValidationReport:
     """Run every enabled check on records (records.jsonl, a PAI train.json or a dataset folder).
 
     Writes report.json, report.md and flagged.jsonl to `out_dir` (atomically, as one folder) and returns the
-    report; `report.passed` is False when any error-severity check fired.
+    report; `report.passed` is False when any error-severity check fired. With `uncertain_label` (the config's
+    `prompt.uncertain_label`) records answering `uncertain()` are valid; the catalog still rejects an intent of that
+    name.
     """
     levels = severities(data_cfg)
     frame = annotate(load_records(records))
-    checks = _Checks(frame, catalog, data_cfg)
+    checks = _Checks(frame, catalog, data_cfg, uncertain_label)
     errors: list[Finding] = []
     warnings: list[Finding] = []
     summary: list[dict[str, Any]] = []
