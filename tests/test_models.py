@@ -50,6 +50,40 @@ def test_tiny_tokenizer_is_byte_level_and_compresses_the_prompt(tiny_model_dir: 
     assert len(tokenizer(system, add_special_tokens=False)["input_ids"]) < len(system.encode("utf-8")) / 3
 
 
+def _contains(ids: list[int], part: list[int]) -> bool:
+    return any(ids[start : start + len(part)] == part for start in range(len(ids) - len(part) + 1))
+
+
+def test_tiny_tokenizer_makes_intents_one_token_and_arguments_the_utterances_tokens(
+    tmp_path: Path, small_dataset_dir: Path, training_config: RunConfig
+) -> None:
+    from transformers import AutoTokenizer
+
+    cfg = training_config.model_copy(
+        update={"model": training_config.model.model_copy(update={"tiny_copy_tokens": True})}
+    )
+    model_dir = create_tiny_model(
+        small_dataset_dir, load_catalog(small_dataset_dir / "catalog.yaml"), cfg.model, tmp_path / "m", cfg.prompt
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    builder = PromptBuilder.from_model_dir(model_dir)
+    records = [json.loads(line) for line in (small_dataset_dir / "train.jsonl").read_text().splitlines()]
+    copied = 0
+    for record in records:
+        answer = tokenizer(builder.target(record["output"]), add_special_tokens=False)["input_ids"]
+        assert tokenizer.convert_ids_to_tokens(answer[0]) == f"{record['calls'][0]['name']}(", record["output"]
+        utterance = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+        for arg in (arg for call in record["calls"] for arg in call["args"] if arg in record["text"]):
+            arg_ids = tokenizer(arg, add_special_tokens=False)["input_ids"]
+            assert _contains(answer, arg_ids), (record["output"], arg)  # "(" and "," do not glue onto the argument
+            assert _contains(utterance, arg_ids), (record["text"], arg)  # nor a leading space or Chinese neighbours
+            copied += 1
+    assert copied > len(records) / 2
+    # not only the training data: any Chinese city in any sentence
+    sentence = tokenizer("我想去杭州玩，帮我查下天气预报", add_special_tokens=False)["input_ids"]
+    assert _contains(sentence, tokenizer("杭州", add_special_tokens=False)["input_ids"])
+
+
 def test_tiny_tokenizer_loads_as_qwen2_and_splits_text_as_trained(tiny_model_dir: Path) -> None:
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer

@@ -83,6 +83,9 @@ class ModelConfig(_Section):
     tiny_num_kv_heads: int = Field(2, ge=1, description="tiny profile: key/value heads.")
     tiny_intermediate_size: int = Field(192, ge=8, description="tiny profile: MLP width.")
     tiny_vocab_size: int = Field(3000, ge=300, description="tiny profile: BPE vocabulary trained on the data.")
+    tiny_copy_tokens: bool = Field(
+        False, description="tiny profile: intent names, call punctuation, space and CJK characters as whole tokens."
+    )
     tiny_max_positions: int = Field(
         4096, ge=64, description="tiny profile: longest sequence (prompt + answer) the model accepts, in tokens."
     )

@@ -9,6 +9,8 @@ The result is an ordinary model folder (`intentops.models.save_model`), loaded l
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,9 +67,41 @@ def _tokenizer_corpus(records: Sequence[dict[str, Any]], catalog: Catalog, build
         yield from builder.label_continuations().values()
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
-    """Byte-level BPE (any input text stays encodable) with Qwen2.5's special tokens and chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+# Punctuation of the call syntax, kept as tokens of their own: with Qwen2's pre-tokenisation a "(" or "," would
+# otherwise be glued to the argument after it ("(garage", ",\"I"), so the answer spells an argument with other tokens
+# than the utterance it is copied from.
+CALL_PUNCTUATION = ("(", ")", ",", '"', ";")
+
+
+def _is_cjk(char: str) -> bool:
+    return unicodedata.name(char, "").startswith(("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH"))
+
+
+def copy_friendly_tokens(records: Sequence[dict[str, Any]], catalog: Catalog) -> list[str]:
+    """Tokens that make the answer easy to learn: each intent name with its "(", call punctuation, space, CJK chars.
+
+    An intent is then one token (picking it is one classification step), and an argument is the same tokens in the
+    answer as in the utterance it is copied from: English words stop carrying their leading space (the space is a
+    token of its own) and Chinese is split by character (BPE merges inside a run of Chinese text would make 杭州 in
+    我想去杭州玩 different tokens from 杭州 in weather_search(杭州)).
+    """
+    chars = sorted({char for record in records for char in record["text"] + record["output"] if _is_cjk(char)})
+    return [f"{name}(" for name in catalog.names] + list(CALL_PUNCTUATION) + [" "] + chars
+
+
+def _split_on(tokens: Sequence[str], corpus: Iterable[str]) -> Iterator[str]:
+    """The corpus as the trained tokenizer will see it: added tokens cut out first, so merges never span them."""
+    pattern = re.compile("|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True)))
+    for text in corpus:
+        yield from (piece for piece in pattern.split(text) if piece)
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, added_tokens: Sequence[str] = ()) -> Any:
+    """Byte-level BPE (any input text stays encodable) with Qwen2.5's special tokens and chat template.
+
+    `added_tokens` are matched before BPE (ordinary, not special, tokens: they decode like text).
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -90,7 +124,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.train_from_iterator(_split_on(added_tokens, corpus) if added_tokens else corpus, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=IM_END,
@@ -102,6 +136,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
+    wrapped.add_tokens([AddedToken(token, normalized=False, special=False) for token in added_tokens])
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
 
@@ -138,7 +173,8 @@ def create_tiny_model(
     records = _training_texts(dataset_dir)
     builder = PromptBuilder(catalog, prompt_cfg, examples=records)
     log.info("training a %d-token byte-level BPE tokenizer on %d records", model_cfg.tiny_vocab_size, len(records))
-    tokenizer = train_tokenizer(_tokenizer_corpus(records, catalog, builder), model_cfg.tiny_vocab_size)
+    added = copy_friendly_tokens(records, catalog) if model_cfg.tiny_copy_tokens else []
+    tokenizer = train_tokenizer(_tokenizer_corpus(records, catalog, builder), model_cfg.tiny_vocab_size, added)
 
     config = Qwen2Config(
         vocab_size=len(tokenizer),
