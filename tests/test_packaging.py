@@ -101,4 +101,13 @@ def test_installed_wheel_needs_no_checkout_and_compiles_the_committed_pipelines(
     for stem in ("training_pipeline", "retrain_if_changed"):
         built = list(yaml.safe_load_all((tmp_path / "compiled" / f"{stem}.yaml").read_text(encoding="utf-8")))
         committed = list(yaml.safe_load_all((ROOT / "pipelines" / f"{stem}.yaml").read_text(encoding="utf-8")))
-        assert built == committed, f"the wheel compiles a different {stem}.yaml than the checkout"
+        assert [_without_image_tag(doc) for doc in built] == [_without_image_tag(doc) for doc in committed], (
+            f"the wheel compiles a different {stem}.yaml than the checkout"
+        )
+
+
+def _without_image_tag(doc: dict) -> dict:
+    """The image tag carries the git commit, which an installed wheel outside a checkout does not know."""
+    for executor in doc.get("deploymentSpec", {}).get("executors", {}).values():
+        executor["container"]["image"] = executor["container"]["image"].rpartition(":")[0]
+    return doc
