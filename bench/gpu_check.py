@@ -123,6 +123,7 @@ def check_config(config: str | None, smoke: bool, use_vllm: bool, overrides: dic
     caller's overrides."""
     knobs: dict[str, Any] = {
         **(SMOKE_SHAPE if smoke else QWEN25_05B_SHAPE),
+        "model__tiny_copy_tokens": False,  # label scoring needs the name and `(` as separate tokens
         "sft__logging_steps": 1,
         "sft__check_samples": 0,
         "sft__resume": False,

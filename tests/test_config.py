@@ -90,8 +90,13 @@ BAD_COMBINATIONS = [
             "grpo__max_completion_length": THOUGHT_MIN_TOKENS,
             "evaluation__max_new_tokens": THOUGHT_MIN_TOKENS,
             "evaluation__decoding": "label_scoring",
+            "model__tiny_copy_tokens": False,
         },
         "evaluation__decoding: label_scoring",
+    ),
+    (
+        {"model__tiny_copy_tokens": True, "evaluation__decoding": "label_scoring"},
+        "model__tiny_copy_tokens: the tiny tokenizer then writes `intent\\(` as one token",
     ),
     ({"prompt__few_shot": "fixed", "prompt__few_shot_k": 0}, "prompt__few_shot_k: "),
 ]

@@ -71,9 +71,11 @@ def bench_config(base: RunConfig, work_root: Path) -> RunConfig:
 
 
 def protocol_config(base: RunConfig, protocol: str) -> RunConfig:
-    """The oos protocol offers the explicit uncertain label (GenCLS++); the others do not."""
+    """The oos protocol offers the explicit uncertain label; the others do not. Every row also reports label
+    scoring, which needs the intent name and `(` as separate tokens, so the tiny tokenizer keeps them apart."""
     cfg = base.model_copy(deep=True)
     cfg.prompt.uncertain_label = protocol == "oos"
+    cfg.model.tiny_copy_tokens = False
     return cfg
 
 

@@ -80,8 +80,10 @@ def label_name_ids(tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, n
 
 
 def tokens_starting_with(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Every ordinary token whose text begins with `text` (special and added tokens excluded)."""
-    skip = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    """Every ordinary token whose text begins with `text` (special tokens excluded; added non-special tokens, such
+    as the tiny tokenizer's whole-word call tokens, are ordinary text the model can emit)."""
+    special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    skip = set(tokenizer.all_special_ids) | special
     ids = sorted(i for i in tokenizer.get_vocab().values() if i not in skip)
     texts = tokenizer.batch_decode([[i] for i in ids])
     found = [i for i, piece in zip(ids, texts, strict=True) if piece.startswith(text)]
