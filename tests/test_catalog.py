@@ -1,5 +1,6 @@
 import pytest
 
+from intentops.artifacts import CATALOG_FILE
 from intentops.catalog import CatalogError, load_catalog, parse_catalog
 
 BASE = {
@@ -22,7 +23,7 @@ BASE = {
 
 
 def test_load_and_hash_is_stable(tmp_path):
-    path = tmp_path / "catalog.yaml"
+    path = tmp_path / CATALOG_FILE
     catalog = parse_catalog(BASE)
     catalog.to_yaml(path)
     again = load_catalog(path)

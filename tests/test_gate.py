@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import METRICS_FILE
 from intentops.config import GateConfig
 from intentops.evaluation.gate import decide, write_gate
 
@@ -147,7 +148,7 @@ def test_run_gate_refuses_a_candidate_from_another_dataset(small_dataset_dir: Pa
 
     candidate = tmp_path / "candidate"
     candidate.mkdir()
-    (candidate / "metrics.json").write_text(json.dumps(_metrics(dataset_hash="not-this-one")), encoding="utf-8")
+    (candidate / METRICS_FILE).write_text(json.dumps(_metrics(dataset_hash="not-this-one")), encoding="utf-8")
     with pytest.raises(ValueError, match=r"'not-this-one'.*one test set"):
         run_gate(candidate, small_dataset_dir, RunConfig(), tmp_path / "gate")
     assert not (tmp_path / "gate").exists()

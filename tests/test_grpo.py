@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from intentops.artifacts import MODEL_CARD, ROLLOUT_COLUMNS, ROLLOUTS_FILE
 from intentops.config import RunConfig
 from intentops.io import write_jsonl
 from intentops.models import read_model_card
 from intentops.prompting import PromptBuilder
 from intentops.rewards import RewardWeights, score_completion
 from intentops.training.curriculum import mine_hard_samples
-from intentops.training.grpo import ROLLOUT_COLUMNS, RewardCollapseError, run_grpo
+from intentops.training.grpo import RewardCollapseError, run_grpo
 from intentops.training.sft import load_split
 
 STEPS, BATCH, GENERATIONS = 3, 8, 4
@@ -112,7 +113,7 @@ def test_stage2_passes_the_model_on_when_nothing_is_hard(tmp_path: Path, stage1,
     assert card["parent"]["stage"] == "grpo1"
     weights = "model.safetensors"
     assert (result.model_dir / weights).read_bytes() == (stage1.model_dir / weights).read_bytes()
-    assert not (result.model_dir / "rollouts.parquet").exists()
+    assert not (result.model_dir / ROLLOUTS_FILE).exists()
 
 
 def test_stage1_refuses_an_empty_training_set(tmp_path: Path, sft_model_dir: Path, grpo_config) -> None:
@@ -133,7 +134,7 @@ def test_collapse_guard_stops_a_broken_policy(
     # the random-init model never produces a parseable call: reward and format validity stay at 0
     with pytest.raises(RewardCollapseError, match="collapse_patience=2"):
         run_grpo(small_dataset_dir / "train.jsonl", tiny_model_dir, cfg, out, stage="grpo1")
-    assert not (out / "intentops.json").exists()  # no model handed on
+    assert not (out / MODEL_CARD).exists()  # no model handed on
     kept = pd.read_parquet(out / "rollouts.collapsed.parquet")
     assert len(kept) == 2 * BATCH and kept["reward_total"].max() == 0.0
 

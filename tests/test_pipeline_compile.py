@@ -14,7 +14,7 @@ from intentops.cli import main
 from intentops.config import PROJECT_ROOT, flat_fields
 
 PIPELINES_DIR = PROJECT_ROOT / "pipelines"
-GPU_TASKS = {"sft-warmup", "grpo-stage1", "grpo-stage2", "evaluate", "gate"}
+GPU_TASKS = {"sft-warmup", "grpo-stage1", "grpo-stage2", "evaluate", "evaluate-champion"}
 CACHED_TASKS = {"resolve-config", "validate-dataset", "mine-hard-samples", "evaluate"}
 TRAINING_TASKS = {
     "resolve-config",
@@ -25,6 +25,7 @@ TRAINING_TASKS = {
     "mine-hard-samples",
     "grpo-stage2",
     "evaluate",
+    "evaluate-champion",
     "gate",
     "register-model",
     "deploy-vllm",
@@ -115,6 +116,12 @@ def test_training_dag_has_every_stage_and_gates_deployment(compiled):
         "pipelinechannel--register-model-version"
     )
     assert tasks["grpo-stage2"]["dependentTasks"] == ["grpo-stage1", "mine-hard-samples", "resolve-config"]
+    # The champion is evaluated by its own task (the evaluate stage on @champion); the gate only compares.
+    gate_inputs = tasks["gate"]["inputs"]["artifacts"]
+    assert gate_inputs["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
+    assert gate_inputs["champion_evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate-champion"
+    champion_inputs = tasks["evaluate-champion"]["inputs"]["artifacts"]
+    assert champion_inputs["candidate_evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
 
 
 def test_stages_get_the_run_id_and_the_config_artifact(compiled):
@@ -210,11 +217,18 @@ def test_every_executor_runs_the_pinned_trainer_image(compiled):
 def test_retrain_if_changed_runs_training_only_when_inputs_changed(compiled):
     spec, _ = compiled["retrain_if_changed"]
     root = {task["taskInfo"]["name"]: task for task in spec["root"]["dag"]["tasks"].values()}
-    assert set(root) == {"resolve-config", "check-changes", "inputs-changed"}
+    # The config is resolved and the data converted and validated once; training starts from that dataset.
+    assert set(root) == {"resolve-config", "convert-itag", "validate-dataset", "check-changes", "inputs-changed"}
+    assert root["check-changes"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == (
+        "validate-dataset"
+    )
     condition = root["inputs-changed"]["triggerPolicy"]["condition"]
     assert condition == "inputs.parameter_values['pipelinechannel--check-changes-Output'] == true"
     inner = spec["components"][root["inputs-changed"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(inner) == ["intentops-training"]
+    assert "sft-warmup" in inner and not {"resolve-config", "convert-itag", "validate-dataset"} & set(inner)
+    assert inner["sft-warmup"]["inputs"]["artifacts"]["dataset"]["componentInputArtifact"] == (
+        "pipelinechannel--validate-dataset-dataset"
+    )
     assert set(_all_tasks(spec)) >= TRAINING_TASKS
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {field.name for field in flat_fields()}
     assert root["check-changes"]["cachingOptions"] == {}

@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 from intentops import storage
+from intentops.artifacts import CATALOG_FILE
 from intentops.storage import (
     StorageError,
     StorageNotFoundError,
@@ -95,7 +96,7 @@ def test_ensure_local_caches_by_etag(tmp_path: Path, s3_bucket: str, monkeypatch
     cache = tmp_path / "cache"
     uri = f"s3://{s3_bucket}/cat/catalog.yaml"
     first = ensure_local(uri, cache)
-    assert first.name == "catalog.yaml" and first.read_bytes() == b"version: 1\n"
+    assert first.name == CATALOG_FILE and first.read_bytes() == b"version: 1\n"
 
     fetched: list[str] = []
     real_fetch = storage._fetch

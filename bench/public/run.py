@@ -38,6 +38,7 @@ from typing import Any
 
 from prepare import PROTOCOLS, PrepareError, load_source, prepare
 
+from intentops.artifacts import Dataset
 from intentops.catalog import UNCERTAIN_INTENT, load_catalog
 from intentops.cli import add_config_argument, config_from_args
 from intentops.config import RunConfig
@@ -140,7 +141,7 @@ def fit_lengths(cfg: RunConfig, base_dir: Path, data_dir: Path) -> dict[str, int
     tokenizer = load_tokenizer(base_dir)
     train = list(read_jsonl(data_dir / "train.jsonl"))
     records = train + list(read_jsonl(data_dir / "test.jsonl"))
-    builder = PromptBuilder(load_catalog(data_dir / "catalog.yaml"), cfg.prompt, examples=train)
+    builder = PromptBuilder(load_catalog(Dataset(data_dir).catalog_path), cfg.prompt, examples=train)
     prompts = chat_prompts(tokenizer, builder, [r["text"] for r in records])
     prompt_tokens = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
     targets = [builder.target(r["output"]) for r in records]
@@ -243,7 +244,7 @@ def model_rows(result: ProtocolResult, data_dir: Path, cfg: RunConfig, work: Pat
 
     start = time.perf_counter()
     if cfg.model.profile == "tiny":
-        catalog = load_catalog(data_dir / "catalog.yaml")
+        catalog = load_catalog(Dataset(data_dir).catalog_path)
         base = create_tiny_model(data_dir, catalog, cfg.model, models / "tiny-base", cfg.prompt)
     else:
         from intentops.models import resolve_model

@@ -42,30 +42,8 @@ def evaluate(
         report: Evaluation report (Markdown).
         report_html: Evaluation report (HTML, confusion matrix inlined).
     """
-    import shutil
-    import time
-
     from intentops.config import load_config
-    from intentops.evaluation import evaluate_model
-    from intentops.evaluation.report import classification_metrics_payload, scalar_metrics
+    from intentops.stages import evaluate as stage
 
-    started = time.perf_counter()
-    cfg = load_config(config.path)
-    result = evaluate_model(model.path, dataset.path, cfg, evaluation.path, pipeline_run_id)
-    for name, value in scalar_metrics(result).items():
-        metrics.log_metric(name, value)
-    confusion.log_confusion_matrix(**classification_metrics_payload(result))
-    shutil.copyfile(f"{evaluation.path}/report.md", report.path)
-    shutil.copyfile(f"{evaluation.path}/report.html", report_html.path)
-    evaluation.metadata.update(
-        {
-            "intent_accuracy": result["intent_accuracy"],
-            "param_accuracy": result["param_accuracy"],
-            "format_error_rate": result["format_error_rate"],
-            "n": result["n"],
-            "decoding": result.get("decoding", ""),
-            "dataset_hash": (result.get("dataset") or {}).get("hash") or "",
-            "mlflow_run_id": result.get("mlflow_run_id", ""),
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    out = stage(load_config(config.path), model.path, dataset.path, evaluation.path, pipeline_run_id)
+    out.publish(evaluation, metrics, confusion, report, report_html)

@@ -35,29 +35,11 @@ def mine_hard_samples(
         mining_report: mining_report.md for the KFP UI.
     """
     import shutil
-    import time
 
-    import mlflow
-
+    from intentops.artifacts import HardSet
     from intentops.config import load_config
-    from intentops.tracking import stage_run
-    from intentops.training.curriculum import mine_hard_samples as mine
+    from intentops.stages import mine_hard_samples as stage
 
-    started = time.perf_counter()
     cfg = load_config(config.path)
-    with stage_run("mine-hard-samples", cfg, pipeline_run_id, params=cfg.mining.model_dump()):
-        report = mine(f"{rollouts.path}/rollouts.parquet", f"{dataset.path}/train.jsonl", cfg.mining, hard_set.path)
-        mlflow.log_metrics({"hard": report.hard, "easy": report.easy, "selected": report.selected})
-        mlflow.log_artifacts(hard_set.path, artifact_path="mining")
-    shutil.copyfile(f"{hard_set.path}/mining_report.md", mining_report.path)
-    hard_set.metadata.update(
-        {
-            "train_records": report.train_records,
-            "scored": report.scored,
-            "hard": report.hard,
-            "easy": report.easy,
-            "selected": report.selected,
-            "hard_threshold": report.hard_threshold,
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    hard_set.metadata.update(stage(cfg, rollouts.path, dataset.path, hard_set.path, pipeline_run_id))
+    shutil.copyfile(HardSet(hard_set.path).report_md, mining_report.path)

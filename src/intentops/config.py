@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from intentops.artifacts import CATALOG_FILE
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tiny-cpu.yaml"
@@ -32,7 +34,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     manifest: str = Field(str(EXAMPLE_DIR / "manifest.jsonl"), description="iTAG manifest: local path or s3:// URI.")
-    catalog: str = Field(str(EXAMPLE_DIR / "catalog.yaml"), description="Intent catalog YAML: local path or s3:// URI.")
+    catalog: str = Field(str(EXAMPLE_DIR / CATALOG_FILE), description="Intent catalog YAML: local path or s3:// URI.")
     max_reject_rate: float = Field(
         0.05, ge=0, le=1, description="Fail conversion when more manifest lines are rejected."
     )

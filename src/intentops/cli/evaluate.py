@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 from intentops.cli import add_config_argument, config_from_args
@@ -66,43 +65,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from intentops.evaluation import evaluate_model
+    from intentops.artifacts import Evaluation
+    from intentops.stages import evaluate
 
     cfg = config_from_args(args)
     if args.decoding:
         cfg.evaluation.decoding = args.decoding
-    metrics = evaluate_model(args.model, args.dataset, cfg, args.out, args.pipeline_run_id, args.split)
-    summary = {key: metrics[key] for key in ("n", "intent_accuracy", "param_accuracy", "macro_f1", "format_error_rate")}
-    print(json.dumps({"out": str(Path(args.out)), "decoding": metrics["decoding"], **summary}, ensure_ascii=False))
+    evaluate(cfg, args.model, args.dataset, args.out, args.pipeline_run_id, args.split)
+    metrics = Evaluation(args.out).metrics()
+    print(json.dumps({"out": str(Path(args.out)), "decoding": metrics.decoding, **metrics.headline()}))
     return 0
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from intentops.evaluation import run_gate
+    from intentops.artifacts import GateResult
+    from intentops.stages import evaluate_champion, gate
 
     cfg = config_from_args(args)
-    if args.champion_model or args.no_champion_lookup or cfg.gate.mode == "disabled":
-        decision = run_gate(args.candidate, args.dataset, cfg, args.out, args.champion_model, args.pipeline_run_id)
-    else:
-        from intentops.registry import download_champion
-
-        with tempfile.TemporaryDirectory(prefix="intentops-champion-") as tmp:
-            found = download_champion(cfg, Path(tmp))
-            if found is None:
-                log.info("no champion registered for %s: gating on thresholds only", cfg.registry.model_name)
-                decision = run_gate(args.candidate, args.dataset, cfg, args.out, None, args.pipeline_run_id)
-            else:
-                info, champion_dir = found
-                decision = run_gate(
-                    args.candidate,
-                    args.dataset,
-                    cfg,
-                    args.out,
-                    champion_dir,
-                    args.pipeline_run_id,
-                    champion_info=info.to_dict(),
-                )
-    print(
-        json.dumps({"passed": decision.passed, "mode": decision.mode, "reasons": decision.reasons}, ensure_ascii=False)
-    )
-    return 0 if decision.passed else GATE_FAILED_EXIT
+    champion_dir = None
+    if not args.no_champion_lookup:
+        champion_dir = Path(args.out) / "champion"
+        evaluate_champion(
+            cfg,
+            args.candidate,
+            args.dataset,
+            champion_dir,
+            args.pipeline_run_id,
+            champion_model_dir=args.champion_model,
+        )
+    passed, _ = gate(cfg, args.candidate, champion_dir, args.out, args.pipeline_run_id)
+    decision = GateResult(args.out).decision()
+    print(json.dumps({"passed": passed, "mode": decision["mode"], "reasons": decision["reasons"]}, ensure_ascii=False))
+    return 0 if passed else GATE_FAILED_EXIT

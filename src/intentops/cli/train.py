@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="Training stages: SFT warm-up, GRPO stage 1/2, hard-sample mining.",
-        description="Training stages of the recipe: SFT warm-up -> GRPO stage 1 -> mine hard samples -> GRPO stage 2.",
+        description="Training stages of the recipe: SFT warm-up -> GRPO stage 1 -> mine hard samples -> GRPO stage 2 "
+        "(each alone, or all of them with `chain`).",
     )
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
 
@@ -81,6 +82,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mine.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
     add_config_argument(mine)
     mine.set_defaults(handler=_mine)
+
+    chain = stages.add_parser(
+        "chain",
+        help="The whole training chain in one process: SFT -> GRPO stage 1 -> mine -> GRPO stage 2.",
+        description=(
+            "Run the pipeline's training stages one after the other on a validated dataset, each into its own "
+            "folder under OUT (sft, grpo1, rollouts1, hard_set, grpo2, rollouts2); the candidate is OUT/grpo2. "
+            "Prints each stage's summary as one JSON object."
+        ),
+    )
+    chain.add_argument("--dataset", required=True, help="Validated dataset folder (validate-dataset output).")
+    chain.add_argument("--out", required=True, help="Local work folder for the stage outputs.")
+    chain.add_argument("--pipeline-run-id", help="Nest the MLflow runs under this pipeline run's parent run.")
+    add_config_argument(chain)
+    chain.set_defaults(handler=_chain)
 
 
 def _fetch(uri: str, cfg: Any) -> Path:
@@ -163,4 +179,18 @@ def _mine(args: argparse.Namespace) -> int:
             "unscored": report.unscored,
         }
     )
+    return 0
+
+
+def _chain(args: argparse.Namespace) -> int:
+    from intentops.stages import train_chain
+    from intentops.training.grpo import RewardCollapseError
+
+    cfg = config_from_args(args)
+    try:
+        chain = train_chain(cfg, _fetch(args.dataset, cfg), args.out, args.pipeline_run_id)
+    except RewardCollapseError as exc:
+        print(f"intentops train chain: {exc}", file=sys.stderr)
+        return COLLAPSE_EXIT
+    _print({"out": args.out, "candidate": str(chain.candidate), "stages": chain.stages})
     return 0

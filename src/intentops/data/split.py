@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.catalog import Catalog
 from intentops.config import DataConfig
 from intentops.data.records import SPLITS, annotate, complete_record, load_records, unseen_intents
@@ -137,7 +138,7 @@ def _write_split(
             "by_intent": {name: int(per_intent[name]) for name in catalog.names if name in per_intent},
             "by_lang": {str(lang): int(n) for lang, n in sorted(languages.items())},
         }
-    catalog.to_yaml(folder / "catalog.yaml")
+    catalog.to_yaml(folder / CATALOG_FILE)
     manifest = {
         "counts": counts,
         "dataset_hash": _dataset_hash(folder),
@@ -151,7 +152,7 @@ def _write_split(
         "files": files,
         "source": source,
     }
-    write_json(folder / "manifest.json", manifest)
+    write_json(folder / DATASET_MANIFEST, manifest)
     log.info(
         "split %s: train %d, val %d, test %d (%d unseen), dataset_hash %s",
         source.get("path"),

@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import GATE_JSON, GATE_MD
 from intentops.config import GateConfig
 from intentops.io import atomic_write_text, write_json
 
-GATE_JSON = "gate.json"
-GATE_MD = "gate.md"
 _SUMMARY_KEYS = ("intent_accuracy", "param_accuracy", "macro_f1", "format_error_rate", "exact_match", "n")
 
 

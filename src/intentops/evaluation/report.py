@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import CONFUSION_PNG
 from intentops.io import atomic_path
 
-CONFUSION_PNG = "confusion_matrix.png"
 _HEADLINE = (
     ("intent_accuracy", "Intent accuracy (seed 002)"),
     ("param_accuracy", "Parameter accuracy (seed 002)"),

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from intentops.artifacts import CATALOG_FILE, MODEL_CARD
 from intentops.config import RunConfig
 from intentops.io import read_json, write_json
 from intentops.serving import manifests as mf
@@ -59,7 +60,7 @@ STOP_TIMEOUT_S = 15.0
 LOCAL_STATE_FILE = "local.json"
 ARTIFACTS_DESTINATION_ENV = "MLFLOW_ARTIFACTS_DESTINATION"
 # What the smoke test needs from the model folder to rebuild the training prompt (never the weights).
-PROMPT_FILES = ("intentops.json", "catalog.yaml")
+PROMPT_FILES = (MODEL_CARD, CATALOG_FILE)
 FEWSHOT_FILE = "fewshot_examples.jsonl"
 # Storage URI schemes KServe's storage initializer (and the k8s init container, for s3) can fetch.
 KSERVE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://", "hf://", "oci://")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import MINING_REPORT_JSON, MINING_REPORT_MD, TRAIN_FILE
 from intentops.config import MiningConfig
 from intentops.io import atomic_write_text, write_json, write_jsonl
 from intentops.rewards import REWARD_WEIGHTS_METADATA
@@ -173,10 +174,10 @@ def mine_hard_samples(
         hard_ids=sorted(hard_ids),
         message=message,
     )
-    write_jsonl(out / "train.jsonl", subset)
-    write_json(out / "mining_report.json", report.to_dict())
-    atomic_write_text(out / "mining_report.md", render_markdown(report))
-    log.info("mining: %s; %d records written to %s", message, len(subset), out / "train.jsonl")
+    write_jsonl(out / TRAIN_FILE, subset)
+    write_json(out / MINING_REPORT_JSON, report.to_dict())
+    atomic_write_text(out / MINING_REPORT_MD, render_markdown(report))
+    log.info("mining: %s; %d records written to %s", message, len(subset), out / TRAIN_FILE)
     return report
 
 

@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from intentops import tracking
+from intentops.artifacts import (
+    COLLAPSED_ROLLOUTS_FILE,
+    REJECTED_PROMPTS_FILE,
+    ROLLOUTS_FILE,
+    rollout_schema,
+)
 from intentops.config import RunConfig
 from intentops.io import write_jsonl
 from intentops.models import (
@@ -32,7 +38,7 @@ from intentops.models import (
     read_model_card,
 )
 from intentops.prompting import PromptBuilder
-from intentops.rewards import REWARD_WEIGHTS_METADATA, RewardWeights, make_reward_funcs
+from intentops.rewards import RewardWeights, make_reward_funcs
 from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
 
 if TYPE_CHECKING:
@@ -42,19 +48,6 @@ log = logging.getLogger(__name__)
 
 Stage = Literal["grpo1", "grpo2"]
 STAGES: tuple[str, ...] = ("grpo1", "grpo2")
-ROLLOUTS_FILE = "rollouts.parquet"
-COLLAPSED_ROLLOUTS_FILE = "rollouts.collapsed.parquet"
-REJECTS_FILE = "rejected_prompts.jsonl"
-ROLLOUT_COLUMNS = (
-    "sample_id",
-    "step",
-    "generation",
-    "completion",
-    "reward_format",
-    "reward_intent",
-    "reward_params",
-    "reward_total",
-)
 
 
 class RewardCollapseError(RuntimeError):
@@ -89,28 +82,7 @@ class GrpoResult:
 
         Path(dest_dir).mkdir(parents=True, exist_ok=True)
         if self.rollouts_path is not None:
-            shutil.move(self.rollouts_path, Path(dest_dir) / "rollouts.parquet")
-
-
-def _rollout_schema(reward_weights: Sequence[float]) -> Any:
-    """Columns per docs/architecture.md; the weights ride along as metadata so mining knows a perfect total."""
-    import json
-
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("step", pa.int64()),
-            ("generation", pa.int64()),
-            ("completion", pa.string()),
-            ("reward_format", pa.float64()),
-            ("reward_intent", pa.float64()),
-            ("reward_params", pa.float64()),
-            ("reward_total", pa.float64()),
-        ],
-        metadata={REWARD_WEIGHTS_METADATA: json.dumps(list(reward_weights))},
-    )
+            shutil.move(self.rollouts_path, Path(dest_dir) / ROLLOUTS_FILE)
 
 
 class RolloutLog:
@@ -122,7 +94,7 @@ class RolloutLog:
 
     def __init__(self, path: Path, reward_weights: Sequence[float]) -> None:
         self.path = path
-        self._schema = _rollout_schema(reward_weights)
+        self._schema = rollout_schema(reward_weights)
         self._partial = path.with_name(f".{path.name}.partial")
         self._writer: Any = None
         self._seen: Counter[tuple[int, str]] = Counter()
@@ -338,13 +310,13 @@ def run_grpo(
     rows, rejects = _prompt_rows(records, builder, tokenizer, cfg.grpo.max_prompt_length)
     n_records = len(rows)
     rows = _fill_one_batch(rows, cfg)
-    write_jsonl(out / REJECTS_FILE, rejects)
+    write_jsonl(out / REJECTED_PROMPTS_FILE, rejects)
     if rejects:
         log.warning(
             "%d of %d prompts are longer than grpo.max_prompt_length; listed in %s",
             len(rejects),
             len(records),
-            out / REJECTS_FILE,
+            out / REJECTED_PROMPTS_FILE,
         )
     if not rows:
         raise ValueError(

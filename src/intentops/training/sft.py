@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intentops import tracking
+from intentops.artifacts import CATALOG_FILE, MODEL_CARD
 from intentops.catalog import load_catalog
 from intentops.config import PROJECT_ROOT, RunConfig
 from intentops.io import read_jsonl
 from intentops.models import (
-    CARD_FILE,
     base_card,
     bf16_available,
     create_tiny_model,
@@ -113,8 +113,8 @@ def _resolve_base(dataset_dir: Path, base_model: str, cfg: RunConfig, out: Path)
     if cfg.model.profile != "tiny":
         raise ValueError("model.profile is 'pretrained' but neither --base-model nor model.base_model is set")
     tiny_dir = out / CHECKPOINTS / TINY_BASE
-    catalog = load_catalog(dataset_dir / "catalog.yaml")
-    if (tiny_dir / CARD_FILE).exists() and read_model_card(tiny_dir).get("catalog_hash") == catalog.content_hash:
+    catalog = load_catalog(dataset_dir / CATALOG_FILE)
+    if (tiny_dir / MODEL_CARD).exists() and read_model_card(tiny_dir).get("catalog_hash") == catalog.content_hash:
         log.info("reusing the tiny base model in %s", tiny_dir)
         return tiny_dir
     return create_tiny_model(dataset_dir, catalog, cfg.model, tiny_dir, cfg.prompt)
@@ -233,7 +233,7 @@ def run_sft(
 
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     records = load_split(dataset_dir / "train.jsonl")
-    catalog = load_catalog(dataset_dir / "catalog.yaml")
+    catalog = load_catalog(dataset_dir / CATALOG_FILE)
     out.mkdir(parents=True, exist_ok=True)
     invalidate_model_dir(out)
     base_dir = _resolve_base(dataset_dir, base_model, cfg, out)
@@ -325,7 +325,7 @@ def _log_final(result: Any, check: dict[str, float], out: Path) -> None:
     metrics = {f"train_check_{k}": float(v) for k, v in check.items()}
     metrics.update({k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)})
     mlflow.log_metrics(metrics)
-    mlflow.log_artifact(str(out / CARD_FILE))
+    mlflow.log_artifact(str(out / MODEL_CARD))
 
 
 def _free_accelerator_memory() -> None:
