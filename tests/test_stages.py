@@ -1,0 +1,105 @@
+"""Stage functions and artifact contracts: missing files name their stage, the gate decides over two evaluations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from intentops.artifacts import (
+    DATASET_MANIFEST,
+    GATE_JSON,
+    METRICS_FILE,
+    NO_MODEL_FILE,
+    ArtifactMissingError,
+    Dataset,
+    Evaluation,
+    GateResult,
+    HardSet,
+    ModelFolder,
+)
+from intentops.config import GateConfig, RunConfig
+from intentops.io import write_json
+from intentops.stages import decide_gate, evaluate_champion
+
+
+def _metrics(intent: float, dataset_hash: str = "abc123", **extra: object) -> dict:
+    return {
+        "n": 50,
+        "intent_accuracy": intent,
+        "param_accuracy": intent,
+        "format_error_rate": 0.0,
+        "per_intent": {"play_music": {"recall": intent, "seen": True, "support": 10}},
+        "dataset": {"hash": dataset_hash, "split": "test", "n": 50},
+        "decoding": "generate",
+        **extra,
+    }
+
+
+def _evaluation(folder: Path, metrics: dict) -> Path:
+    write_json(folder / METRICS_FILE, metrics)
+    (folder / "predictions.jsonl").write_text("", encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("artifact", "name", "stage"),
+    [
+        (Dataset, DATASET_MANIFEST, "validate-dataset"),
+        (Evaluation, METRICS_FILE, "evaluate"),
+        (GateResult, GATE_JSON, "gate"),
+        (HardSet, "train.jsonl", "mine-hard-samples"),
+    ],
+)
+def test_a_missing_file_names_itself_and_the_stage_that_writes_it(tmp_path, artifact, name, stage):
+    folder = artifact(tmp_path)
+    with pytest.raises(ArtifactMissingError, match=rf"no {name}.*the {stage} stage writes it"):
+        folder.check() if name != DATASET_MANIFEST else folder.manifest()
+
+
+def test_model_card_without_stage_is_refused(tmp_path):
+    write_json(tmp_path / ModelFolder.REQUIRED[0], {"base_model": "x"})
+    with pytest.raises(ValueError, match="no 'stage'"):
+        ModelFolder(tmp_path).card()
+
+
+def test_metrics_are_typed_and_keep_every_block(tmp_path):
+    metrics = Evaluation(_evaluation(tmp_path, _metrics(0.9, by_lang={"zh": {"n": 3}}))).metrics()
+    assert metrics.intent_accuracy == 0.9 and metrics.dataset.hash == "abc123"
+    assert metrics.to_dict()["by_lang"] == {"zh": {"n": 3}}
+    write_json(tmp_path / METRICS_FILE, {"intent_accuracy": 0.9})
+    with pytest.raises(ValueError, match=r"metrics\.json: not evaluation metrics"):
+        Evaluation(tmp_path).metrics()
+
+
+def test_gate_decides_over_two_evaluations(tmp_path):
+    candidate = _evaluation(tmp_path / "candidate", _metrics(0.80))
+    champion = _evaluation(tmp_path / "champion", _metrics(0.95, model={"registry": {"version": "3"}}))
+    cfg = GateConfig(min_intent_accuracy=0.5, min_param_accuracy=0.5, min_per_intent_recall=0.5)
+    decision = decide_gate(candidate, champion, cfg)
+    assert decision.passed is False and "intent_accuracy_vs_champion" in " ".join(decision.failed)
+    assert decision.champion["registry"]["version"] == "3"
+
+    Evaluation.write_no_model(tmp_path / "none", "no champion of intentops-intent-detector registered yet")
+    assert (tmp_path / "none" / NO_MODEL_FILE).is_file() and not Evaluation(tmp_path / "none").evaluated
+    first = decide_gate(candidate, tmp_path / "none", cfg)
+    assert first.passed is True and first.champion is None
+    assert any("no champion" in reason for reason in first.reasons)
+
+
+def test_evaluate_champion_refuses_a_candidate_from_another_dataset(small_dataset_dir: Path, tmp_path: Path) -> None:
+    candidate = _evaluation(tmp_path / "candidate", _metrics(0.9, dataset_hash="not-this-one"))
+    with pytest.raises(ValueError, match=r"'not-this-one'.*one test set"):
+        evaluate_champion(RunConfig(), candidate, small_dataset_dir, tmp_path / "champion")
+    assert not (tmp_path / "champion").exists()
+
+
+def test_evaluate_champion_without_a_champion_says_so(small_dataset_dir: Path, tmp_path: Path) -> None:
+    dataset_hash = json.loads((small_dataset_dir / DATASET_MANIFEST).read_text(encoding="utf-8"))["dataset_hash"]
+    candidate = _evaluation(tmp_path / "candidate", _metrics(0.9, dataset_hash=dataset_hash))
+    cfg = RunConfig()
+    cfg.gate.mode = "disabled"
+    out = evaluate_champion(cfg, candidate, small_dataset_dir, tmp_path / "champion")
+    assert out.metadata["evaluated"] is False and "disabled" in out.metadata["reason"]
+    assert "stage_seconds" in out.metadata and out.scalars == {} and out.confusion is None
