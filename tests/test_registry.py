@@ -32,13 +32,13 @@ from intentops.registry import (
     champion_info,
     download_champion,
     find_version_by_tags,
-    git_commit,
     model_storage_uri,
     promote,
     register_model,
     rollback,
     set_deployment,
 )
+from intentops.registry_packaging import git_commit
 from intentops.registry_pyfunc import OUTPUT_COLUMNS, texts_from_input
 
 GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
