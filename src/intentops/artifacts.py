@@ -359,9 +359,16 @@ class GateResult(Artifact):
         return self.file(GATE_MD)
 
     def decision(self) -> dict[str, Any]:
-        decision = self.read_json(GATE_JSON)
+        return self.read_decision(self.file(GATE_JSON))
+
+    @staticmethod
+    def read_decision(path: str | Path) -> dict[str, Any]:
+        """A gate decision file (gate.json, or a copy under another name), checked for its `passed` flag."""
+        if not Path(path).is_file():
+            raise ArtifactMissingError(f"{path}: gate decision not found; the gate stage writes it")
+        decision = read_json(path)
         if not isinstance(decision, dict) or not isinstance(decision.get("passed"), bool):
-            raise ValueError(f"{self.path / GATE_JSON}: expected a gate decision with a boolean 'passed' field")
+            raise ValueError(f"{path}: expected a gate decision with a boolean 'passed' field")
         return decision
 
     @property

@@ -127,7 +127,8 @@ def read_candidate(
         metrics = evaluation.metrics() if evaluation is not None else None
         gate = None
         if gate_path is not None:
-            gate = GateResult(gate_path if gate_path.is_dir() else gate_path.parent).decision()
+            gate_path = GateResult(gate_path).json_path if gate_path.is_dir() else gate_path
+            gate = GateResult.read_decision(gate_path)
     except ArtifactMissingError:
         raise
     except ValueError as exc:
@@ -153,7 +154,7 @@ def read_candidate(
         metrics=metrics,
         evaluation=evaluation,
         gate=gate,
-        gate_path=GateResult(gate_path if gate_path.is_dir() else gate_path.parent).json_path if gate_path else None,
+        gate_path=gate_path,
         examples=_input_examples(catalog),
     )
 
