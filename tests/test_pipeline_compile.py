@@ -331,14 +331,15 @@ def test_summary_is_read_from_the_run_outputs(tmp_path):
     summary = summarize_run(tmp_path, wall_seconds=100.0, tracking_uri="sqlite:////w/mlflow.db")
     assert summary.pipeline_run_id == "abc123"
     assert summary.stage_seconds["convert-itag"] == 4.0 and summary.stage_seconds["gate"] == 2.0
-    assert summary.stages_total == 4.0 + 6.0 + 2.0 + 6 * 10.0
-    assert summary.overhead_seconds == pytest.approx(100.0 - 72.0)
-    assert summary.overhead_share == pytest.approx(0.28)
+    # seven stages at 10 s: resolve-config, validate-dataset, sft, grpo1, mine, grpo2, evaluate-champion
+    assert summary.stages_total == 4.0 + 6.0 + 2.0 + 7 * 10.0
+    assert summary.overhead_seconds == pytest.approx(100.0 - 82.0)
+    assert summary.overhead_share == pytest.approx(0.18)
     assert summary.skipped == ["register-model", "deploy-vllm"]
     assert summary.gate["passed"] is False
     text = format_summary(summary)
     assert "gate (enabled): FAILED - x" in text
     assert "intent accuracy 0.750" in text
-    assert "orchestration overhead 28.0 s (28.0% of the wall time" in text
+    assert "orchestration overhead 18.0 s (18.0% of the wall time" in text
     assert "registry: nothing registered" in text
     assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in text

@@ -1,4 +1,4 @@
-"""evaluate: candidate model + dataset -> evaluation (metrics.json, predictions, reports, confusion matrix)."""
+"""evaluate: candidate model + dataset -> evaluation (metrics, predictions, reports, confusion matrix)."""
 
 from kfp import dsl
 
@@ -36,7 +36,7 @@ def evaluate(
         model: Candidate model folder (grpo-stage2 output).
         dataset: validate-dataset output folder (test.jsonl).
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
-        evaluation: Output folder: metrics.json, predictions.jsonl, report.md, report.html, confusion_matrix.png.
+        evaluation: Output folder: metrics, per-record predictions, Markdown and HTML reports, confusion matrix.
         metrics: Headline scalar metrics for the KFP run comparison view.
         confusion: Intent confusion matrix for the KFP UI.
         report: Evaluation report (Markdown).

@@ -1,4 +1,4 @@
-"""gate: candidate evaluation + champion evaluation (same test set) -> gate.json {passed, ...}. CPU only."""
+"""gate: candidate evaluation + champion evaluation (same test set) -> gate decision {passed, ...}. CPU only."""
 
 from kfp import dsl
 

@@ -1,4 +1,4 @@
-"""grpo-stage1: model@sft + training split -> model@grpo1 and the rollout log (rollouts.parquet)."""
+"""grpo-stage1: model@sft + training split -> model@grpo1 and the rollout log (parquet)."""
 
 from kfp import dsl
 
@@ -33,7 +33,7 @@ def grpo_stage1(
         sft_model: sft-warmup output model.
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
         model: Output model folder (stage grpo1).
-        rollouts: Output folder with rollouts.parquet (sample_id, step, generation, completion, reward_*).
+        rollouts: Output folder with the parquet rollout log (sample_id, step, generation, completion, reward_*).
     """
     from intentops.artifacts import Dataset
     from intentops.config import load_config

@@ -33,7 +33,7 @@ def grpo_stage2(
         grpo1_model: grpo-stage1 output model.
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
         model: Output candidate model folder (stage grpo2).
-        rollouts: Output folder with the stage-2 rollouts.parquet (empty when stage 2 was skipped).
+        rollouts: Output folder with the stage-2 rollout log (empty when stage 2 was skipped).
     """
     from intentops.artifacts import HardSet
     from intentops.config import load_config

@@ -28,7 +28,7 @@ def mine_hard_samples(
 
     Args:
         config: RunConfig YAML from resolve-config (`mining.*`).
-        rollouts: grpo-stage1 rollouts folder (rollouts.parquet).
+        rollouts: grpo-stage1 rollouts folder (its parquet rollout log).
         dataset: validate-dataset output folder (train.jsonl: the samples the rollouts refer to).
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
         hard_set: Output folder: train.jsonl (subset of the stage-1 training set), mining_report.{json,md}.

@@ -37,8 +37,8 @@ def register_model(
         config: RunConfig YAML from resolve-config (`registry.*`).
         model: Candidate model folder.
         evaluation: evaluate output folder (metrics logged with the version).
-        decision: gate output folder (gate.json decides the @champion alias).
-        dataset: validate-dataset output folder (manifest.json: dataset hash).
+        decision: gate output folder (its decision sets the @champion alias).
+        dataset: validate-dataset output folder (its manifest gives the dataset hash).
         pipeline_run_id: Idempotency key of the registration and MLflow grouping.
         registered: Output registered version as JSON; metadata: name, version, aliases, model_uri.
 

@@ -30,7 +30,7 @@ def sft_warmup(
         config: RunConfig YAML from resolve-config (`model.*`, `prompt.*`, `sft.*`).
         dataset: validate-dataset output folder.
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
-        model: Output Hugging Face folder with intentops.json (model card) and catalog.yaml.
+        model: Output Hugging Face folder with the IntentOps model card and the catalog it was trained with.
     """
     from intentops.config import load_config
     from intentops.stages import sft_warmup as stage

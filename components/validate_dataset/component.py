@@ -1,4 +1,4 @@
-"""validate-dataset: records -> validated, split dataset (train/val/test.jsonl, catalog.yaml, manifest.json)."""
+"""validate-dataset: records -> validated, split dataset (splits, catalog, manifest)."""
 
 from kfp import dsl
 
@@ -30,7 +30,7 @@ def validate_dataset(
         config: RunConfig YAML from resolve-config (`data.*`).
         records: convert-itag output folder (records.jsonl).
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
-        dataset: Output folder: train/val/test.jsonl, catalog.yaml, manifest.json, validation/report.{json,md}.
+        dataset: Output folder: train/val/test splits, the catalog, the manifest (hashes, counts), the validation report.
         validation_report: The validation report as Markdown, shown in the KFP UI.
     """
     import shutil

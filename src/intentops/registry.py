@@ -353,9 +353,9 @@ def register_model(
     dataset_manifest: str | Path | None = None,
 ) -> RegisteredVersion:
     """Register a candidate as a new version of `cfg.registry.model_name`; `@challenger` always, `@champion` iff
-    gate.json says passed. Re-running with the same `pipeline_run_id` returns (or finishes) the same version.
+    the gate decision says passed. Re-running with the same `pipeline_run_id` returns (or finishes) the same version.
 
-    `dataset_manifest` is the dataset folder or its manifest.json (source of `dataset_hash`; else the model card's).
+    `dataset_manifest` is the dataset folder or its manifest file (source of `dataset_hash`; else the model card's).
     """
     if not pipeline_run_id:
         raise RegistryError("register_model needs a pipeline_run_id (it is what makes registration idempotent)")

@@ -25,11 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Predict every record of a dataset split, compute intent/parameter accuracy (seed 002 definition), "
             "macro-F1, per-intent scores, confusion matrix, seen/unseen and per-language splits, latency and the "
-            "majority / TF-IDF baselines; write metrics.json, predictions.jsonl, report.md, report.html and "
-            "confusion_matrix.png to --out and log them to MLflow."
+            "majority / TF-IDF baselines; write the evaluation folder (metrics, per-record predictions, Markdown and "
+            "HTML reports, confusion matrix) to --out and log them to MLflow."
         ),
     )
-    evaluate.add_argument("--model", required=True, help="IntentOps model folder (HF files + intentops.json).")
+    evaluate.add_argument("--model", required=True, help="IntentOps model folder (HF files + IntentOps model card).")
     evaluate.add_argument("--dataset", required=True, help="Validated dataset folder (train/val/test.jsonl).")
     evaluate.add_argument("--out", required=True, help="Output folder for the evaluation artifact.")
     evaluate.add_argument("--split", default="test", help="Split to evaluate (default: test).")
@@ -49,13 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Check the candidate's metrics against the gate thresholds and, unless disabled, against the current "
             "champion evaluated now on the same test set. By default the champion is looked up in the MLflow "
             "registry (alias 'champion'); --champion-model uses a local folder instead and --no-champion-lookup "
-            "skips the comparison. Writes gate.json and gate.md to --out. Exit status: 0 when promotion may "
+            "skips the comparison. Writes the decision (JSON and Markdown) to --out. Exit status: 0 when promotion may "
             "proceed (also in dry_run and disabled modes), 3 when the gate blocks it, 2 on input errors."
         ),
     )
-    gate.add_argument("--candidate", required=True, help="The candidate's evaluation folder (with metrics.json).")
+    gate.add_argument(
+        "--candidate", required=True, help="The candidate's evaluation folder (intentops evaluate output)."
+    )
     gate.add_argument("--dataset", required=True, help="The dataset folder the candidate was evaluated on.")
-    gate.add_argument("--out", required=True, help="Output folder for gate.json, gate.md and the champion's eval.")
+    gate.add_argument("--out", required=True, help="Output folder for the gate decision and the champion's evaluation.")
     source = gate.add_mutually_exclusive_group()
     source.add_argument("--champion-model", help="Compare with this local champion model folder.")
     source.add_argument("--no-champion-lookup", action="store_true", help="Do not look up a champion in the registry.")

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Fine-tune a base model on DATASET/train.jsonl with prompts from the catalog (full or LoRA, DeepSpeed "
             "when sft.deepspeed is set), resuming from OUT/checkpoints when sft.resume is on. On the tiny profile "
             "with no base model, a tiny Qwen2 and its tokenizer are first built from the dataset. Writes a model "
-            "folder with intentops.json (stage sft) and catalog.yaml."
+            "folder with the IntentOps model card (stage sft) and the catalog."
         ),
     )
     sft.add_argument("--dataset", required=True, help="Validated dataset folder (train.jsonl, catalog.yaml) or s3://.")
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="GRPO from a model folder (stage 1 on the training set, stage 2 on the mined hard set).",
         description=(
             "TRL GRPOTrainer with the format/intent/params rewards; every rollout's rewards go to "
-            "OUT/rollouts.parquet. Stage grpo2 on an empty training file passes the model on unchanged. Stops "
+            "a parquet rollout log in OUT. Stage grpo2 on an empty training file passes the model on unchanged. Stops "
             "with exit status 1, writing no model, when the reward collapses (grpo.collapse_*)."
         ),
     )
@@ -77,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mining.easy_per_hard easy ones), OUT/mining_report.json and OUT/mining_report.md."
         ),
     )
-    mine.add_argument("--rollouts", required=True, help="Stage-1 rollouts.parquet, local or s3://.")
+    mine.add_argument(
+        "--rollouts", required=True, help="Stage-1 rollout log (the parquet file in the grpo1 output), local or s3://."
+    )
     mine.add_argument("--train", required=True, help="The stage-1 training records (train.jsonl), local or s3://.")
     mine.add_argument("--out", required=True, help="Output folder or s3:// prefix.")
     add_config_argument(mine)

@@ -64,7 +64,7 @@ def evaluate_model(
     The prompt is the one the model was trained with (`PromptBuilder.from_model_dir`); if the dataset's catalog has
     changed since training, the dataset's catalog is shown instead, since the tools are in the prompt, which is
     how a catalog change is meant to work without retraining. `registry` (the model's registered version, if any)
-    is recorded under `model.registry`. Returns the metrics dict written to metrics.json.
+    is recorded under `model.registry`. Returns the metrics dict it writes.
     """
     import mlflow
 

@@ -4,7 +4,7 @@ The KFP components and the CLI commands are one-call shims over these, so a stag
 `intentops run` (kfp.local) and from the command line. Each function returns the metadata the Kubeflow UI shows on
 its output artifact (always with `stage_seconds`). SFT, GRPO and evaluation open their MLflow stage run inside
 `run_sft`, `run_grpo` and `evaluate_model`, because only the main process of a multi-GPU launch may log and the
-evaluation records its run id in metrics.json; the other stages open theirs here.
+evaluation records its run id in its metrics; the other stages open theirs here.
 """
 
 from intentops.stages.data import ChangeCheck, check_changes, convert_itag, validate_dataset

@@ -64,7 +64,7 @@ def evaluate(
     pipeline_run_id: str | None = None,
     split: str = "test",
 ) -> EvaluateOutputs:
-    """Score a model on a dataset split: metrics.json, predictions.jsonl, reports, confusion matrix."""
+    """Score a model on a dataset split: metrics, per-record predictions, reports, confusion matrix."""
     from intentops.evaluation import evaluate_model
 
     with _timed({}) as meta:
@@ -140,7 +140,7 @@ def gate(
     decision_dir: str | Path,
     pipeline_run_id: str | None = None,
 ) -> tuple[bool, dict[str, Any]]:
-    """A CPU-only decision over two evaluation artifacts: gate.json + gate.md; returns (passed, UI metadata)."""
+    """A CPU-only decision over two evaluation artifacts: the decision as JSON and Markdown; returns (passed, UI metadata)."""
     import mlflow
 
     from intentops.evaluation.gate import write_gate
