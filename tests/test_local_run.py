@@ -142,6 +142,7 @@ def test_gate_pass_branch_registers_and_deploys(passed_run, workdir):
         "mine-hard-samples",
         "grpo-stage2",
         "evaluate",
+        "evaluate-champion",
         "gate",
         "register-model",
         "deploy-vllm",

@@ -103,3 +103,39 @@ def test_evaluate_champion_without_a_champion_says_so(small_dataset_dir: Path, t
     out = evaluate_champion(cfg, candidate, small_dataset_dir, tmp_path / "champion")
     assert out.metadata["evaluated"] is False and "disabled" in out.metadata["reason"]
     assert "stage_seconds" in out.metadata and out.scalars == {} and out.confusion is None
+
+
+@pytest.mark.slow
+def test_train_chain_hands_each_stage_the_previous_artifact(
+    small_dataset_dir: Path, tiny_model_dir: Path, training_config: RunConfig, tmp_path: Path
+) -> None:
+    """The one training chain (bench, CLI): SFT -> GRPO 1 -> mine -> GRPO 2, each output a complete artifact."""
+    from intentops.artifacts import Rollouts
+    from intentops.stages import train_chain
+
+    cfg = RunConfig.from_flat(
+        {
+            "model__base_model": str(tiny_model_dir),
+            "sft__epochs": 1.0,
+            "grpo__stage1_max_steps": 2,
+            "grpo__stage2_max_steps": 1,
+            "grpo__batch_size": 4,
+            "grpo__num_generations": 2,
+            "registry__tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        },
+        base=training_config,
+    )
+    timed: list[str] = []
+
+    def on_stage(name, run):
+        timed.append(name)
+        return run()
+
+    chain = train_chain(cfg, small_dataset_dir, tmp_path / "chain", on_stage=on_stage)
+    assert timed == ["sft", "grpo1", "mine", "grpo2"]
+    for folder in (chain.sft, chain.grpo1, chain.candidate):
+        ModelFolder(folder).check()
+    assert ModelFolder(chain.candidate).card()["stage"] == "grpo2"
+    assert Rollouts(chain.rollouts1).metadata()["rows"] == chain.stages["rollouts1"]["rows"] > 0
+    HardSet(chain.hard_set).check()
+    assert all("stage_seconds" in chain.stages[name] for name in ("sft", "grpo1", "mine", "grpo2"))

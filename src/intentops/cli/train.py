@@ -126,15 +126,17 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from intentops.models import read_model_card
-    from intentops.training.sft import run_sft
+    from intentops.artifacts import ModelFolder
+    from intentops.stages import sft_warmup
 
     cfg = config_from_args(args)
+    if args.base_model:
+        cfg.model.base_model = args.base_model
     dataset = _fetch(args.dataset, cfg)
     with _output(args.out) as out:
-        model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
-        card = read_model_card(model_dir)
-    _print({"out": args.out, "stage": "sft", "training": card.get("training", {})})
+        meta = sft_warmup(cfg, dataset, out, args.pipeline_run_id)
+        training = ModelFolder(out).card().get("training", {})
+    _print({"out": args.out, **meta, "training": training})
     return 0
 
 

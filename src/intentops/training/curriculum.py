@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intentops.artifacts import MINING_REPORT_JSON, MINING_REPORT_MD, TRAIN_FILE
+from intentops.artifacts import MINING_REPORT_JSON, MINING_REPORT_MD, ROLLOUT_COLUMNS, TRAIN_FILE
 from intentops.config import MiningConfig
 from intentops.io import atomic_write_text, write_json, write_jsonl
 from intentops.rewards import REWARD_WEIGHTS_METADATA
@@ -27,7 +27,8 @@ from intentops.training.sft import load_split
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("sample_id", "step", "reward_format", "reward_intent", "reward_params", "reward_total")
+# Mining needs every rollout column but the generated text itself.
+REQUIRED_COLUMNS = tuple(name for name in ROLLOUT_COLUMNS if name not in ("generation", "completion"))
 HISTOGRAM_BINS = 10
 _EPS = 1e-6
 
