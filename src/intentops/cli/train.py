@@ -141,27 +141,19 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _grpo(args: argparse.Namespace) -> int:
-    from intentops.training.grpo import RewardCollapseError, run_grpo
+    from intentops.stages import grpo
+    from intentops.training.grpo import RewardCollapseError
 
     cfg = config_from_args(args)
     train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
     try:
         with _output(args.out) as out:
-            result = run_grpo(train, model, cfg, out, stage=args.stage, pipeline_run_id=args.pipeline_run_id)
+            # The rollout log stays in OUT next to the model, as the help says.
+            result = grpo(cfg, args.stage, train, model, out, out, args.pipeline_run_id)
     except RewardCollapseError as exc:
         print(f"intentops train grpo: {exc}", file=sys.stderr)
         return COLLAPSE_EXIT
-    _print(
-        {
-            "out": args.out,
-            "stage": result.stage,
-            "skipped": result.skipped,
-            "reason": result.reason,
-            "train_records": result.train_records,
-            "steps": result.steps,
-            "metrics": result.metrics,
-        }
-    )
+    _print({"out": args.out, **result.model, "reason": result.model.get("skip_reason", "")})
     return 0
 
 
