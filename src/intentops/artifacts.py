@@ -135,9 +135,6 @@ class Records(Artifact):
     def records(self) -> Path:
         return self.file(RECORDS_FILE)
 
-    def report(self) -> dict[str, Any]:
-        return self.read_json(CONVERT_REPORT_FILE)
-
 
 class Dataset(Artifact):
     KIND, WRITTEN_BY = "dataset", "validate-dataset"
@@ -317,10 +314,6 @@ class Evaluation(Artifact):
             raise ValueError(f"{self.path / METRICS_FILE}: not evaluation metrics: {exc}") from None
 
     @property
-    def predictions(self) -> Path:
-        return self.file(PREDICTIONS_FILE)
-
-    @property
     def report_md(self) -> Path:
         return self.file(REPORT_MD)
 
@@ -370,10 +363,6 @@ class GateResult(Artifact):
         if not isinstance(decision, dict) or not isinstance(decision.get("passed"), bool):
             raise ValueError(f"{path}: expected a gate decision with a boolean 'passed' field")
         return decision
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.decision()["passed"])
 
     def metadata(self) -> dict[str, Any]:
         decision = self.decision()
