@@ -132,6 +132,7 @@ def train_and_ship(config: Any, dataset: Any, run: RunSettings, run_id: str) -> 
             config=config,
             evaluation=evaluated.outputs["evaluation"],
             champion_evaluation=champion.outputs["evaluation"],
+            dataset=dataset,
             pipeline_run_id=run_id,
         ),
         GATE_SPEC,

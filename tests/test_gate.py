@@ -1,141 +1,249 @@
-"""The promotion gate: pass, every kind of failure, regression against the champion, dry_run and disabled."""
+"""The promotion gate on per-record outcomes: thresholds, paired comparisons with the champion, refusals, reports."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import METRICS_FILE, PREDICTIONS_FILE
+from intentops.catalog import Catalog, Intent
 from intentops.config import GateConfig
-from intentops.evaluation.gate import decide, write_gate
-
-
-def _metrics(
-    intent: float = 0.92,
-    params: float = 0.85,
-    format_error: float = 0.01,
-    recalls: dict[str, float] | None = None,
-    unseen: float | None = 0.5,
-    dataset_hash: str = "abc123",
-) -> dict:
-    recalls = recalls or {"weather_search": 0.9, "play_music": 0.8}
-    metrics = {
-        "n": 50,
-        "intent_accuracy": intent,
-        "param_accuracy": params,
-        "macro_f1": 0.9,
-        "exact_match": 0.8,
-        "format_error_rate": format_error,
-        "per_intent": {
-            name: {"precision": 1.0, "recall": r, "f1": 0.9, "support": 10, "seen": True} for name, r in recalls.items()
-        },
-        "by_seen": {"seen": {"n": 40, "intent_accuracy": intent}},
-        "dataset": {"hash": dataset_hash, "split": "test", "n": 50},
-        "decoding": "generate",
-    }
-    if unseen is not None:
-        metrics["by_seen"]["unseen"] = {"n": 10, "intent_accuracy": unseen}
-        metrics["per_intent"]["find_nearby"] = {"precision": 1, "recall": 0.0, "f1": 0, "support": 10, "seen": False}
-    return metrics
-
+from intentops.evaluation.gate import EvaluationResult, decide, write_gate
+from intentops.evaluation.report import gate_scalar_metrics
 
 CFG = GateConfig(
     min_intent_accuracy=0.8,
     min_param_accuracy=0.7,
     min_per_intent_recall=0.5,
+    min_intent_support=5,
     max_format_error_rate=0.05,
     min_unseen_accuracy=0.3,
     max_regression=0.01,
+    bootstrap_resamples=1000,
 )
 
 
-def _failed_names(decision) -> set[str]:
-    return {check.name for check in decision.checks if not check.ok}
+def _row(i: int, gold: str, call: str | None, *, seen: bool = True, lang: str = "en") -> dict:
+    return {"id": f"r{i:03d}", "gold": gold, "call": call, "raw": call or "garbage", "lang": lang, "seen": seen}
+
+
+def _evaluation(wrong: set[int] = frozenset(), n: int = 100, unseen: int = 20, **dataset) -> EvaluationResult:
+    """n records: `unseen` of intent find_nearby (unseen), the rest alternating weather_search / play_music.
+
+    Records whose index is in `wrong` are answered with the wrong intent.
+    """
+    rows = []
+    for i in range(n):
+        if i < unseen:
+            gold, other, seen = "find_nearby(cafe)", "play_music(cafe)", False
+        elif i % 2:
+            gold, other, seen = "weather_search(杭州)", "play_music(杭州)", True
+        else:
+            gold, other, seen = "play_music(周杰伦)", "weather_search(周杰伦)", True
+        rows.append(_row(i, gold, other if i in wrong else gold, seen=seen, lang="zh" if i % 3 else "en"))
+    return EvaluationResult(rows=rows, dataset={"hash": "abc", "split": "test", **dataset}, source="mem")
+
+
+def _failed(decision) -> set[str]:
+    return {c.name for c in decision.checks if not c.ok} | {c.name for c in decision.comparisons if c.blocked}
 
 
 def test_good_candidate_without_champion_passes() -> None:
-    decision = decide(_metrics(), None, CFG)
+    decision = decide(_evaluation(wrong={30, 41}), None, CFG)
     assert decision.passed and decision.mode == "enabled"
-    assert _failed_names(decision) == set()
+    assert _failed(decision) == set()
+    assert decision.candidate["intent_accuracy"] == pytest.approx(0.98)
     assert any("no champion" in reason for reason in decision.reasons)
-    # the unseen intent's zero recall is judged by the unseen-accuracy check, not the per-seen-intent recall one
-    assert {c.name for c in decision.checks} >= {
-        "recall[weather_search]",
-        "recall[play_music]",
-        "unseen_intent_accuracy",
-    }
-    assert "recall[find_nearby]" not in {c.name for c in decision.checks}
+    names = {c.name for c in decision.checks}
+    assert {"recall[weather_search]", "recall[play_music]", "unseen_intent_accuracy", "exact_match"} <= names
+    # the unseen intent is judged by unseen-intent accuracy, not by the per-seen-intent recall check
+    assert "recall[find_nearby]" not in names
 
 
 @pytest.mark.parametrize(
-    ("metrics", "failed"),
+    ("wrong", "failed"),
     [
-        (_metrics(intent=0.7), {"intent_accuracy"}),
-        (_metrics(params=0.6), {"param_accuracy"}),
-        (_metrics(format_error=0.2), {"format_error_rate"}),
-        (_metrics(recalls={"weather_search": 0.9, "play_music": 0.4}), {"recall[play_music]"}),
-        (_metrics(unseen=0.1), {"unseen_intent_accuracy"}),
+        (set(range(20, 45)), {"intent_accuracy"}),  # 75/100; each seen intent keeps recall >= 0.675
+        (set(range(0, 18)), {"unseen_intent_accuracy"}),  # unseen 2/20, overall 82/100
+        (set(range(21, 65, 2)), {"intent_accuracy", "recall[weather_search]"}),  # weather_search recall 18/40
     ],
 )
-def test_each_threshold_can_fail_the_gate(metrics: dict, failed: set[str]) -> None:
-    decision = decide(metrics, None, CFG)
+def test_each_threshold_can_fail_the_gate(wrong: set[int], failed: set[str]) -> None:
+    decision = decide(_evaluation(wrong=wrong), None, CFG)
     assert not decision.passed
-    assert _failed_names(decision) == failed
-    name = next(iter(failed))
-    assert any(reason.startswith(name) and "FAILED" in reason for reason in decision.reasons)
+    assert _failed(decision) == failed
+    assert all(any(r.startswith(name) and "FAILED" in r for r in decision.reasons) for name in failed)
 
 
-def test_no_unseen_split_skips_that_check_and_says_so() -> None:
-    decision = decide(_metrics(unseen=None), None, CFG)
-    assert decision.passed
-    assert "unseen_intent_accuracy" not in {c.name for c in decision.checks}
+def test_format_errors_parameters_and_exact_match_floor() -> None:
+    evaluation = _evaluation()
+    for row in evaluation.rows[50:56]:
+        row["call"] = None
+    assert _failed(decide(evaluation, None, CFG)) == {"format_error_rate"}
+    wrong_argument = _evaluation()
+    for row in wrong_argument.rows[21:83:2]:  # 31 weather_search answers with the right intent, wrong city
+        row["call"] = "weather_search(北京)"
+    decision = decide(wrong_argument, None, CFG)
+    assert (decision.candidate["intent_accuracy"], decision.candidate["param_accuracy"]) == (1.0, 0.69)
+    assert _failed(decision) == {"param_accuracy"}
+    # a swapped argument order keeps the parameter set (param_accuracy) but is not an exact call list
+    swapped = _evaluation()
+    for row in swapped.rows[20:40]:
+        row["gold"] = row["call"] = "set_alarm(7点,明天)"
+        row["call"] = "set_alarm(明天,7点)"
+    decision = decide(swapped, None, GateConfig(**{**CFG.model_dump(), "min_exact_match": 0.9}))
+    assert decision.candidate["param_accuracy"] == 1.0 and decision.candidate["exact_match"] == pytest.approx(0.8)
+    assert _failed(decision) == {"exact_match"}
+
+
+def test_recall_is_checked_only_above_the_minimum_support() -> None:
+    evaluation = _evaluation()
+    for row in evaluation.rows[20:23]:  # a rare intent with 3 test records, all wrong
+        row["gold"], row["call"] = "music_next()", "music_pause()"
+    decision = decide(evaluation, None, GateConfig(**{**CFG.model_dump(), "min_intent_accuracy": 0.5}))
+    assert "recall[music_next]" not in {c.name for c in decision.checks}
+    assert any("fewer than 5 test records: music_next" in r for r in decision.reasons)
+    strict = decide(evaluation, None, GateConfig(**{**CFG.model_dump(), "min_intent_support": 3}))
+    assert "recall[music_next]" in _failed(strict)
+
+
+def test_unseen_accuracy_is_gated_by_default_and_skipped_without_unseen_intents() -> None:
+    weak_unseen = _evaluation(wrong=set(range(12)))  # unseen accuracy 8/20 = 0.4
+    assert GateConfig().min_unseen_accuracy > 0
+    assert "unseen_intent_accuracy" in _failed(decide(weak_unseen, None, GateConfig(min_intent_accuracy=0.5)))
+    decision = decide(_evaluation(unseen=0), None, CFG)
+    assert decision.passed and "unseen_intent_accuracy" not in {c.name for c in decision.checks}
     assert any("no unseen intents" in reason for reason in decision.reasons)
 
 
-def test_regression_against_champion() -> None:
-    champion = _metrics(intent=0.95, params=0.85)
-    worse = decide(_metrics(intent=0.93, params=0.85), champion, CFG)
-    assert not worse.passed
-    assert _failed_names(worse) == {"intent_accuracy_vs_champion"}
-    within_tolerance = decide(_metrics(intent=0.945, params=0.845), champion, CFG)
-    assert within_tolerance.passed
-    assert within_tolerance.champion["intent_accuracy"] == 0.95
+def test_equal_champion_passes_with_zero_differences() -> None:
+    decision = decide(_evaluation(wrong={30}), _evaluation(wrong={30}), CFG)
+    assert decision.passed
+    overall = {c.metric: c for c in decision.comparisons if c.slice == "overall"}
+    assert set(overall) == {"intent_accuracy", "param_accuracy", "exact_match", "macro_f1"}
+    assert all(c.diff == 0 and c.ci_low == c.ci_high == 0 and not c.blocked for c in overall.values())
+    slices = {c.slice for c in decision.comparisons}
+    assert slices == {"overall", "seen", "unseen", "lang:en", "lang:zh"}  # no multi-intent record: no such slice
 
 
-def test_champion_on_another_test_set_is_refused() -> None:
-    decision = decide(_metrics(), _metrics(dataset_hash="other"), CFG)
+def test_a_clear_regression_is_blocked_with_hand_computed_evidence() -> None:
+    # the champion is right everywhere; the candidate misses 10 seen records: difference -0.10 on all 100
+    decision = decide(_evaluation(wrong=set(range(40, 50))), _evaluation(), CFG)
     assert not decision.passed
-    assert _failed_names(decision) == {"same_test_set"}
-    other_size = copy.deepcopy(_metrics())
-    other_size["n"] = 49
-    assert _failed_names(decide(_metrics(), other_size, CFG)) == {"same_test_set"}
+    overall = next(c for c in decision.comparisons if c.metric == "intent_accuracy" and c.slice == "overall")
+    assert (overall.candidate, overall.champion, overall.diff) == pytest.approx((0.9, 1.0, -0.1))
+    assert (overall.only_candidate_right, overall.only_champion_right) == (0, 10)
+    assert overall.mcnemar_p == pytest.approx(0.5**10)  # one-sided exact McNemar: all 10 discordant go one way
+    assert overall.ci_high < -overall.tolerance and overall.blocked
+    assert "intent_accuracy[overall]_vs_champion" in _failed(decision)
+    # the unseen slice did not change: not blocked
+    unseen = next(c for c in decision.comparisons if c.metric == "intent_accuracy" and c.slice == "unseen")
+    assert unseen.diff == 0 and not unseen.blocked
+
+
+def test_a_candidate_worse_only_on_unseen_intents_is_blocked() -> None:
+    champion = _evaluation(n=200, unseen=40, wrong={50})
+    candidate = _evaluation(n=200, unseen=40, wrong=set(range(14)) | {50})  # unseen 26/40, seen unchanged
+    decision = decide(candidate, champion, CFG)
+    assert decision.candidate["unseen_intent_accuracy"] == pytest.approx(0.65)  # above min_unseen_accuracy
+    blocked = {c.name for c in decision.comparisons if c.blocked}
+    assert "intent_accuracy[unseen]_vs_champion" in blocked
+    assert not any("[seen]" in name for name in blocked)
+    assert not decision.passed
+
+
+def test_evaluations_on_different_test_sets_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"dataset hash 'abc' != 'other'"):
+        decide(_evaluation(), _evaluation(hash="other"), CFG)
+    with pytest.raises(ValueError, match=r"not the same test records \(0 only in the candidate's.*1 only in the champ"):
+        decide(_evaluation(n=99), _evaluation(n=100), CFG)
+    changed = _evaluation()
+    changed.rows[5]["gold"] = "play_music(other)"
+    with pytest.raises(ValueError, match=r"records \['r005'\] have different gold answers"):
+        decide(_evaluation(), changed, CFG)
+    duplicated = _evaluation()
+    duplicated.rows[1]["id"] = "r000"
+    with pytest.raises(ValueError, match="record ids are not unique"):
+        decide(duplicated, None, CFG)
+
+
+def test_records_are_joined_by_id_not_position() -> None:
+    champion = _evaluation(wrong={3})
+    champion.rows.reverse()
+    decision = decide(_evaluation(wrong={3}), champion, CFG)
+    assert all(c.diff == 0 for c in decision.comparisons)
+
+
+def test_domain_slices_come_from_the_catalog() -> None:
+    catalog = Catalog(
+        intents=(
+            Intent(name="weather_search", description="w", domain="weather"),
+            Intent(name="play_music", description="m", domain="media"),
+            Intent(name="find_nearby", description="f", domain="maps"),
+        )
+    )
+    decision = decide(_evaluation(), _evaluation(), CFG, catalog)
+    by_slice = {c.slice: c.n for c in decision.comparisons if c.metric == "intent_accuracy"}
+    assert (by_slice["domain:weather"], by_slice["domain:media"], by_slice["domain:maps"]) == (40, 40, 20)
+
+
+def test_detectable_drop_warns_or_blocks_when_the_tolerance_is_below_it() -> None:
+    candidate, champion = _evaluation(wrong={30, 41, 52}), _evaluation(wrong={33, 44, 55})
+    warned = decide(candidate, champion, CFG)
+    power = next(d for d in warned.detectability if d.metric == "intent_accuracy")
+    assert power.n == 100 and power.discordance == pytest.approx(0.06)
+    assert power.detectable_drop > 0.01 and power.underpowered
+    assert warned.passed and any(r.startswith("warning: the test set is too small") for r in warned.reasons)
+    blocked = decide(candidate, champion, GateConfig(**{**CFG.model_dump(), "underpowered": "block"}))
+    assert not blocked.passed and "detectable_drop[intent_accuracy]" in _failed(blocked)
 
 
 def test_dry_run_records_failures_but_passes() -> None:
-    decision = decide(_metrics(intent=0.5), _metrics(), GateConfig(**{**CFG.model_dump(), "mode": "dry_run"}))
+    cfg = GateConfig(**{**CFG.model_dump(), "mode": "dry_run"})
+    decision = decide(_evaluation(wrong=set(range(20, 60))), _evaluation(), cfg)
     assert decision.passed and decision.mode == "dry_run"
-    assert "intent_accuracy" in _failed_names(decision)
-    assert any(r.startswith("dry_run: would fail: intent_accuracy") for r in decision.reasons)
+    assert "intent_accuracy" in _failed(decision)
+    assert any(r.startswith("dry_run: would fail: intent_accuracy[overall]_vs_champion") for r in decision.reasons)
 
 
 def test_disabled_passes_and_says_so() -> None:
-    decision = decide(_metrics(intent=0.5), None, GateConfig(**{**CFG.model_dump(), "mode": "disabled"}))
+    decision = decide(_evaluation(wrong=set(range(50))), None, GateConfig(**{**CFG.model_dump(), "mode": "disabled"}))
     assert decision.passed and decision.mode == "disabled"
     assert "disabled" in decision.reasons[0]
 
 
-def test_write_gate_files(tmp_path: Path) -> None:
-    decision = decide(_metrics(params=0.6), _metrics(), CFG)
+def test_write_gate_files_and_kfp_scalars(tmp_path: Path) -> None:
+    decision = decide(_evaluation(wrong=set(range(40, 50))), _evaluation(), CFG)
     path = write_gate(decision, tmp_path / "gate")
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert set(data) >= {"passed", "mode", "reasons", "checks", "candidate", "champion"}
+    assert set(data) >= {"passed", "mode", "reasons", "checks", "comparisons", "detectability", "candidate", "champion"}
     assert data["passed"] is False
-    failed = [c for c in data["checks"] if not c["ok"]]
-    assert {c["name"] for c in failed} == {"param_accuracy", "param_accuracy_vs_champion"}
-    assert all({"name", "value", "threshold", "ok"} <= set(c) for c in data["checks"])
+    row = next(c for c in data["comparisons"] if c["name"] == "intent_accuracy[overall]_vs_champion")
+    assert {"candidate", "champion", "diff", "ci_low", "ci_high", "p_adjusted", "mcnemar_p", "blocked"} <= set(row)
+    assert (row["champion"], row["diff"], row["blocked"]) == (1.0, pytest.approx(-0.1), True)
     markdown = (tmp_path / "gate" / "gate.md").read_text(encoding="utf-8")
     assert markdown.startswith("# Promotion gate: FAILED")
-    assert "| param_accuracy | 0.6000 | >= 0.7000 | **no** |" in markdown
+    assert "| intent_accuracy | overall | 100 | 90.0% | 100.0% | -10.0 pt | [" in markdown
+    assert "**BLOCKED**" in markdown and "What this test set can detect" in markdown
+    page = (tmp_path / "gate" / "gate.html").read_text(encoding="utf-8")
+    assert "<td>intent_accuracy</td><td>overall</td><td>100</td>" in page
+    scalars = gate_scalar_metrics(decision)
+    assert scalars["gate_passed"] == 0.0
+    assert scalars["gate_intent_accuracy_overall_diff"] == pytest.approx(-0.1)
+    assert scalars["gate_intent_accuracy_lang_en_blocked"] in (0.0, 1.0)
     assert not list((tmp_path / "gate").glob(".*tmp"))
+
+
+def test_decide_reads_evaluation_folders(tmp_path: Path) -> None:
+    for name, wrong in (("cand", {1}), ("champ", {2})):
+        folder = tmp_path / name
+        folder.mkdir()
+        evaluation = _evaluation(wrong=wrong)
+        (folder / METRICS_FILE).write_text(json.dumps({"dataset": evaluation.dataset, "decoding": "generate"}))
+        (folder / PREDICTIONS_FILE).write_text("\n".join(json.dumps(r) for r in evaluation.rows) + "\n")
+    decision = decide(tmp_path / "cand", tmp_path / "champ", CFG)
+    assert decision.passed and decision.champion["decoding"] == "generate"
+    with pytest.raises(FileNotFoundError, match=r"predictions\.jsonl: not found"):
+        decide(tmp_path / "missing", None, CFG)

@@ -9,7 +9,13 @@ import pytest
 
 from intentops.evaluation import load_split
 from intentops.evaluation.baselines import majority_baseline, run_baselines
-from intentops.evaluation.metrics import INVALID_LABEL, compute_metrics, score_one, seed002_accuracy
+from intentops.evaluation.metrics import (
+    INVALID_LABEL,
+    compute_metrics,
+    score_one,
+    seed002_accuracy,
+    seed002_outcome,
+)
 
 
 def _record(output: str, lang: str = "zh", seen: bool = True, rid: str = "r") -> dict:
@@ -42,8 +48,9 @@ def test_headline_metrics_match_hand_computation(case_metrics: dict) -> None:
     assert m["param_accuracy"] == pytest.approx(4 / 7)
     assert m["format_valid_rate"] == pytest.approx(6 / 7)
     assert m["format_error_rate"] == pytest.approx(1 / 7)
-    # exact match compares every call: the multi-intent record answered with one call is not exact
-    assert m["exact_match"] == pytest.approx(3 / 7)
+    # exact match compares the whole call list, in order, arguments in order: right for records 1 and 7 only
+    # (record 3 swaps its arguments, record 4 answers one of two calls)
+    assert m["exact_match"] == pytest.approx(2 / 7)
     assert m["multi_intent"] == {"n": 1, "exact_match": 0.0}
 
 
@@ -53,6 +60,45 @@ def test_metrics_agree_with_the_seed_002_script_on_well_formed_answers() -> None
     seed_intent, seed_params = seed002_accuracy(golds, raws)
     ours = compute_metrics([_record(g) for g in golds], [pred for _, pred, _, _ in CASES])
     assert (ours["intent_accuracy"], ours["param_accuracy"]) == pytest.approx((seed_intent, seed_params))
+
+
+def test_seed002_figure_is_reported_exactly_beside_the_normalised_one() -> None:
+    # The probe from the issue: the seed 002 script takes the prediction's text up to its last character, so a
+    # full multi-intent answer and a space after a comma make its parameter check fail.
+    probe = [
+        ("weather_search(杭州);volume_down()", "weather_search(杭州);volume_down()"),
+        ("set_temperature(bedroom,27)", "set_temperature(bedroom, 27)"),
+        ("weather_search(杭州)", "weather_search(杭州)"),
+    ]
+    records = [_record(gold, rid=f"p{i}") for i, (gold, _) in enumerate(probe)]
+    raws = [raw for _, raw in probe]
+    m = compute_metrics(records, raws, raws=raws)
+    assert (m["seed002_intent_accuracy"], m["seed002_param_accuracy"]) == pytest.approx((1.0, 1 / 3))
+    assert (m["intent_accuracy"], m["param_accuracy"], m["exact_match"]) == (1.0, 1.0, 1.0)
+    assert seed002_accuracy([g for g, _ in probe], raws) == pytest.approx((1.0, 1 / 3))
+
+
+@pytest.mark.parametrize(
+    ("gold", "pred", "expected"),
+    [
+        ("weather_search(杭州)", "weather_search(杭州)", (True, True)),
+        ("weather_search(杭州);volume_down()", "weather_search(杭州);volume_down()", (True, False)),
+        ("set_temperature(bedroom,27)", "set_temperature(bedroom, 27)", (True, False)),
+        ("set_alarm(7点,明天)", "set_alarm(明天,7点)", (True, True)),  # argument sets
+        ("volume_up()", "volume_up", (True, False)),  # the script would crash here (IndexError)
+        ("volume_up()", " volume_up()", (False, False)),  # the name is compared before any strip()
+        ("volume_up()", "volume_up() ", (True, True)),  # ... the arguments after it
+        ("play_music(周杰伦)", "weather_search(周杰伦)", (False, False)),
+    ],
+)
+def test_seed002_rule_by_hand(gold: str, pred: str, expected: tuple[bool, bool]) -> None:
+    assert seed002_outcome(gold, pred) == expected
+
+
+def test_seed002_figure_reads_the_answer_span_of_a_reasoning_completion() -> None:
+    raw = "<think>the user wants the weather</think><answer>weather_search(杭州)</answer>"
+    outcome = score_one(_record("weather_search(杭州)"), "weather_search(杭州)", raw=raw)
+    assert (outcome.seed002_intent_ok, outcome.seed002_params_ok) == (True, True)
 
 
 def test_parse_failures_and_full_width_punctuation() -> None:

@@ -15,11 +15,18 @@ from typing import Any
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, GATE_JSON, METRICS_FILE, MODEL_CARD
+from intentops.artifacts import (
+    CATALOG_FILE,
+    DATASET_MANIFEST,
+    GATE_JSON,
+    METRICS_FILE,
+    MODEL_CARD,
+    PREDICTIONS_FILE,
+)
 from intentops.catalog import load_catalog
 from intentops.config import GateConfig
 from intentops.evaluation.gate import decide, write_gate
-from intentops.io import read_json, write_json
+from intentops.io import read_json, write_json, write_jsonl
 from intentops.registry import (
     CHALLENGER,
     CHAMPION,
@@ -47,27 +54,43 @@ MAX_NEW_TOKENS = 12
 
 
 def _metrics(intent_accuracy: float, param_accuracy: float, dataset_hash: str, intents: list[str]) -> dict[str, Any]:
-    """An evaluation's metrics in the shape intentops.evaluation writes (the fields the gate reads)."""
-    block = {"n": 46, "intent_accuracy": intent_accuracy, "param_accuracy": param_accuracy}
+    """An evaluation's metrics in the shape intentops.evaluation writes (the fields the registry reads)."""
+    block = {"n": 100, "intent_accuracy": intent_accuracy, "param_accuracy": param_accuracy}
     return {
         **block,
         "format_valid_rate": 1.0,
         "format_error_rate": 0.0,
         "macro_f1": intent_accuracy,
         "per_intent": {name: {"recall": intent_accuracy, "seen": True, "support": 6} for name in intents},
-        "by_seen": {"seen": {**block, "n": 36}, "unseen": {**block, "n": 10}},
-        "by_lang": {"zh": {**block, "n": 23}, "en": {**block, "n": 23}},
+        "by_seen": {"seen": block},
         "confusion": {"labels": intents, "matrix": [[0] * len(intents) for _ in intents]},
         "dataset": {"hash": dataset_hash, "split": "test"},
     }
 
 
-def _evaluation(root: Path, metrics: dict[str, Any], champion: dict[str, Any] | None) -> tuple[Path, Path, Any]:
+def _predictions(wrong_intent: int, wrong_param: int, intents: list[str]) -> list[dict[str, Any]]:
+    """100 per-record rows: the first `wrong_intent` answer another intent, the next `wrong_param` a wrong argument."""
+    rows = []
+    for i in range(100):
+        name = intents[i % len(intents)]
+        call = f"{name}(x)"
+        if i < wrong_intent:
+            call = f"{intents[(i + 1) % len(intents)]}(x)"
+        elif i < wrong_intent + wrong_param:
+            call = f"{name}(y)"
+        rows.append({"id": f"r{i:03d}", "gold": f"{name}(x)", "call": call, "raw": call, "lang": "zh", "seen": True})
+    return rows
+
+
+def _evaluation(
+    root: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], champion: Path | None
+) -> tuple[Path, Path, Any]:
     """Write an evaluation folder and the gate's decision on it; returns (eval_dir, gate file, decision)."""
     eval_dir = root / "evaluation"
     write_json(eval_dir / METRICS_FILE, metrics)
+    write_jsonl(eval_dir / PREDICTIONS_FILE, rows)
     (eval_dir / "report.md").write_text("# Evaluation\n", encoding="utf-8")
-    decision = decide(metrics, champion, GateConfig())
+    decision = decide(eval_dir, champion, GateConfig())
     return eval_dir, write_gate(decision, root / "gate"), decision
 
 
@@ -101,10 +124,11 @@ def registered(mlflow_module_tracking, tiny_model_dir: Path, small_dataset_dir: 
     bad = _metrics(0.50, 0.40, dataset_hash, intents)
     regressing = _metrics(0.85, 0.80, dataset_hash, intents)
     runs = {
-        "pass": _evaluation(root / "pass", good, None),
-        "fail": _evaluation(root / "fail", bad, None),
-        "regress": _evaluation(root / "regress", regressing, good),
+        "pass": _evaluation(root / "pass", good, _predictions(8, 7, intents), None),
+        "fail": _evaluation(root / "fail", bad, _predictions(50, 10, intents), None),
     }
+    champion_eval = runs["pass"][0]
+    runs["regress"] = _evaluation(root / "regress", regressing, _predictions(15, 5, intents), champion_eval)
     assert runs["pass"][2].passed and not runs["fail"][2].passed
     regression = runs["regress"][2]
     assert not regression.passed and all("vs_champion" in reason for reason in regression.failed)
@@ -174,7 +198,7 @@ def test_gate_fail_adds_a_challenger_and_keeps_the_champion(registered: Register
 def test_regression_against_the_champion_blocks_promotion(registered: Registered) -> None:
     version = registered.regressed
     assert version.aliases == (CHALLENGER,)
-    assert "intent_accuracy_vs_champion" in version.tags["gate_reasons"]
+    assert "intent_accuracy[overall]_vs_champion" in version.tags["gate_reasons"]
     assert _aliases(registered) == {CHAMPION: registered.passed.version, CHALLENGER: version.version}
 
 
@@ -242,7 +266,7 @@ def test_version_package_holds_the_model_metrics_and_gate(registered: Registered
     assert len(texts) == 2 and sum(any("\u4e00" <= ch <= "\u9fff" for ch in text) for text in texts) == 1
 
     run_artifacts = {a.path for a in _client(registered).list_artifacts(registered.passed.run_id, "evaluation")}
-    assert run_artifacts == {f"evaluation/{METRICS_FILE}", "evaluation/report.md"}
+    assert run_artifacts == {f"evaluation/{METRICS_FILE}", f"evaluation/{PREDICTIONS_FILE}", "evaluation/report.md"}
 
 
 def test_model_storage_uri_is_the_hf_folder_in_the_artifact_store(registered: Registered) -> None:

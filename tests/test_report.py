@@ -76,7 +76,8 @@ def test_markdown_report(evaluation) -> None:
     assert len(errors) == 3 and errors[0]["call"] is None  # format errors first
     text = render_markdown(metrics, errors)
     assert text.startswith("# Evaluation report")
-    assert f"| Intent accuracy (seed 002) | {100 * metrics['intent_accuracy']:.1f}% |" in text
+    assert f"| Intent accuracy (normalised) | {100 * metrics['intent_accuracy']:.1f}% |" in text
+    assert f"| Parameter accuracy (seed 002 script, exact) | {100 * metrics['seed002_param_accuracy']:.1f}% |" in text
     assert "## Baselines (same test records)" in text and "| majority class |" in text
     assert "## Seen vs unseen intents" in text and "| unseen |" in text
     assert "| play_music | volume_down | 1 |" in text  # worst confusions

@@ -6,10 +6,10 @@ from components._common import TRAINER_IMAGE, StageSpec
 
 SPEC = StageSpec(
     name="gate",
-    cpu_request="500m",
-    cpu_limit="1",
-    memory_request="1Gi",
-    memory_limit="2Gi",
+    cpu_request="1",
+    cpu_limit="2",
+    memory_request="2Gi",
+    memory_limit="4Gi",
     # Its champion input comes from a registry that can change between runs: never reuse a decision.
     caching=False,
 )
@@ -20,11 +20,14 @@ def gate(
     config: dsl.Input[dsl.Artifact],
     evaluation: dsl.Input[dsl.Artifact],
     champion_evaluation: dsl.Input[dsl.Artifact],
+    dataset: dsl.Input[dsl.Dataset],
     pipeline_run_id: str,
     decision: dsl.Output[dsl.Artifact],
     gate_report: dsl.Output[dsl.Markdown],
+    gate_metrics: dsl.Output[dsl.Metrics],
 ) -> bool:
-    """Decide whether the candidate may be promoted: absolute thresholds plus no regression against the champion.
+    """Decide whether the candidate may be promoted: absolute thresholds plus no regression against the champion,
+    judged on paired per-record outcomes.
 
     Both evaluations come from the same records and decoding (evaluate-champion repeats the candidate's settings).
     The returned `Output` (passed) drives the pipeline's dsl.If; it is a single return value because kfp.local
@@ -34,9 +37,11 @@ def gate(
         config: RunConfig YAML from resolve-config (`gate.*`).
         evaluation: The candidate's evaluation (evaluate output folder).
         champion_evaluation: The champion's evaluation on the same test set, or a folder saying there is none.
+        dataset: validate-dataset output folder (its catalog's domains add per-domain comparisons).
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
-        decision: Output folder: the gate decision (passed, mode, reasons, candidate, champion) as JSON and Markdown.
+        decision: Output folder: the gate decision (passed, mode, reasons, checks, comparisons) as JSON, Markdown, HTML.
         gate_report: The decision as Markdown for the KFP UI.
+        gate_metrics: Scalar metrics for the KFP UI: verdict, and each comparison's difference, interval and p-value.
 
     Returns:
         Whether the candidate passed, i.e. whether deploy-vllm runs and register-model sets @champion.
@@ -48,7 +53,9 @@ def gate(
     from intentops.stages import gate as stage
 
     cfg = load_config(config.path)
-    passed, meta = stage(cfg, evaluation.path, champion_evaluation.path, decision.path, pipeline_run_id)
-    decision.metadata.update(meta)
+    out = stage(cfg, evaluation.path, champion_evaluation.path, decision.path, pipeline_run_id, dataset.path)
+    decision.metadata.update(out.metadata)
+    for name, value in out.scalars.items():
+        gate_metrics.log_metric(name, value)
     shutil.copyfile(GateResult(decision.path).report_md, gate_report.path)
-    return passed
+    return out.passed

@@ -107,9 +107,14 @@ def resolve_config(
     gate__min_intent_accuracy: float,
     gate__min_param_accuracy: float,
     gate__min_per_intent_recall: float,
+    gate__min_intent_support: int,
     gate__max_format_error_rate: float,
     gate__min_unseen_accuracy: float,
+    gate__min_exact_match: float,
     gate__max_regression: float,
+    gate__alpha: float,
+    gate__bootstrap_resamples: int,
+    gate__underpowered: str,
     registry__tracking_uri: str,
     registry__experiment: str,
     registry__model_name: str,
@@ -230,9 +235,14 @@ def resolve_config(
         gate__min_intent_accuracy: Minimum intent accuracy.
         gate__min_param_accuracy: Minimum parameter accuracy.
         gate__min_per_intent_recall: Every seen intent needs at least this recall.
+        gate__min_intent_support: Per-intent recall is checked only for intents with at least this many test records.
         gate__max_format_error_rate: Maximum share of unparseable answers.
-        gate__min_unseen_accuracy: Minimum accuracy on unseen intents, if any.
-        gate__max_regression: Allowed drop against the champion's metrics.
+        gate__min_unseen_accuracy: Minimum accuracy on unseen intents; checked whenever the test set has some.
+        gate__min_exact_match: Minimum share of answers whose whole call list is exact; 0 = no floor.
+        gate__max_regression: Allowed drop against the champion; blocks only when the drop is above it with confidence 1-alpha.
+        gate__alpha: Chance of blocking a candidate whose drops all stay within max_regression.
+        gate__bootstrap_resamples: Resamples of the test records per comparison.
+        gate__underpowered: When max_regression is below the drop the test set can detect: warn, or fail the gate.
         registry__tracking_uri: MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or local sqlite.
         registry__experiment: MLflow experiment (one per pipeline).
         registry__model_name: Registered model name.
@@ -353,9 +363,14 @@ def resolve_config(
         "gate__min_intent_accuracy": gate__min_intent_accuracy,
         "gate__min_param_accuracy": gate__min_param_accuracy,
         "gate__min_per_intent_recall": gate__min_per_intent_recall,
+        "gate__min_intent_support": gate__min_intent_support,
         "gate__max_format_error_rate": gate__max_format_error_rate,
         "gate__min_unseen_accuracy": gate__min_unseen_accuracy,
+        "gate__min_exact_match": gate__min_exact_match,
         "gate__max_regression": gate__max_regression,
+        "gate__alpha": gate__alpha,
+        "gate__bootstrap_resamples": gate__bootstrap_resamples,
+        "gate__underpowered": gate__underpowered,
         "registry__tracking_uri": registry__tracking_uri,
         "registry__experiment": registry__experiment,
         "registry__model_name": registry__model_name,

@@ -70,6 +70,7 @@ NO_MODEL_FILE = "no_model.json"
 # gate decision (gate)
 GATE_JSON = "gate.json"
 GATE_MD = "gate.md"
+GATE_HTML = "gate.html"
 
 
 class ArtifactMissingError(FileNotFoundError):

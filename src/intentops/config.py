@@ -177,9 +177,30 @@ class GateConfig(_Section):
     min_intent_accuracy: float = Field(0.8, ge=0, le=1, description="Minimum intent accuracy.")
     min_param_accuracy: float = Field(0.7, ge=0, le=1, description="Minimum parameter accuracy.")
     min_per_intent_recall: float = Field(0.5, ge=0, le=1, description="Every seen intent needs at least this recall.")
+    min_intent_support: int = Field(
+        10, ge=1, description="Per-intent recall is checked only for intents with at least this many test records."
+    )
     max_format_error_rate: float = Field(0.05, ge=0, le=1, description="Maximum share of unparseable answers.")
-    min_unseen_accuracy: float = Field(0.0, ge=0, le=1, description="Minimum accuracy on unseen intents, if any.")
-    max_regression: float = Field(0.01, ge=0, le=1, description="Allowed drop against the champion's metrics.")
+    min_unseen_accuracy: float = Field(
+        0.5, ge=0, le=1, description="Minimum accuracy on unseen intents; checked whenever the test set has some."
+    )
+    min_exact_match: float = Field(
+        0.0, ge=0, le=1, description="Minimum share of answers whose whole call list is exact; 0 = no floor."
+    )
+    max_regression: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Allowed drop against the champion; blocks only when the drop is above it with confidence 1-alpha.",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="Chance of blocking a candidate whose drops all stay within max_regression."
+    )
+    bootstrap_resamples: int = Field(2000, ge=100, description="Resamples of the test records per comparison.")
+    underpowered: Literal["warn", "block"] = Field(
+        "warn",
+        description="When max_regression is below the drop the test set can detect: warn, or fail the gate.",
+    )
 
 
 class RegistryConfig(_Section):

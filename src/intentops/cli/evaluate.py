@@ -95,7 +95,7 @@ def _gate(args: argparse.Namespace) -> int:
             args.pipeline_run_id,
             champion_model_dir=args.champion_model,
         )
-    passed, _ = gate(cfg, args.candidate, champion_dir, args.out, args.pipeline_run_id)
+    passed = gate(cfg, args.candidate, champion_dir, args.out, args.pipeline_run_id, args.dataset).passed
     decision = GateResult(args.out).decision()
     print(json.dumps({"passed": passed, "mode": decision["mode"], "reasons": decision["reasons"]}, ensure_ascii=False))
     return 0 if passed else GATE_FAILED_EXIT

@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -196,6 +196,15 @@ def _instruction(data: Any) -> tuple[str, int]:
         turns = [turn for turn in _user_turns(value) if turn.strip()]
         return join_turns(turns), len(turns)
     return "", 0
+
+
+def _is_utf8(line: bytes) -> bool:
+    """Whether a line that failed to decode is valid UTF-8 (msgspec >= 0.19 reports bad UTF-8 as a DecodeError)."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _is_abandoned(holder: Any) -> bool:
@@ -375,15 +384,16 @@ def _careful(item: Any) -> _Labelled | _Excluded:
     return _Labelled(text, turns, output, reviewed is not None, overridden)
 
 
-class _Data(msgspec.Struct):
+# gc=False: these hold only decoded JSON values, never cycles, so the collector need not track millions of them.
+class _Data(msgspec.Struct, gc=False):
     instruction: Any = None
 
 
-class _Result(msgspec.Struct):
+class _Result(msgspec.Struct, gc=False):
     MarkResult: Any = None
 
 
-class _Label(msgspec.Struct):
+class _Label(msgspec.Struct, gc=False):
     results: list[_Result] = []
     abandonFlag: Any = None
 
@@ -406,7 +416,7 @@ def _line_decoder(reviewed_key: str, other_keys: tuple[str, ...]) -> msgspec.jso
     for index, key in enumerate(other_keys):
         fields.append((f"other{index}", msgspec.Raw, msgspec.Raw()))
         rename[f"other{index}"] = key
-    line_type = msgspec.defstruct("ItagLine", fields, rename=rename, forbid_unknown_fields=True)
+    line_type = msgspec.defstruct("ItagLine", fields, rename=rename, forbid_unknown_fields=True, gc=False)
     return msgspec.json.Decoder(line_type)
 
 
@@ -453,27 +463,62 @@ def _decoder_for(item: dict[str, Any], current: tuple[str, tuple[str, ...]] | No
 _LANG_BYTES = {"zh": b',"lang":"zh","turns":', "en": b',"lang":"en","turns":'}
 
 
+class _Kind(NamedTuple):
+    """What two converted lines with equal kinds share: everything in a record but the text and line number."""
+
+    output: str
+    lang: str
+    turns: int
+    reviewed: bool
+
+
+@lru_cache(maxsize=1 << 14)
+def _record_tail(kind: _Kind) -> tuple[bytes, bytes]:
+    """(record bytes after the text up to the line number, train.json output) for one kind, encoded once."""
+    parsed = _parse_output(kind.output)
+    reviewed = b"true" if kind.reviewed else b"false"
+    tail = b',%b%b%d,"reviewed":%b,"source_line":' % (
+        parsed.record_fields,
+        _LANG_BYTES[kind.lang],
+        kind.turns,
+        reviewed,
+    )
+    return tail, parsed.train_output
+
+
+def _count_kinds(batch: _Batch, kinds: list[_Kind]) -> None:
+    """Fill the batch's per-language/intent/shape counts from the converted lines' kinds (counted in C)."""
+    for kind, count in Counter(kinds).items():
+        parsed = _parse_output(kind.output)
+        batch.languages[kind.lang] = batch.languages.get(kind.lang, 0) + count
+        batch.intents[parsed.intent] = batch.intents.get(parsed.intent, 0) + count
+        batch.reviewed += count if kind.reviewed else 0
+        batch.multi_intent += count if parsed.calls > 1 else 0
+        batch.multi_turn += count if kind.turns > 1 else 0
+
+
 def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
     """Convert the newline-separated lines of `chunk`, numbered from `first_line` (runs in worker processes).
 
-    Records are assembled from JSON-encoded pieces (the text once, the parsed output once per distinct output
-    string), which is what keeps a million-line manifest fast.
+    Per line, only the text is encoded: the rest of a record depends on the line's kind (output, language,
+    turns, reviewed), which repeats heavily and is encoded once (`_record_tail`); counts come from the kinds at
+    the end. That, and the typed decoder of `_regular`, is what keeps a million-line manifest fast.
     """
     batch = _Batch()
     encode = _encode
-    languages = batch.languages
-    intents = batch.intents
+    han = _HAN.search
+    kinds: list[_Kind] = []
     records: list[bytes] = []
     train: list[bytes] = []
     decoder: msgspec.json.Decoder | None = None
     decoder_keys: tuple[str, tuple[str, ...]] | None = None
-    reviewed_count = overrides = multi_intent = multi_turn = 0
+    overrides = 0
     lines = chunk.split(b"\n")
     if chunk.endswith(b"\n"):
         lines.pop()  # the block ends with a complete line, not with an empty one
+    if first_line == 1 and lines and lines[0].startswith(_BOM):
+        lines[0] = lines[0][3:]
     for number, line in enumerate(lines, start=first_line):
-        if number == 1 and line.startswith(_BOM):
-            line = line[3:]
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line or line.isspace():
@@ -482,15 +527,13 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
         regular = _regular(line, decoder) if decoder is not None else None
         if regular is not None:
             text, output = regular
-            turns, reviewed, overridden = 1, True, False
+            turns, reviewed = 1, True
         else:
             try:
                 item = _decode(line)
-            except UnicodeDecodeError:
-                batch.reject(number, "not_utf8", line)
-                continue
-            except msgspec.DecodeError as exc:
-                batch.reject(number, "not_json", line, f"not valid JSON: {exc}")
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                reason = "not_json" if _is_utf8(line) else "not_utf8"
+                batch.reject(number, reason, line, f"not valid JSON: {exc}" if reason == "not_json" else "")
                 continue
             if type(item) is dict:
                 keys = _decoder_for(item, decoder_keys)
@@ -504,40 +547,19 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
                     batch.reject(number, labelled.reason, line, labelled.detail)
                 continue
             text, turns, output, reviewed, overridden = labelled
+            overrides += overridden
+        kind = _Kind(output, "zh" if han(text) else "en", turns, reviewed)  # detect_lang, inlined
         try:
-            parsed = _parse_output(output)
+            tail, train_output = _record_tail(kind)
         except GrammarError as exc:
             batch.reject(number, "unparseable_output", line, exc.reason)
             continue
-        lang = "zh" if _HAN.search(text) else "en"  # detect_lang, inlined on the hot path
         text_json = encode(text)
-        line_number = b"%d" % number
-        records.append(
-            b"".join(
-                (
-                    b'{"id":"itag-',
-                    line_number,
-                    b'","text":',
-                    text_json,
-                    b",",
-                    parsed.record_fields,
-                    _LANG_BYTES[lang],
-                    b"%d" % turns,
-                    b',"reviewed":true,"source_line":' if reviewed else b',"reviewed":false,"source_line":',
-                    line_number,
-                    b"}\n",
-                )
-            )
-        )
-        train.append(b'{"instruction":%b,"output":%b}' % (text_json, parsed.train_output))
-        reviewed_count += reviewed
-        overrides += overridden
-        multi_intent += parsed.calls > 1
-        multi_turn += turns > 1
-        languages[lang] = languages.get(lang, 0) + 1
-        intents[parsed.intent] = intents.get(parsed.intent, 0) + 1
-    batch.reviewed, batch.human_overrides = reviewed_count, overrides
-    batch.multi_intent, batch.multi_turn = multi_intent, multi_turn
+        records.append(b'{"id":"itag-%d","text":%b%b%d}\n' % (number, text_json, tail, number))
+        train.append(b'{"instruction":%b,"output":%b}' % (text_json, train_output))
+        kinds.append(kind)
+    _count_kinds(batch, kinds)
+    batch.human_overrides = overrides
     batch.converted = len(records)
     batch.records = b"".join(records)  # one blob each: cheap to send back from a worker process
     batch.train = b",\n".join(train)

@@ -14,12 +14,12 @@ from typing import Any
 from intentops.artifacts import METRICS_FILE, PREDICTIONS_FILE, REPORT_HTML, REPORT_MD, Dataset, Evaluation
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
-from intentops.evaluation.gate import GateDecision, decide, write_gate
+from intentops.evaluation.gate import EvaluationResult, GateDecision, decide, write_gate
 from intentops.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GateDecision", "decide", "evaluate_model", "load_split", "write_gate"]
+__all__ = ["EvaluationResult", "GateDecision", "decide", "evaluate_model", "load_split", "write_gate"]
 
 
 def load_split(dataset_dir: str | Path, split: str, max_samples: int = 0) -> list[dict[str, Any]]:
@@ -114,7 +114,7 @@ def evaluate_model(
         predictions = predictor.predict([record["text"] for record in records])
         elapsed = time.perf_counter() - start
 
-        outcomes = score_all(records, [p.call for p in predictions])
+        outcomes = score_all(records, [p.call for p in predictions], [p.raw for p in predictions])
         metrics = metrics_from_outcomes(
             outcomes,
             catalog_names=builder.labels,

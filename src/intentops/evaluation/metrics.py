@@ -1,20 +1,29 @@
 """Evaluation metrics for call-string predictions.
 
-The two headline numbers follow the seed 002 offline evaluation script exactly: only the gold answer's first call
-counts (`gold.split(';')[0]`); intent accuracy is the share of test records whose predicted function name equals the
-gold one; parameter accuracy is the share whose name matches AND whose set of arguments equals the gold set; the
-denominator is every test record. Unlike the script, predictions are parsed with `intentops.grammar` first, so a
-prediction that does not parse counts as wrong (the script would crash or compare garbage) and full-width
-punctuation or quoting cannot make two equal calls differ.
+Two families of headline numbers, side by side:
 
-Everything else (macro-F1, per-intent precision/recall/F1, confusion matrix, format validity, seen/unseen and
-per-language splits, multi-intent exact match, latency) is computed from the same per-record outcomes, so the
-numbers can never disagree with each other.
+- `seed002_intent_accuracy` / `seed002_param_accuracy` reproduce the seed 002 evaluation script exactly, string
+  arithmetic included, on the model's raw answer: only the gold answer's first call counts
+  (`gold.split(';')[0]`); intent is right when the text before the first `(` is equal; parameters are right when,
+  in addition, the sets of comma-separated pieces between the first `(` and the last character are equal. So
+  `weather_search(杭州);volume_down()` against a gold `weather_search(杭州);volume_down()` has wrong parameters
+  (the predicted piece is `杭州);volume_down`), and `set_temperature(bedroom, 27)` differs from
+  `set_temperature(bedroom,27)` (the piece ` 27` keeps its space).
+- `intent_accuracy` / `param_accuracy` are the normalised versions the gate uses: the prediction is parsed with
+  `intentops.grammar` first (whitespace around arguments, full-width punctuation and quoting do not matter; an
+  answer that does not parse is wrong), then the first predicted call is compared with the gold's first call:
+  same name, and for parameters the same set of arguments.
+- `exact_match` compares the whole call list: the same calls in the same order, each with the same arguments in
+  the same order (after the same normalisation).
+
+The denominator is every test record. Everything else (macro-F1, per-intent precision/recall/F1, confusion matrix,
+format validity, seen/unseen and per-language splits, multi-intent exact match, latency) is computed from the same
+per-record outcomes, so the numbers can never disagree with each other.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +49,8 @@ class Outcome:
     multi_intent: bool
     seen: bool | None
     lang: str | None
+    seed002_intent_ok: bool = False
+    seed002_params_ok: bool = False
 
 
 def gold_calls(record: Mapping[str, Any], index: int = 0) -> list[Call]:
@@ -63,19 +74,48 @@ def predicted_calls(call: str | None) -> list[Call] | None:
         return None
 
 
-def _call_key(call: Call) -> tuple[str, frozenset[str]]:
-    return call.name, frozenset(call.args)
+_ANSWER_SPAN = re.compile(r"<answer>(?P<answer>.*?)</answer>", re.DOTALL)
 
 
-def score_one(record: Mapping[str, Any], call: str | None, index: int = 0) -> Outcome:
-    """Compare one prediction (canonical call string or None) with its gold record, seed 002 semantics."""
+def answer_text(raw: str) -> str:
+    """What the model answered: the `<answer>` span of a reasoning completion, else the completion itself."""
+    match = _ANSWER_SPAN.search(raw)
+    return match.group("answer") if match else raw
+
+
+def seed002_outcome(gold_output: str, pred: str) -> tuple[bool, bool]:
+    """(intent right, parameters right) for one record by the seed 002 script's own string arithmetic, verbatim.
+
+    The script raises IndexError when the names match but the prediction has no `(`; that counts as intent
+    right, parameters wrong here (the script's counter was already incremented when it crashed).
+    """
+    gold = gold_output.split(";")[0] if ";" in gold_output else gold_output
+    if gold.split("(")[0] != pred.split("(")[0]:
+        return False, False
+    try:
+        gold_list = set(gold.strip()[:-1].split("(")[1].split(","))
+        pred_list = set(pred.strip()[:-1].split("(")[1].split(","))
+    except IndexError:
+        return True, False
+    return True, gold_list == pred_list
+
+
+def score_one(record: Mapping[str, Any], call: str | None, index: int = 0, raw: str | None = None) -> Outcome:
+    """Compare one prediction with its gold record.
+
+    `call` is the canonical call string (None when the format was broken) and drives the normalised metrics;
+    `raw` is the model's completion, scored by the seed 002 rule (the canonical call string stands in when no
+    raw completion is given).
+    """
     gold = gold_calls(record, index)
     pred = predicted_calls(call)
     first_gold = gold[0]
     first_pred = pred[0] if pred else None
     intent_ok = first_pred is not None and first_pred.name == first_gold.name
     params_ok = intent_ok and set(first_pred.args) == set(first_gold.args)
-    exact_ok = pred is not None and Counter(map(_call_key, pred)) == Counter(map(_call_key, gold))
+    exact_ok = pred is not None and pred == gold
+    seed_answer = answer_text(raw) if raw is not None else (call or "")
+    seed_intent_ok, seed_params_ok = seed002_outcome(record["output"], seed_answer)
     seen = record.get("seen")
     return Outcome(
         gold_intent=first_gold.name,
@@ -87,13 +127,23 @@ def score_one(record: Mapping[str, Any], call: str | None, index: int = 0) -> Ou
         multi_intent=len(gold) > 1,
         seen=bool(seen) if seen is not None else None,
         lang=record.get("lang"),
+        seed002_intent_ok=seed_intent_ok,
+        seed002_params_ok=seed_params_ok,
     )
 
 
-def score_all(records: Sequence[Mapping[str, Any]], calls: Sequence[str | None]) -> list[Outcome]:
+def score_all(
+    records: Sequence[Mapping[str, Any]], calls: Sequence[str | None], raws: Sequence[str] | None = None
+) -> list[Outcome]:
+    """`score_one` over a test split; `raws` (the completions) feed the seed 002 figures when given."""
     if len(records) != len(calls):
         raise ValueError(f"{len(records)} test records but {len(calls)} predictions")
-    return [score_one(record, call, index) for index, (record, call) in enumerate(zip(records, calls, strict=True))]
+    if raws is not None and len(raws) != len(records):
+        raise ValueError(f"{len(records)} test records but {len(raws)} raw completions")
+    return [
+        score_one(record, call, index, raws[index] if raws is not None else None)
+        for index, (record, call) in enumerate(zip(records, calls, strict=True))
+    ]
 
 
 def _rate(flags: Sequence[bool]) -> float:
@@ -216,14 +266,16 @@ def compute_metrics(
     latencies_s: Sequence[float] | None = None,
     elapsed_s: float | None = None,
     confidences: Sequence[float | None] | None = None,
+    raws: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """All metrics of one evaluation as a JSON-ready dict.
 
     `calls[i]` is the canonical call string predicted for `records[i]` (None when the completion's format was
-    broken). `catalog_names` orders the tables and lets unknown intents be counted.
+    broken), `raws[i]` the completion itself (for the seed 002 figures). `catalog_names` orders the tables and
+    lets unknown intents be counted.
     """
     return metrics_from_outcomes(
-        score_all(records, calls),
+        score_all(records, calls, raws),
         catalog_names=catalog_names,
         latencies_s=latencies_s,
         elapsed_s=elapsed_s,
@@ -248,6 +300,8 @@ def metrics_from_outcomes(
     valid = [o for o in outcomes if o.format_ok]
     metrics: dict[str, Any] = {
         **headline,
+        "seed002_intent_accuracy": _rate([o.seed002_intent_ok for o in outcomes]),
+        "seed002_param_accuracy": _rate([o.seed002_params_ok for o in outcomes]),
         "format_error_rate": 1.0 - headline["format_valid_rate"] if outcomes else 0.0,
         "macro_f1": macro_f1(outcomes),
         "unknown_intent_rate": _rate([o.pred_intent not in known for o in valid]) if known and valid else 0.0,
@@ -273,23 +327,9 @@ def metrics_from_outcomes(
 
 
 def seed002_accuracy(gold_outputs: Sequence[str], raw_predictions: Sequence[str]) -> tuple[float, float]:
-    """The seed 002 script's own string arithmetic, verbatim, for cross-checking `compute_metrics`.
-
-    Kept apart from `compute_metrics` on purpose: it works on raw completions and fails the way the original does
-    (a completion without '(' raises IndexError there; here it simply counts as wrong).
-    """
-    count = 0
-    ecount = 0
-    for gold_output, pred in zip(gold_outputs, raw_predictions, strict=True):
-        gold = gold_output.split(";")[0] if ";" in gold_output else gold_output
-        if gold.split("(")[0] == pred.split("(")[0]:
-            count += 1
-            try:
-                gold_list = set(gold.strip()[:-1].split("(")[1].split(","))
-                pred_list = set(pred.strip()[:-1].split("(")[1].split(","))
-            except IndexError:
-                continue
-            if gold_list == pred_list:
-                ecount += 1
-    total = len(gold_outputs)
-    return (count / total, ecount / total) if total else (0.0, 0.0)
+    """(intent accuracy, parameter accuracy) of raw completions by the seed 002 script's rule (`seed002_outcome`)."""
+    pairs = [seed002_outcome(gold, pred) for gold, pred in zip(gold_outputs, raw_predictions, strict=True)]
+    total = len(pairs)
+    if not total:
+        return 0.0, 0.0
+    return sum(i for i, _ in pairs) / total, sum(p for _, p in pairs) / total

@@ -12,14 +12,19 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from intentops.artifacts import CONFUSION_PNG
 from intentops.io import atomic_path
 
+if TYPE_CHECKING:
+    from intentops.evaluation.gate import GateDecision
+
 _HEADLINE = (
-    ("intent_accuracy", "Intent accuracy (seed 002)"),
-    ("param_accuracy", "Parameter accuracy (seed 002)"),
+    ("intent_accuracy", "Intent accuracy (normalised)"),
+    ("param_accuracy", "Parameter accuracy (normalised)"),
+    ("seed002_intent_accuracy", "Intent accuracy (seed 002 script, exact)"),
+    ("seed002_param_accuracy", "Parameter accuracy (seed 002 script, exact)"),
     ("macro_f1", "Macro-F1"),
     ("exact_match", "Exact match (all calls)"),
     ("format_valid_rate", "Format validity"),
@@ -41,6 +46,8 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         "n",
         "intent_accuracy",
         "param_accuracy",
+        "seed002_intent_accuracy",
+        "seed002_param_accuracy",
         "macro_f1",
         "exact_match",
         "format_valid_rate",
@@ -239,15 +246,47 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+_Table = tuple[str, list[str], list[list[str]]]
+
+
+def _markdown_tables(tables: Sequence[_Table]) -> list[str]:
+    lines: list[str] = []
+    for name, header, rows in tables:
+        lines += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
+        lines.append("")
+    return lines
+
+
+def _html_tables(tables: Sequence[_Table]) -> list[str]:
+    parts: list[str] = []
+    for name, header, rows in tables:
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        parts.append(f"<h2>{html.escape(name)}</h2><table id='{html.escape(slug)}'><thead><tr>")
+        parts.append("".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>")
+        parts.append("</tbody></table>")
+    return parts
+
+
+def _html_head(title: str) -> list[str]:
+    return [
+        "<!DOCTYPE html>",
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
+        "margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
+        "th{background:#f3f3f3}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+
+
 def render_markdown(
     metrics: Mapping[str, Any], errors: Sequence[Mapping[str, Any]] = (), title: str = "Evaluation report"
 ) -> str:
     """The report as Markdown (tables + a link to the confusion-matrix PNG next to it)."""
     lines = [f"# {title}", "", _context_line(metrics), ""]
-    for name, header, rows in _tables(metrics, errors):
-        lines += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
-        lines.append("")
+    lines += _markdown_tables(_tables(metrics, errors))
     lines += ["## Confusion matrix", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
     return "\n".join(lines)
 
@@ -259,22 +298,8 @@ def render_html(
     title: str = "Evaluation report",
 ) -> str:
     """A self-contained HTML page (the confusion-matrix PNG inlined) for KFP's HTML visualisation and MLflow."""
-    parts = [
-        "<!DOCTYPE html>",
-        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
-        "margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
-        "th{background:#f3f3f3}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(_context_line(metrics))}</p>",
-    ]
-    for name, header, rows in _tables(metrics, errors):
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-        parts.append(f"<h2>{html.escape(name)}</h2><table id='{html.escape(slug)}'><thead><tr>")
-        parts.append("".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>")
-        parts.append("</tbody></table>")
+    parts = [*_html_head(title), f"<p>{html.escape(_context_line(metrics))}</p>"]
+    parts += _html_tables(_tables(metrics, errors))
     if png_path is not None and Path(png_path).exists():
         encoded = base64.b64encode(Path(png_path).read_bytes()).decode("ascii")
         parts.append(f"<h2>Confusion matrix</h2><img alt='confusion matrix' src='data:image/png;base64,{encoded}'>")
@@ -312,3 +337,147 @@ def sample_errors(
     ]
     rows.sort(key=lambda row: row["format_ok"])
     return rows[:limit]
+
+
+def _gate_tables(decision: GateDecision) -> list[_Table]:
+    """(title, header, rows) of the gate report: comparisons with the champion, detectability, absolute checks."""
+    tables: list[_Table] = []
+    if decision.comparisons:
+        level = f"{100 * (1 - 2 * decision.alpha):.0f}%"
+        tables.append(
+            (
+                "Candidate vs champion (same test records)",
+                [
+                    "metric",
+                    "slice",
+                    "n",
+                    "candidate",
+                    "champion",
+                    "difference",
+                    f"{level} interval",
+                    "allowed drop",
+                    "McNemar p",
+                    "p (slices: Holm)",
+                    "verdict",
+                ],
+                [
+                    [
+                        c.metric,
+                        c.slice,
+                        str(c.n),
+                        _pct(c.candidate),
+                        _pct(c.champion),
+                        f"{100 * c.diff:+.1f} pt",
+                        f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}] pt",
+                        f"{100 * c.tolerance:.1f} pt",
+                        _num(c.mcnemar_p),
+                        _num(c.p_adjusted),
+                        "**BLOCKED**" if c.blocked else "ok",
+                    ]
+                    for c in decision.comparisons
+                ],
+            )
+        )
+    if decision.detectability:
+        tables.append(
+            (
+                "What this test set can detect",
+                ["metric", "n", "models disagree on", "drop detected with 80% power", "allowed drop", "verdict"],
+                [
+                    [
+                        d.metric,
+                        str(d.n),
+                        _pct(d.discordance),
+                        f"{100 * d.detectable_drop:.1f} pt",
+                        f"{100 * d.tolerance:.1f} pt",
+                        "allowed drop below what the test set can see" if d.underpowered else "ok",
+                    ]
+                    for d in decision.detectability
+                ],
+            )
+        )
+    tables.append(
+        (
+            "Thresholds (candidate)",
+            ["check", "value", "threshold", "verdict"],
+            [
+                [c.name, _num(c.value, 4), f"{c.op} {_num(c.threshold, 4)}", "ok" if c.ok else "**FAILED**"]
+                for c in decision.checks
+            ],
+        )
+    )
+    keys = [k for k in decision.candidate if isinstance(decision.candidate.get(k), int | float)]
+    tables.append(
+        (
+            "Headline",
+            ["metric", "candidate", "champion"],
+            [[k, _value(decision.candidate.get(k)), _value((decision.champion or {}).get(k))] for k in keys],
+        )
+    )
+    return tables
+
+
+_GATE_METHOD = (
+    "Each comparison pairs the two models on the same records. The interval is a two-sided {level} bootstrap "
+    "interval of the difference (records resampled); a comparison blocks when its upper end is still a drop beyond "
+    "the allowed one (one-sided {one_sided}) and, for accuracies, the exact McNemar test agrees the candidate is "
+    "worse. The whole test set is tested at level {alpha}; the slices of each metric are Holm-corrected together."
+)
+
+
+def _gate_method(decision: GateDecision) -> str:
+    return _GATE_METHOD.format(
+        level=f"{100 * (1 - 2 * decision.alpha):.0f}%",
+        one_sided=f"{100 * (1 - decision.alpha):.0f}%",
+        alpha=decision.alpha,
+    )
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _num(value, 4)
+
+
+def render_gate_markdown(decision: GateDecision) -> str:
+    """The gate report as Markdown (also the KFP Markdown output): verdict, reasons, then every table."""
+    verdict = "PASSED" if decision.passed else "FAILED"
+    lines = [f"# Promotion gate: {verdict}", "", f"Mode: `{decision.mode}`", "", "## Reasons", ""]
+    lines += [f"- {_md_cell(reason)}" for reason in decision.reasons] or ["- none"]
+    lines.append("")
+    if decision.comparisons:
+        lines += [_gate_method(decision), ""]
+    return "\n".join(lines + _markdown_tables(_gate_tables(decision)))
+
+
+def render_gate_html(decision: GateDecision) -> str:
+    """The gate report as one self-contained HTML page."""
+    verdict = "PASSED" if decision.passed else "FAILED"
+    parts = [*_html_head(f"Promotion gate: {verdict}"), f"<p>Mode: {html.escape(decision.mode)}</p><ul>"]
+    parts += [f"<li>{html.escape(reason)}</li>" for reason in decision.reasons]
+    parts.append("</ul>")
+    if decision.comparisons:
+        parts.append(f"<p>{html.escape(_gate_method(decision))}</p>")
+    parts += _html_tables(_gate_tables(decision))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def gate_scalar_metrics(decision: GateDecision) -> dict[str, float]:
+    """Flat numbers of the decision for KFP `Metrics` and MLflow: verdict, and per comparison its difference,
+    interval and adjusted p-value (`gate_<metric>_<slice>_diff`...), and the detectable drops."""
+    flat = {"gate_passed": float(decision.passed), "gate_failed_checks": float(len(decision.failed))}
+    for c in decision.comparisons:
+        stem = "gate_" + re.sub(r"[^A-Za-z0-9_]+", "_", f"{c.metric}_{c.slice}")
+        flat.update(
+            {
+                f"{stem}_diff": c.diff,
+                f"{stem}_ci_low": c.ci_low,
+                f"{stem}_ci_high": c.ci_high,
+                f"{stem}_p_holm": c.p_adjusted,
+                f"{stem}_blocked": float(c.blocked),
+            }
+        )
+    for d in decision.detectability:
+        flat[f"gate_{d.metric}_detectable_drop"] = d.detectable_drop
+    return flat

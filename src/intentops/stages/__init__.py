@@ -8,7 +8,14 @@ evaluation records its run id in its metrics; the other stages open theirs here.
 """
 
 from intentops.stages.data import ChangeCheck, check_changes, convert_itag, validate_dataset
-from intentops.stages.evaluation import EvaluateOutputs, decide_gate, evaluate, evaluate_champion, gate
+from intentops.stages.evaluation import (
+    EvaluateOutputs,
+    GateOutputs,
+    decide_gate,
+    evaluate,
+    evaluate_champion,
+    gate,
+)
 from intentops.stages.release import deploy_vllm, register_model
 from intentops.stages.training import ChainResult, GrpoOutputs, grpo, mine_hard_samples, sft_warmup, train_chain
 
@@ -16,6 +23,7 @@ __all__ = [
     "ChainResult",
     "ChangeCheck",
     "EvaluateOutputs",
+    "GateOutputs",
     "GrpoOutputs",
     "check_changes",
     "convert_itag",

@@ -133,48 +133,70 @@ def evaluate_champion(
     return _evaluate_outputs(Evaluation(evaluation_dir), meta)
 
 
+@dataclass
+class GateOutputs:
+    """What the gate task hands on: the verdict, the decision's UI metadata, its scalar metrics."""
+
+    passed: bool
+    metadata: dict[str, Any]
+    scalars: dict[str, float]
+
+
 def gate(
     cfg: RunConfig,
     candidate_evaluation_dir: str | Path,
     champion_evaluation_dir: str | Path | None,
     decision_dir: str | Path,
     pipeline_run_id: str | None = None,
-) -> tuple[bool, dict[str, Any]]:
-    """A CPU-only decision over two evaluation artifacts: the decision as JSON and Markdown; returns (passed, UI metadata)."""
+    dataset_dir: str | Path | None = None,
+) -> GateOutputs:
+    """A CPU-only decision over two evaluation artifacts, written as JSON, Markdown and HTML.
+
+    `dataset_dir` supplies the catalog, whose domains add per-domain comparisons.
+    """
     import mlflow
 
+    from intentops.artifacts import GATE_HTML
+    from intentops.catalog import load_catalog
     from intentops.evaluation.gate import write_gate
+    from intentops.evaluation.report import gate_scalar_metrics
     from intentops.tracking import stage_run
 
     with _timed({}) as meta:
-        decision = decide_gate(candidate_evaluation_dir, champion_evaluation_dir, cfg.gate)
+        catalog = load_catalog(Dataset(dataset_dir).catalog_path) if dataset_dir is not None else None
+        decision = decide_gate(candidate_evaluation_dir, champion_evaluation_dir, cfg.gate, catalog)
         result = GateResult(decision_dir)
+        scalars = gate_scalar_metrics(decision)
         with stage_run("gate", cfg, pipeline_run_id, params={"mode": cfg.gate.mode}):
             write_gate(decision, result.path)
-            mlflow.log_metrics(
-                {"gate_passed": float(decision.passed), "gate_failed_checks": float(len(decision.failed))}
-            )
-            mlflow.log_artifact(str(result.json_path), artifact_path="gate")
-            mlflow.log_artifact(str(result.report_md), artifact_path="gate")
+            mlflow.log_metrics(scalars)
+            for path in (result.json_path, result.report_md, result.file(GATE_HTML)):
+                mlflow.log_artifact(str(path), artifact_path="gate")
             mlflow.set_tag("intentops.gate_passed", str(decision.passed).lower())
         meta.update(result.metadata())
     log.info("gate (%s): %s; %s", decision.mode, "passed" if decision.passed else "FAILED", "; ".join(decision.reasons))
-    return decision.passed, meta
+    return GateOutputs(decision.passed, meta, scalars)
 
 
 def decide_gate(
-    candidate_evaluation_dir: str | Path, champion_evaluation_dir: str | Path | None, gate_cfg: GateConfig
+    candidate_evaluation_dir: str | Path,
+    champion_evaluation_dir: str | Path | None,
+    gate_cfg: GateConfig,
+    catalog: Any = None,
 ) -> Any:
     """The gate's decision from the candidate's evaluation and the champion's (None or no_model.json: no champion)."""
     from intentops.evaluation.gate import decide
 
-    candidate = Evaluation(candidate_evaluation_dir).metrics()
+    candidate = Evaluation(candidate_evaluation_dir)
+    candidate.check()
     champion = Evaluation(champion_evaluation_dir) if champion_evaluation_dir is not None else None
-    champion_metrics = champion.metrics() if champion is not None and champion.evaluated else None
-    decision = decide(
-        candidate.to_dict(), champion_metrics.to_dict() if champion_metrics is not None else None, gate_cfg
-    )
-    registry = champion_metrics.model.get("registry") if champion_metrics is not None else None
+    if champion is not None and not champion.evaluated:
+        log.info("no champion evaluation (%s): deciding on thresholds alone", champion.no_model_reason())
+        champion = None
+    if champion is not None:
+        champion.check()
+    decision = decide(candidate.path, champion.path if champion is not None else None, gate_cfg, catalog)
+    registry = champion.metrics().model.get("registry") if champion is not None else None
     if registry:
         decision.champion = {**(decision.champion or {}), "registry": registry}
     return decision
