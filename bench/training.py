@@ -59,6 +59,8 @@ def timed(name: str, func: Callable[[], Any], rows: list[dict[str, Any]]) -> Any
 
 
 def run_chain(work: Path, cfg: RunConfig) -> dict[str, Any]:
+    import mlflow
+
     from intentops.artifacts import Dataset, HardSet, ModelFolder, Records
     from intentops.data.split import split_dataset
     from intentops.models import create_tiny_model
@@ -66,6 +68,9 @@ def run_chain(work: Path, cfg: RunConfig) -> dict[str, Any]:
 
     cfg = cfg.model_copy(deep=True)
     cfg.registry.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(cfg.registry.tracking_uri)
+    if mlflow.get_experiment_by_name(cfg.registry.experiment) is None:  # keep artifacts under --work, not ./mlruns
+        mlflow.create_experiment(cfg.registry.experiment, artifact_location=(work / "mlartifacts").as_uri())
     chain_dir = work / "chain"
     for path in (work / "tiny", chain_dir):
         shutil.rmtree(path, ignore_errors=True)
