@@ -10,7 +10,10 @@ Qwen prompt. Against it, on the same SFT-trained tiny model and the same test re
   prefix cache, to show what batching alone buys;
 - label scoring (`LabelScoringPredictor`: seed 001 perplexity-based decoding, every label scored in one pass over the
   cached prompt, then greedy argument completion), a different decoder: its agreement with generation is measured,
-  not assumed; and label scoring as a pure intent classifier (no arguments), which is what seed 001 measures.
+  not assumed; and label scoring as a pure intent classifier (no arguments), which is what seed 001 measures; each
+  with the whole vocabulary or the catalog's tokens as the normaliser;
+- generation constrained to the catalog call grammar (what the vLLM server enforces);
+- a throughput table: samples/s at batch 1, 8 and 32 for generate, constrained generate and label scoring.
 
     python bench/evaluation.py --write-readme                 # builds dataset + SFT model once under --work
     python bench/evaluation.py --set sft__epochs=4 ...        # RunConfig overrides for the model the bench trains
@@ -42,14 +45,10 @@ from intentops.catalog import load_catalog
 from intentops.cli import add_config_argument, config_from_args
 from intentops.config import EXAMPLE_DIR, RunConfig
 from intentops.evaluation import load_split
+from intentops.evaluation.generation import GenerationPredictor
+from intentops.evaluation.label_scoring import LabelScoringPredictor
 from intentops.evaluation.metrics import compute_metrics, gold_calls, seed002_accuracy
-from intentops.evaluation.predictors import (
-    GenerationPredictor,
-    LabelScoringPredictor,
-    Prediction,
-    chat_prompts,
-    prediction_from_completion,
-)
+from intentops.evaluation.predictors import Prediction, chat_prompts, prediction_from_completion
 from intentops.io import write_json
 from intentops.models import load_model_and_tokenizer, read_model_card
 from intentops.prompting import PromptBuilder
@@ -59,6 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "evaluation"
 SEED_MAX_NEW_TOKENS = 64  # what the seed 002 script uses
 INTENT_ONLY = "label scoring, intents only"
+CATALOG = "label scoring, catalog-normalised"
+CATALOG_INTENT_ONLY = "label scoring, catalog-normalised, intents only"
+THROUGHPUT_BATCHES = (1, 8, 32)
 log = logging.getLogger("bench.evaluation")
 
 
@@ -122,7 +124,7 @@ def label_scoring_intents_only(scoring: LabelScoringPredictor, texts: Sequence[s
     predictions = []
     for text, row in zip(texts, scoring.score(texts), strict=True):
         best = max(range(len(row)), key=row.__getitem__)
-        predictions.append(Prediction(text, scoring.continuations[best], None, scoring.labels[best], None))
+        predictions.append(Prediction(text, scoring.names[best], None, scoring.labels[best], None))
     return predictions
 
 
@@ -137,7 +139,42 @@ def agreement(a: Sequence[Prediction], b: Sequence[Prediction]) -> float:
     return sum(x.intent == y.intent for x, y in zip(a, b, strict=True)) / len(a)
 
 
+def throughput(
+    predictors: dict[str, Any], texts: Sequence[str], batches: Sequence[int] = THROUGHPUT_BATCHES
+) -> list[dict[str, Any]]:
+    """Samples/s of each decoder at each batch size, on the same texts (one warm-up call per decoder first)."""
+    rows = []
+    for name, predictor in predictors.items():
+        predictor.predict(texts[:2])
+        row: dict[str, Any] = {"decoder": name}
+        for batch_size in batches:
+            predictor.batch_size = batch_size
+            log.info("throughput: %s at batch %d on %d records", name, batch_size, len(texts))
+            _, wall = timed(lambda predictor=predictor: predictor.predict(texts))
+            row[f"batch {batch_size}"] = round(len(texts) / wall, 1)
+        rows.append(row)
+    return rows
+
+
 # ---- report -------------------------------------------------------------------------------------------------------
+
+
+def throughput_markdown(report: dict[str, Any]) -> str:
+    rows = report["throughput"]
+    if not rows:
+        return ""
+    columns = [key for key in rows[0] if key != "decoder"]
+    lines = [
+        "| decoder | " + " | ".join(f"{c} (samples/s)" for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        *(f"| {r['decoder']} | " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows),
+    ]
+    return (
+        f"Throughput of `intentops evaluate`'s decoders by batch size ({report['throughput_n']} test records, same "
+        "model, same process, samples/s; label scoring includes the argument completion):\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -160,14 +197,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{rows}\n\n"
         f"Targets: label scoring >= 10x, batched generation >= 4x the seed loop. The seed script's own string "
         f"arithmetic on the seed loop's completions gives intent {seed['intent_accuracy']} / parameter "
-        f"{seed['param_accuracy']}, the same as `intentops.evaluation.metrics` ({seed['matches_metrics']}).\n\n"
-        f"Reading the label-scoring rows: exact label scoring evaluates the vocabulary projection at every node of "
-        f"the label trie ({report['label_trie_nodes']} nodes for {report['labels']} labels), greedy generation at "
-        f"each answer token ({report['mean_answer_tokens']} on average here). In this tiny model the projection "
-        f"(hidden {report['hidden_size']} x vocabulary {report['vocab_size']}) is most of the compute, so on a CPU "
-        "the scoring pass costs about as much as generating the whole answer, and the argument completion comes on "
-        "top. The method pays off where decode steps are memory-bound and the projection is a small share of the "
-        "model (billion-parameter models on a GPU); that setting is not measured here.\n\n"
+        f"{seed['param_accuracy']}; against `intentops.evaluation.metrics`: {seed['matches_metrics']}.\n\n"
+        f"Reading the label-scoring rows: a label is scored on its name's tokens plus the mass of the tokens that "
+        "open its argument list (`(`-tokens for intents with parameters, `()`-tokens otherwise), as the model writes "
+        f"them. Vocabulary normalisation projects every trie node ({report['label_trie_nodes']} nodes for "
+        f"{report['labels']} labels) onto the whole output head (hidden {report['hidden_size']} x vocabulary "
+        f"{report['vocab_size']}); catalog normalisation (each step's probability among the tokens some label takes "
+        "there, the distribution constrained decoding chooses from) runs only the nodes that lead to a choice "
+        f"({report['catalog_trie_nodes']}) and projects onto {report['catalog_rows']} output rows. Label scoring with "
+        "arguments adds a greedy completion for intents with parameters.\n\n"
+        f"{throughput_markdown(report)}"
         f"Reproduce:\n\n```bash\n{report['command']}\n```\n"
     )
 
@@ -185,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=SEED_MAX_NEW_TOKENS, help="For batched methods.")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (0 = torch default); 1 is fastest for tiny models."
+    )
+    parser.add_argument(
+        "--throughput-samples", type=int, default=64, help="Test records per throughput cell (0 = no table)."
     )
     parser.add_argument("--json", help="Also write the figures to this JSON file.")
     parser.add_argument("--write-readme", action="store_true", help=f"Update section '{SECTION}' of {README}.")
@@ -222,15 +264,36 @@ def main(argv: list[str] | None = None) -> int:
         prefix_cache=False,
         progress=False,
     )
+    constrained = GenerationPredictor(
+        model,
+        tokenizer,
+        builder,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        constrained=True,
+        progress=False,
+    )
     scoring = LabelScoringPredictor(
         model, tokenizer, builder, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
+    )
+    catalog_scoring = LabelScoringPredictor(
+        model,
+        tokenizer,
+        builder,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        normalization="catalog",
+        progress=False,
     )
     methods: dict[str, tuple[int, Callable[[Sequence[str]], list[Prediction]]]] = {
         "seed 002 loop": (1, lambda t: seed002_loop(model, tokenizer, builder, t)),
         "batched generation, no prefix cache": (args.batch_size, generation_full_prompts.predict),
         "batched generation": (args.batch_size, generation.predict),
+        "constrained generation": (args.batch_size, constrained.predict),
         "label scoring": (args.batch_size, scoring.predict),
         INTENT_ONLY: (args.batch_size, lambda t: label_scoring_intents_only(scoring, t)),
+        CATALOG: (args.batch_size, catalog_scoring.predict),
+        CATALOG_INTENT_ONLY: (args.batch_size, lambda t: label_scoring_intents_only(catalog_scoring, t)),
     }
     results: dict[str, tuple[list[Prediction], float]] = {}
     for name, (_, run) in methods.items():
@@ -238,13 +301,27 @@ def main(argv: list[str] | None = None) -> int:
         log.info("timing %s on %d records", name, len(texts))
         results[name] = timed(lambda run=run: run(texts))
 
+    throughput_texts = texts[: args.throughput_samples]
+    throughput_rows = (
+        throughput(
+            {
+                "generate": generation,
+                "constrained generate": constrained,
+                "label scoring": scoring,
+                CATALOG: catalog_scoring,
+            },
+            throughput_texts,
+        )
+        if throughput_texts
+        else []
+    )
     seed_predictions, seed_wall = results["seed 002 loop"]
     seed_intent, seed_params = seed002_accuracy([r["output"] for r in records], [p.raw for p in seed_predictions])
     rows = []
     gold_intents = [gold_calls(record)[0].name for record in records]
     for name, (predictions, wall) in results.items():
         metrics = compute_metrics(records, [p.call for p in predictions])
-        if name == INTENT_ONLY:  # no call string: only the intent can be scored
+        if name in (INTENT_ONLY, CATALOG_INTENT_ONLY):  # no call string: only the intent can be scored
             hits = [p.intent == gold for p, gold in zip(predictions, gold_intents, strict=True)]
             metrics = {"intent_accuracy": sum(hits) / len(hits), "param_accuracy": None}
         rows.append(
@@ -268,11 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", CPU only"),
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", CPU only")
+        + f", load average {os.getloadavg()[0]:.1f} when the timings ended (other processes share the CPUs)",
         "measured_at": datetime.now(UTC).isoformat(timespec="minutes"),
         "methods": rows,
         "labels": len(scoring.labels),
-        "label_trie_nodes": len(scoring.trie.prefixes),
+        "label_trie_nodes": len(scoring.trie.nodes),
+        "catalog_trie_nodes": len(catalog_scoring.trie.nodes),
+        "catalog_rows": len({t for _, tokens in catalog_scoring.trie.edges for t in tokens}),
+        "throughput": throughput_rows,
+        "throughput_n": len(throughput_texts),
         "mean_answer_tokens": round(
             sum(len(tokenizer(p.raw, add_special_tokens=False)["input_ids"]) for p in seed_predictions)
             / len(seed_predictions),

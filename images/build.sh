@@ -3,8 +3,10 @@
 #
 #   images/build.sh [--dry-run] [--no-push] [trainer|server|mlflow ...]
 #
-# --dry-run prints the docker commands instead of running them. IMAGE_REGISTRY=... in the environment overrides the
+# --dry-run prints the commands instead of running them. IMAGE_REGISTRY=... in the environment overrides the
 # registry of versions.env. After pushing a new TRAINER_IMAGE, run `intentops compile` so the pipelines use it.
+# The trainer and server images install the intentops wheel built here once (dist/images/, with the bundled
+# defaults as package data), never the checkout itself.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,6 +58,12 @@ build() {  # build NAME TAG BUILD_ARG...
     run docker push "$tag"
   fi
 }
+
+wheel_dir="$root/dist/images"
+if [[ " ${targets[*]} " == *" trainer "* || " ${targets[*]} " == *" server "* ]]; then
+  run rm -f "$wheel_dir"/intentops-*.whl  # only wheels this script wrote: the images must get exactly one
+  run python3 -m pip wheel --no-deps --wheel-dir "$wheel_dir" "$root"
+fi
 
 for target in "${targets[@]}"; do
   case "$target" in

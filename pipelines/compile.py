@@ -17,7 +17,7 @@ PIPELINES_DIR = Path(__file__).resolve().parent
 
 
 def builders() -> dict[str, Callable[[Mapping[str, Any] | None], GraphComponent]]:
-    """File stem -> pipeline builder. Imported lazily: components/resolve_config may be regenerated first."""
+    """File stem -> pipeline builder (imported on use: building a pipeline builds every component)."""
     from pipelines import retrain_if_changed, training_pipeline
 
     return {"training_pipeline": training_pipeline.build, "retrain_if_changed": retrain_if_changed.build}

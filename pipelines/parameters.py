@@ -16,15 +16,15 @@ from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from intentops.config import PROJECT_ROOT, FlatField, RunConfig, flat_fields
+from intentops.config import RESOURCES, RunConfig, flat_fields, knobs_docstring
 
 Knobs = dict[str, PipelineChannel]
 
 
 def portable_value(value: Any) -> Any:
-    """Paths inside this checkout become relative to it: the trainer image keeps the same layout in its WORKDIR, so
-    the bundled example and configs/ resolve in a pod, and compiled YAML does not depend on where it was built."""
-    root = f"{PROJECT_ROOT}/"
+    """Paths to the bundled defaults become their bundled names (`examples/...`, `configs/...`), which the config
+    resolves inside whatever intentops is installed in the pod; compiled YAML does not depend on where it was built."""
+    root = f"{RESOURCES}/"
     if isinstance(value, str) and value.startswith(root):
         return value[len(root) :]
     if isinstance(value, list):
@@ -35,12 +35,6 @@ def portable_value(value: Any) -> Any:
 def pipeline_arguments(cfg: RunConfig) -> dict[str, Any]:
     """The flat knobs of `cfg`, portable, as arguments for a cluster run."""
     return {name: portable_value(value) for name, value in cfg.flat().items()}
-
-
-def _docstring(description: str, fields: list[FlatField]) -> str:
-    lines = [description, "", "Args:"]
-    lines += [f"    {field.name}: {field.description}" for field in fields]
-    return "\n".join(lines) + "\n"
 
 
 def knob_pipeline(
@@ -61,7 +55,7 @@ def knob_pipeline(
         body(dict(zip(names, channels, strict=True)))
 
     pipeline_func.__name__ = pipeline_func.__qualname__ = name.replace("-", "_")
-    pipeline_func.__doc__ = _docstring(description, fields)
+    pipeline_func.__doc__ = knobs_docstring(description)
     pipeline_func.__annotations__ = {field.name: field.type for field in fields}
     pipeline_func.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [

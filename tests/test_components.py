@@ -1,4 +1,4 @@
-"""The KFP components: generated resolve-config in sync with config.py, folder layout, images, stage specs."""
+"""The KFP components: resolve-config takes every knob, folder layout, images, stage specs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from intentops.config import PROJECT_ROOT, RunConfig, flat_fields, load_config
+from intentops.config import RunConfig, flat_fields, load_config
 
 STAGES = {
     "convert_itag": "convert-itag",
@@ -26,7 +26,8 @@ STAGES = {
     "check_changes": "check-changes",
 }
 GPU_STAGES = {"sft_warmup", "grpo_stage1", "grpo_stage2", "evaluate", "evaluate_champion"}
-COMPONENTS_DIR = PROJECT_ROOT / "components"
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENTS_DIR = ROOT / "components"
 
 
 def _module(folder: str):
@@ -35,25 +36,6 @@ def _module(folder: str):
 
 def _component(folder: str):
     return getattr(_module(folder), folder)
-
-
-def test_resolve_config_component_is_generated_from_config_py():
-    from components.resolve_config import generate
-
-    assert not generate.is_stale(), (
-        "components/resolve_config/component.py is stale against intentops/config.py: "
-        "run `python -m components.resolve_config.generate` (or `intentops compile`)"
-    )
-
-
-def test_generator_detects_a_new_knob(tmp_path):
-    from components.resolve_config import generate
-
-    target = tmp_path / "component.py"
-    assert generate.write_if_stale(target) is True
-    assert generate.write_if_stale(target) is False
-    target.write_text(target.read_text().replace("    data__seed: int,\n", ""))
-    assert generate.is_stale(target)
 
 
 def test_resolve_config_takes_every_knob_with_its_type_and_description():
@@ -91,7 +73,7 @@ def test_components_run_in_the_pinned_trainer_image_without_pip_installs(folder)
     module = importlib.import_module(f"components.{folder}.component")
     component = getattr(module, folder)
     container = component.component_spec.implementation.container
-    assert container.image == dotenv_values(PROJECT_ROOT / "images" / "versions.env")["TRAINER_IMAGE"]
+    assert container.image == dotenv_values(ROOT / "images" / "versions.env")["TRAINER_IMAGE"]
     command = " ".join(container.command)
     assert "pip install" not in command, "the trainer image already has intentops and kfp"
     assert "kfp.dsl.executor_main" in command, "kfp.local's SubprocessRunner only runs lightweight components"
@@ -115,7 +97,7 @@ def test_stage_specs_put_gpus_caching_and_retries_where_they_belong():
 
 
 def test_resolve_config_runs_under_kfp_local_and_writes_the_run_config(tmp_path):
-    """The generated component really executes (kfp.local, as in `intentops run`) and round-trips the config."""
+    """The component really executes (kfp.local, as in `intentops run`) and round-trips the config."""
     import kfp.local
 
     from components.resolve_config.component import resolve_config
@@ -135,14 +117,23 @@ def test_resolve_config_runs_under_kfp_local_and_writes_the_run_config(tmp_path)
     assert yaml.safe_load(config_path.read_text())["sft"]["epochs"] == 2.0
 
 
-def test_resolve_config_rejects_an_invalid_knob_value(tmp_path):
+@pytest.mark.parametrize(
+    ("bad", "knob"),
+    [
+        ({"grpo__batch_size": 6, "grpo__num_generations": 4}, "grpo__batch_size"),
+        ({"data__unseen_intents": ["no_such_intent"]}, "data__unseen_intents"),
+    ],
+    ids=["grpo-batch", "unseen-vs-catalog"],
+)
+def test_resolve_config_rejects_a_bad_knob_combination_naming_the_knob(tmp_path, capfd, bad, knob):
     import kfp.local
 
     from components.resolve_config.component import resolve_config
 
-    flat = RunConfig().flat() | {"grpo__num_generations": 1}
+    flat = RunConfig().flat() | bad
     kfp.local.init(
         runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True
     )
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="resolve-config"):
         resolve_config(**flat)
+    assert f"{knob}: " in capfd.readouterr().out

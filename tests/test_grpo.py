@@ -151,10 +151,10 @@ def test_use_vllm_without_vllm_is_a_clear_error(
         run_grpo(small_dataset_dir / "train.jsonl", sft_model_dir, cfg, tmp_path / "out")
 
 
-def test_batch_must_hold_whole_groups(tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config):
-    cfg = RunConfig.from_flat({"grpo__batch_size": 6, "grpo__num_generations": 4}, base=grpo_config)
-    with pytest.raises(ValueError, match=r"not divisible by grpo\.num_generations=4"):
-        run_grpo(small_dataset_dir / "train.jsonl", sft_model_dir, cfg, tmp_path / "out")
+def test_batch_must_hold_whole_groups(grpo_config):
+    """Rejected when the configuration is built, before any stage runs (tests/test_config.py has the rule)."""
+    with pytest.raises(ValueError, match=r"not divisible by grpo__num_generations=4"):
+        RunConfig.from_flat({"grpo__batch_size": 6, "grpo__num_generations": 4}, base=grpo_config)
 
 
 def test_overlong_prompts_are_reported_not_truncated(

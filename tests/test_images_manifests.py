@@ -12,10 +12,10 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from intentops.config import PROJECT_ROOT
+ROOT = Path(__file__).resolve().parents[1]
 
-IMAGES = PROJECT_ROOT / "images"
-MANIFESTS = PROJECT_ROOT / "manifests"
+IMAGES = ROOT / "images"
+MANIFESTS = ROOT / "manifests"
 VERSIONS = {key: value for key, value in dotenv_values(IMAGES / "versions.env").items() if value is not None}
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 KUSTOMIZATIONS = [MANIFESTS / "base", *sorted(p for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
@@ -190,3 +190,22 @@ def test_overlays_change_what_they_say():
     assert ("Service", "intentops-postgres") not in managed
     assert managed["ConfigMap", "mlflow-config"]["data"]["POSTGRES_HOST"] != "intentops-postgres"
     assert managed["Deployment", "mlflow"]["spec"]["replicas"] == 2
+
+
+def test_images_install_the_wheel_build_sh_builds_not_the_checkout():
+    out = subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), "--dry-run", "--no-push", "server"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    wheel_line = next(line for line in out.splitlines() if "pip wheel" in line)
+    assert wheel_line.split()[-1] == str(ROOT) and f"--wheel-dir {ROOT}/dist/images" in wheel_line
+    assert out.index("pip wheel") < out.index("docker build")
+    for name in ("trainer", "server"):
+        text = (IMAGES / name / "Dockerfile").read_text(encoding="utf-8")
+        assert "COPY dist/images/intentops-*.whl /tmp/wheels/" in text, name
+        assert not re.search(r"pip install[^\n]*(-e |--editable)", text), f"{name}: editable install"
+        assert not re.search(r"^COPY (src|components|pipelines|configs|examples)\b", text, flags=re.MULTILINE), name
+        ignore = (IMAGES / name / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+        assert "!dist/images/intentops-*.whl" in ignore, name

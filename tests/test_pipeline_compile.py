@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from intentops.cli import main
-from intentops.config import PROJECT_ROOT, flat_fields
+from intentops.config import RESOURCES, flat_fields
 
-PIPELINES_DIR = PROJECT_ROOT / "pipelines"
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES_DIR = ROOT / "pipelines"
 GPU_TASKS = {"sft-warmup", "grpo-stage1", "grpo-stage2", "evaluate", "evaluate-champion"}
 CACHED_TASKS = {"resolve-config", "validate-dataset", "mine-hard-samples", "evaluate"}
 TRAINING_TASKS = {
@@ -92,11 +93,11 @@ def test_every_knob_is_a_typed_described_parameter_with_its_default(compiled):
         assert param["description"] == field.description, field.name
         default = param["defaultValue"]
         expected = field.default
-        if isinstance(expected, str) and expected.startswith(f"{PROJECT_ROOT}/"):
-            expected = expected[len(f"{PROJECT_ROOT}/") :]  # checkout paths are relative to the image's WORKDIR
+        if isinstance(expected, str) and expected.startswith(f"{RESOURCES}/"):
+            expected = expected[len(f"{RESOURCES}/") :]  # bundled defaults by their bundled name
         assert default == expected, field.name
     assert params["data__manifest"]["defaultValue"] == "examples/assistant/manifest.jsonl"
-    assert str(PROJECT_ROOT) not in json.dumps(spec)
+    assert str(RESOURCES) not in json.dumps(spec) and str(ROOT) not in json.dumps(spec)
 
 
 def test_training_dag_has_every_stage_and_gates_deployment(compiled):
@@ -208,7 +209,7 @@ def test_caching_and_retries(compiled):
 def test_every_executor_runs_the_pinned_trainer_image(compiled):
     from dotenv import dotenv_values
 
-    image = dotenv_values(PROJECT_ROOT / "images" / "versions.env")["TRAINER_IMAGE"]
+    image = dotenv_values(ROOT / "images" / "versions.env")["TRAINER_IMAGE"]
     for spec, _ in compiled.values():
         images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
         assert images == {image}

@@ -1,8 +1,11 @@
-"""Predictors: label scoring equals brute-force scoring, batched generation equals one-by-one, the factory falls back."""
+"""Predictors: label scoring equals brute-force scoring and scores what the model writes, batched generation equals
+one-by-one, constrained generation only writes catalog calls, the factory falls back."""
 
 from __future__ import annotations
 
 import logging
+import random
+import re
 import sys
 import types
 from pathlib import Path
@@ -10,23 +13,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from intentops.config import ModelConfig, PromptConfig, RunConfig
-from intentops.evaluation import load_split
-from intentops.evaluation.predictors import (
-    GenerationPredictor,
-    LabelScoringPredictor,
-    LabelTrie,
-    VllmPredictor,
+from intentops.catalog import load_catalog
+from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
+from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
+from intentops.evaluation.constrained import CallGrammar, TokenGrammar
+from intentops.evaluation.decoding import (
     assemble,
-    chat_prompts,
     common_prefix_length,
-    make_predictor,
     plan_batches,
-    prediction_from_completion,
+    shared_head,
     stop_token_ids,
+    tokenize_prompts,
 )
-from intentops.models import load_model_and_tokenizer
+from intentops.evaluation.generation import GenerationPredictor
+from intentops.evaluation.label_scoring import LabelScoringPredictor, LabelTrie, label_name_ids
+from intentops.evaluation.metrics import compute_metrics
+from intentops.evaluation.predictors import chat_prompts, make_predictor, prediction_from_completion
+from intentops.evaluation.vllm_predictor import VllmPredictor
+from intentops.io import read_jsonl, write_jsonl
+from intentops.models import create_tiny_model, load_model_and_tokenizer
 from intentops.prompting import PromptBuilder
+from intentops.serving.client import structured_outputs, valid_calls
 
 N_TEXTS = 4
 
@@ -53,47 +60,115 @@ def texts(small_dataset_dir: Path) -> list[str]:
     return [r["text"] for r in records[:: max(1, len(records) // N_TEXTS)]][:N_TEXTS]
 
 
-def _brute_force_scores(model, tokenizer, builder, predictor: LabelScoringPredictor, texts: list[str]) -> torch.Tensor:
-    """Every (prompt, label) pair as its own unpadded forward pass: the definition label scoring must match."""
+def _brute_force_scores(
+    model, tokenizer, builder, predictor: LabelScoringPredictor, texts: list[str], normalization: str
+) -> torch.Tensor:
+    """Every (prompt, label) pair as its own unpadded forward pass: the definition label scoring must match.
+
+    A label's score: its name tokens, then the mass of the tokens that open its argument list. `vocabulary`
+    normalises over the whole vocabulary; `catalog` over what any label takes after the same prefix.
+    """
+    names, openers = predictor.name_ids, predictor.openers
+
+    def allowed_after(prefix: list[int]) -> set[int]:
+        tokens = set()
+        for ids, opener in zip(names, openers, strict=True):
+            if ids[: len(prefix)] == prefix:
+                tokens |= {ids[len(prefix)]} if len(ids) > len(prefix) else set(opener)
+        return tokens
+
     rows = []
     with torch.inference_mode():
         for prompt in chat_prompts(tokenizer, builder, texts):
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             row = []
-            for label_ids in predictor.label_ids:
-                logits = model(torch.tensor([prompt_ids + label_ids])).logits[0].float()
-                logp = torch.log_softmax(logits, dim=-1)
-                start = len(prompt_ids) - 1
-                row.append(sum(logp[start + k, token].item() for k, token in enumerate(label_ids)))
+            for ids, opener in zip(names, openers, strict=True):
+                logits = model(torch.tensor([prompt_ids + ids])).logits[0].float()
+                start, total = len(prompt_ids) - 1, 0.0
+                for k, targets in enumerate([[t] for t in ids] + [list(opener)]):
+                    step = logits[start + k]
+                    if normalization == "catalog":
+                        allowed = torch.tensor(sorted(allowed_after(ids[:k])))
+                        step = torch.full_like(step, float("-inf")).index_copy(0, allowed, step[allowed])
+                    logp = torch.log_softmax(step, dim=-1)
+                    total += torch.logsumexp(logp[torch.tensor(targets)], dim=0).item()
+                row.append(total)
             rows.append(row)
     return torch.tensor(rows)
 
 
-@pytest.mark.parametrize(("numeric_labels", "prefix_cache"), [(False, True), (True, False)])
-def test_label_scoring_matches_brute_force(loaded, texts: list[str], numeric_labels: bool, prefix_cache: bool) -> None:
+@pytest.mark.parametrize(
+    ("numeric_labels", "prefix_cache", "normalization"),
+    [(False, True, "vocabulary"), (True, False, "vocabulary"), (False, True, "catalog"), (True, True, "catalog")],
+)
+def test_label_scoring_matches_brute_force(
+    loaded, texts: list[str], numeric_labels: bool, prefix_cache: bool, normalization: str
+) -> None:
     model, tokenizer, trained_builder = loaded
     builder = PromptBuilder(trained_builder.catalog, PromptConfig(numeric_labels=numeric_labels))
     # batch_size 3 over 4 texts: two batches, prompts of different lengths padded inside the first
     predictor = LabelScoringPredictor(
-        model, tokenizer, builder, batch_size=3, max_new_tokens=4, prefix_cache=prefix_cache, progress=False
+        model,
+        tokenizer,
+        builder,
+        batch_size=3,
+        max_new_tokens=4,
+        prefix_cache=prefix_cache,
+        normalization=normalization,
+        progress=False,
     )
-    assert any(len(ids) > 2 for ids in predictor.label_ids)  # the block-mask pass has work to do
+    assert any(len(ids) > 1 for ids in predictor.name_ids)  # the block-mask pass has work to do
+    assert all(len(opener) > 1 for opener in predictor.openers)  # `(` merges: a set of tokens, not one
     texts = texts if not numeric_labels else texts[:2]  # the brute force is slow: one variant sees all texts
     fast = torch.tensor(predictor.score(texts))
-    slow = _brute_force_scores(model, tokenizer, builder, predictor, texts)
+    slow = _brute_force_scores(model, tokenizer, builder, predictor, texts, normalization)
     assert fast.shape == (len(texts), len(builder.labels))
     torch.testing.assert_close(fast, slow, atol=2e-4, rtol=1e-4)
     assert fast.argmax(dim=1).tolist() == slow.argmax(dim=1).tolist()
+    if normalization == "catalog":  # fewer nodes run and fewer output rows projected than the full trie
+        assert len(predictor.trie.nodes) < len(predictor.full_trie.nodes)
 
 
 def test_length_normalized_scores_are_mean_log_likelihoods(loaded, texts: list[str]) -> None:
     model, tokenizer, builder = loaded
     total = LabelScoringPredictor(model, tokenizer, builder, batch_size=8, progress=False)
     mean = LabelScoringPredictor(model, tokenizer, builder, batch_size=8, length_normalized=True, progress=False)
-    lengths = torch.tensor([len(ids) for ids in total.label_ids], dtype=torch.float32)
+    lengths = torch.tensor([len(ids) + 1 for ids in total.name_ids], dtype=torch.float32)  # name + opening token
     torch.testing.assert_close(
         torch.tensor(mean.score(texts[:2])), torch.tensor(total.score(texts[:2])) / lengths, atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("numeric_labels", [False, True])
+def test_every_gold_target_begins_with_its_labels_scored_tokens(tmp_path: Path, numeric_labels: bool) -> None:
+    """On the bundled example, with the tokenizer the tiny profile trains: what label scoring scores for a label is
+    what the model is trained to write first (name tokens, then a token of the label's opening set)."""
+    catalog = load_catalog(EXAMPLE_DIR / "catalog.yaml")
+    records = list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    write_jsonl(dataset / "train.jsonl", records)
+    prompt_cfg = PromptConfig(numeric_labels=numeric_labels)
+    model_cfg = ModelConfig(tiny_hidden_size=16, tiny_num_heads=2, tiny_num_kv_heads=1, tiny_num_layers=1)
+    model_dir = create_tiny_model(dataset, catalog, model_cfg, tmp_path / "model", prompt_cfg)
+    model, tokenizer = load_model_and_tokenizer(model_dir, model_cfg, for_training=False)
+    builder = PromptBuilder(catalog, prompt_cfg)
+    predictor = LabelScoringPredictor(model, tokenizer, builder, progress=False)
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    prompt = chat_prompts(tokenizer, builder, ["probe"])[0]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    old_style = label_name_ids(tokenizer, builder, [f"{name}(" for name in predictor.names])  # `name(` scoring
+    old_misses = 0
+    for record in records:
+        gold = tokenizer(prompt + builder.target(record["output"]), add_special_tokens=False)["input_ids"]
+        assert gold[: len(prompt_ids)] == prompt_ids
+        answer = gold[len(prompt_ids) :]
+        label = index[record["calls"][0]["name"]]
+        name = predictor.name_ids[label]
+        assert answer[: len(name)] == name, record["output"]
+        assert answer[len(name)] in predictor.openers[label], record["output"]
+        old_misses += answer[: len(old_style[label])] != old_style[label]
+    assert old_misses > len(records) / 2  # the defect this replaces: most golds did not begin with `name(` tokens
 
 
 def _plain_generate(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
@@ -124,9 +199,15 @@ def test_label_scoring_predictions_follow_the_best_label(sft_model_dir: Path, te
         assert prediction.confidence == pytest.approx(float(torch.softmax(row, dim=0).max()), rel=1e-5)
         assert prediction.latency_s is not None and prediction.latency_s > 0
         if builder.catalog.get(best).parameters:
-            # arguments: what plain greedy generation continues with after the prompt and the chosen label
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + predictor.label_ids[label]
-            assert prediction.raw == f"{best}(" + _plain_generate(model, tokenizer, ids, 6)
+            # arguments: the likeliest opening token after the prompt and the chosen name, then plain greedy
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + predictor.name_ids[label]
+            with torch.inference_mode():
+                logits = model(torch.tensor([ids])).logits[0, -1]
+            openers = torch.tensor(predictor.openers[label])
+            first = int(openers[logits[openers].argmax()])
+            rest = _plain_generate(model, tokenizer, [*ids, first], 5)
+            assert prediction.raw == best + tokenizer.decode([first]) + rest
+            assert prediction.raw.startswith(best + "(")
             with_arguments += 1
         else:
             # no arguments to fill: the answer is complete without generating
@@ -146,6 +227,20 @@ def test_batched_generation_equals_one_by_one(loaded, texts: list[str]) -> None:
         assert [p.raw for p in batched] == one_by_one
 
 
+@pytest.mark.parametrize("few_shot", ["none", "similar"])
+def test_prompts_tokenized_with_a_shared_head_equal_plain_tokenization(
+    loaded, small_dataset_dir: Path, few_shot: str
+) -> None:
+    _, tokenizer, trained = loaded
+    examples = load_split(small_dataset_dir, "train")
+    builder = PromptBuilder(trained.catalog, PromptConfig(few_shot=few_shot, few_shot_k=2), examples)
+    texts = [r["text"] for r in load_split(small_dataset_dir, "test")]
+    plain = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chat_prompts(tokenizer, builder, texts)]
+    assert tokenize_prompts(tokenizer, builder, texts) == plain
+    assert shared_head(tokenizer, chat_prompts(tokenizer, builder, texts)).endswith("<|im_start|>")
+    assert tokenize_prompts(tokenizer, builder, texts[:1]) == plain[:1]
+
+
 def test_plan_batches_is_a_length_sorted_partition() -> None:
     lengths = [5, 9, 1, 9, 3, 7, 2]
     batches = plan_batches(lengths, 3)
@@ -159,12 +254,30 @@ def test_plan_batches_is_a_length_sorted_partition() -> None:
 
 
 def test_label_trie_shares_prefixes() -> None:
-    trie = LabelTrie.build([[1, 2, 3], [1, 2, 4], [5]])
-    assert trie.prefixes == ((1,), (1, 2))  # labels 0 and 1 share both nodes; label 2 has one token, no node
-    assert trie.first == (1, 1, 5)
-    assert trie.steps == ((0, 2, 0), (1, 3, 0), (0, 2, 1), (1, 4, 1))
-    assert (trie.tokens(), trie.depths()) == ([1, 2], [0, 1])
-    assert trie.ancestry() == [[True, False], [True, True]]
+    # labels [1,2,3] and [1,2,4] share nodes (1,) and (1,2); [1,2] ends where the other two continue; [5] is one token
+    trie = LabelTrie.build([[1, 2, 3], [1, 2, 4], [1, 2], [5]], [[7], [8, 9], [9, 7], [7]])
+    assert trie.nodes == ((1,), (1, 2), (1, 2, 3), (1, 2, 4), (5,))
+    assert trie.tokens() == [1, 2, 3, 4, 5] and trie.depths() == [0, 1, 2, 2, 0]
+    assert trie.edges == (
+        (0, (1,)),
+        (1, (2,)),
+        (2, (3,)),
+        (3, (7,)),
+        (2, (4,)),
+        (4, (8, 9)),
+        (2, (7, 9)),
+        (0, (5,)),
+        (5, (7,)),
+    )
+    assert trie.paths == ((0, 1, 2, 3), (0, 1, 4, 5), (0, 1, 6), (7, 8))
+    assert trie.lengths() == [4, 4, 3, 2]
+    assert trie.allowed(0) == [1, 5] and trie.allowed(2) == [3, 4, 7, 9]
+    assert trie.ancestry()[2] == [True, True, True, False, False]
+    # catalog normalisation: only positions with a choice score; only nodes leading to them run
+    catalog = trie.for_catalog()
+    assert catalog.nodes == ((1,), (1, 2))
+    assert catalog.edges == ((0, (1,)), (2, (3,)), (2, (4,)), (2, (7, 9)), (0, (5,)))
+    assert catalog.paths == ((0, 1), (0, 2), (0, 3), (4,))
 
 
 def test_shared_prefix_layout() -> None:
@@ -190,7 +303,7 @@ def test_prediction_from_completion_reads_the_call(loaded) -> None:
 def test_make_predictor_falls_back_without_vllm(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("intentops.evaluation.predictors.vllm_available", lambda: False)
+    monkeypatch.setattr("intentops.evaluation.vllm_predictor.vllm_available", lambda: False)
     cfg = RunConfig()
     with caplog.at_level(logging.INFO, logger="intentops.evaluation.predictors"):
         predictor = make_predictor("auto", tiny_model_dir, cfg, progress=False)
@@ -198,6 +311,13 @@ def test_make_predictor_falls_back_without_vllm(
     assert "vllm is not importable" in caplog.text
     assert predictor.batch_size == cfg.evaluation.batch_size
     assert isinstance(make_predictor("label_scoring", tiny_model_dir, cfg), LabelScoringPredictor)
+    knobs = cfg.model_copy(deep=True)
+    knobs.evaluation.constrained = True
+    knobs.evaluation.label_score = "mean"
+    knobs.evaluation.label_normalization = "catalog"
+    scoring = make_predictor("label_scoring", tiny_model_dir, knobs, progress=False)
+    assert scoring.constrained and scoring.length_normalized and scoring.normalization == "catalog"
+    assert make_predictor("generate", tiny_model_dir, knobs, progress=False).constrained
     with pytest.raises(ValueError, match="beam"):
         make_predictor("beam", tiny_model_dir, cfg)
 
@@ -219,13 +339,159 @@ def test_vllm_predictor_uses_greedy_offline_generation(tiny_model_dir: Path, mon
             answers = ["weather_search(杭州)", "not a call"]
             return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=a)]) for a in answers]
 
+    class StructuredOutputsParams:
+        def __init__(self, **kwargs) -> None:
+            self.kwargs = kwargs
+
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    monkeypatch.setattr("intentops.evaluation.predictors.vllm_available", lambda: True)
+    monkeypatch.setitem(
+        sys.modules, "vllm.sampling_params", types.SimpleNamespace(StructuredOutputsParams=StructuredOutputsParams)
+    )
+    monkeypatch.setattr("intentops.evaluation.vllm_predictor.vllm_available", lambda: True)
     cfg = RunConfig()
     predictor = make_predictor("vllm", tiny_model_dir, cfg, progress=False)
-    assert isinstance(predictor, VllmPredictor)
+    assert isinstance(predictor, VllmPredictor) and not predictor.constrained
     predictions = predictor.predict(["杭州天气", "hello"])
     assert calls["init"]["model"] == str(tiny_model_dir)
     assert calls["sampling"] == {"temperature": 0.0, "max_tokens": cfg.evaluation.max_new_tokens}
     assert calls["prompts"][0].endswith("<|im_start|>assistant\n") and "杭州天气" in calls["prompts"][0]
     assert [p.call for p in predictions] == ["weather_search(杭州)", None]
+    # constrained: the request carries exactly the constraint the serving client sends
+    constrained = make_predictor("vllm", tiny_model_dir, cfg, constrained=True, progress=False)
+    constrained.predict(["杭州天气", "hello"])
+    expected = structured_outputs(PromptBuilder.from_model_dir(tiny_model_dir))
+    assert calls["sampling"]["structured_outputs"].kwargs == expected and constrained.constrained
+    constrained.unconstrained().predict(["杭州天气", "hello"])
+    assert "structured_outputs" not in calls["sampling"]
+
+
+# ---- constrained decoding ---------------------------------------------------------------------------------------
+
+
+def _random_answer(rng: random.Random, labels: list[str]) -> str:
+    """Strings near the call language: mostly well-formed pieces, sometimes broken ones."""
+    pieces = [*labels, "(", ")", ",", ";", '"', "\\", " ", "\t", "x", "杭州", "（", "'", "<", "\n"]
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+
+
+@pytest.mark.parametrize("prompt_cfg", [PromptConfig(), PromptConfig(numeric_labels=True)])
+def test_call_grammar_accepts_exactly_what_serving_enforces(prompt_cfg: PromptConfig) -> None:
+    """The transformers-side automaton and the regex the vLLM server gets agree on targets, near-misses and noise."""
+    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / "catalog.yaml"), prompt_cfg)
+    grammar = CallGrammar.for_builder(builder)
+    pattern = re.compile(structured_outputs(builder)["regex"])
+    records = list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))
+    candidates = [builder.target(r["output"]) for r in records[:200]]
+    rng = random.Random(0)
+    labels = list(grammar.labels)
+    candidates += [_random_answer(rng, labels) for _ in range(3000)]
+    candidates += [f"{rng.choice(labels)}({_random_answer(rng, ['a', 'b'])})" for _ in range(2000)]
+    accepted = [grammar.matches(text) for text in candidates]
+    assert accepted == [bool(pattern.fullmatch(text)) for text in candidates]
+    assert all(accepted[:200]) and 50 < sum(accepted[200:]) < len(accepted) - 250  # both outcomes exercised
+
+
+def test_token_grammar_follows_the_bytes_of_split_characters(loaded) -> None:
+    model, tokenizer, builder = loaded
+    grammar = TokenGrammar(CallGrammar.for_builder(builder), tokenizer, stop_token_ids(model, tokenizer))
+    ids = tokenizer("weather_search(杭州)", add_special_tokens=False)["input_ids"]
+    state = grammar.start
+    for token in ids:
+        state = grammar.advance(state, token)
+        assert state is not None
+    assert grammar.accepting(state) and grammar.min_close(state) == 0
+    # a full-width bracket is not allowed inside a bare argument, even when it arrives byte by byte
+    byte_ids = {data: i for i, data in grammar.bytes_of.items() if len(data) == 1}
+    inside = grammar.advance(grammar.start, tokenizer.convert_tokens_to_ids("weather"))
+    for data in (b"_search", b"(", b"x"):
+        for byte in data:
+            inside = grammar.advance(inside, byte_ids[bytes([byte])])
+    pending = grammar.advance(grammar.advance(inside, byte_ids[b"\xef"]), byte_ids[b"\xbc"])
+    assert pending is not None and pending[1] == b"\xef\xbc" and grammar.min_close(pending) == 2
+    assert grammar.advance(pending, byte_ids[b"\x88"]) is None  # U+FF08 （
+    assert grammar.advance(pending, byte_ids[b"\x81"]) is not None  # U+FF01 ！
+    eos = stop_token_ids(model, tokenizer)[0]
+    assert eos in grammar.options(state)[0].tolist() and eos not in grammar.options(inside)[0].tolist()
+
+
+@pytest.mark.parametrize("max_new_tokens", [12, 40])
+def test_constrained_generation_only_writes_catalog_calls(loaded, texts: list[str], max_new_tokens: int) -> None:
+    """A random-init model writes noise when free; constrained, every answer is a valid call within the budget."""
+    model, tokenizer, builder = loaded
+    free = GenerationPredictor(model, tokenizer, builder, batch_size=3, max_new_tokens=max_new_tokens, progress=False)
+    constrained = GenerationPredictor(
+        model, tokenizer, builder, batch_size=3, max_new_tokens=max_new_tokens, constrained=True, progress=False
+    )
+    assert constrained.constrained and not constrained.unconstrained().constrained and not free.constrained
+    pattern = re.compile(structured_outputs(builder)["regex"])
+    many = texts * 3
+    answers = constrained.predict(many)
+    assert all(pattern.fullmatch(p.raw) for p in answers), [p.raw for p in answers]
+    assert all(valid_calls(builder, builder.extract_calls(p.raw)) for p in answers)
+    assert sum(p.call is None for p in free.predict(texts)) > 0  # the model really is unconstrained noise
+    with pytest.raises(ValueError, match="cannot hold a complete call"):
+        GenerationPredictor(model, tokenizer, builder, max_new_tokens=2, constrained=True, progress=False).predict(
+            texts[:1]
+        )
+
+
+def test_constrained_label_scoring_completes_valid_arguments(loaded, texts: list[str]) -> None:
+    model, tokenizer, builder = loaded
+    predictor = LabelScoringPredictor(
+        model, tokenizer, builder, batch_size=4, max_new_tokens=10, constrained=True, progress=False
+    )
+    pattern = re.compile(structured_outputs(builder)["regex"])
+    answers = predictor.predict(texts * 2)
+    assert all(pattern.fullmatch(p.raw) for p in answers), [p.raw for p in answers]
+
+
+def test_unconstrained_figures_come_from_the_same_model_decoding_freely(loaded, small_dataset_dir: Path) -> None:
+    model, tokenizer, builder = loaded
+    records = load_split(small_dataset_dir, "test")[:4]
+    predictor = GenerationPredictor(model, tokenizer, builder, max_new_tokens=12, constrained=True, progress=False)
+    figures = _unconstrained_figures(predictor, records, builder.labels)
+    free = compute_metrics(records, [p.call for p in predictor.unconstrained().predict([r["text"] for r in records])])
+    assert figures == {key: free[key] for key in UNCONSTRAINED_FIGURES}
+    assert figures["format_error_rate"] > 0  # a random-init model decoding freely breaks the format
+
+
+def test_evaluate_model_reports_constrained_and_unconstrained_figures(
+    tiny_model_dir: Path, small_dataset_dir: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    """The evaluation artifact says which decoding produced its figures and carries the free figures beside."""
+    from intentops.config import load_config
+    from intentops.evaluation import evaluate_model
+
+    cfg = load_config(
+        overrides={
+            "registry__tracking_uri": mlflow_server,
+            "registry__experiment": "predictors-constrained",
+            "evaluation__decoding": "generate",
+            "evaluation__constrained": True,
+            "evaluation__max_samples": 4,
+            "evaluation__max_new_tokens": 16,
+            "evaluation__baselines": False,
+        }
+    )
+    metrics = evaluate_model(tiny_model_dir, small_dataset_dir, cfg, tmp_path / "eval")
+    assert metrics["decoding"] == "generate" and metrics["constrained"] is True
+    assert metrics["format_error_rate"] == 0.0  # every constrained answer is a catalog call
+    assert set(metrics["unconstrained"]) == set(UNCONSTRAINED_FIGURES)
+    assert metrics["unconstrained"]["format_error_rate"] > 0.0  # the random-init model, free, breaks the format
+
+
+def test_call_grammar_in_thought_mode_matches_the_served_template() -> None:
+    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / "catalog.yaml"), PromptConfig(output_mode="thought"))
+    grammar = CallGrammar.for_builder(builder)
+    pattern = re.compile(structured_outputs(builder)["regex"])
+    targets = [builder.target(r["output"]) for r in list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))[:100]]
+    broken = [
+        "<think></think><answer>volume_down()</answer>",  # empty reasoning
+        "<think>a<b</think><answer>volume_down()</answer>",  # '<' inside the reasoning
+        "<think>ok</think><answer>volume_down()",  # unclosed answer
+        "<think>ok</think><answer>volume_down()</answer> ",  # trailing text
+        "volume_down()",  # no template
+    ]
+    for text in targets + broken:
+        assert grammar.matches(text) == bool(pattern.fullmatch(text)), text
+    assert all(grammar.matches(t) for t in targets) and not any(grammar.matches(t) for t in broken)

@@ -28,7 +28,7 @@ def evaluate(
     report: dsl.Output[dsl.Markdown],
     report_html: dsl.Output[dsl.HTML],
 ):
-    """Score the candidate on the test split: intent and parameter accuracy (seed 002 definitions), macro-F1,
+    """Score the candidate on the test split: intent and parameter accuracy (first call's intent / intent and arguments), macro-F1,
     per-intent recall, format validity, seen/unseen and per-language accuracy, latency, plus baselines.
 
     Args:

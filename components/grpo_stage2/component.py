@@ -24,7 +24,7 @@ def grpo_stage2(
     model: dsl.Output[dsl.Model],
     rollouts: dsl.Output[dsl.Dataset],
 ):
-    """Second GRPO stage on the mined hard samples (reward-based curriculum sampling, seed 000), from the
+    """Second GRPO stage on the mined hard samples (reward-based curriculum sampling), from the
     stage-1 weights. When mining found nothing hard, the stage-1 model is passed on unchanged and says so.
 
     Args:

@@ -1,4 +1,4 @@
-"""mine-hard-samples: stage-1 rollouts + training split -> hard set for GRPO stage 2 (RCS, seed 000)."""
+"""mine-hard-samples: stage-1 rollouts + training split -> hard set for GRPO stage 2 (RCS)."""
 
 from kfp import dsl
 

@@ -272,6 +272,7 @@ class EvaluationMetrics(BaseModel):
     macro_f1: float | None = None
     exact_match: float | None = None
     decoding: str = ""
+    constrained: bool | None = None
     dataset: EvaluatedDataset = Field(default_factory=EvaluatedDataset)
     model: dict[str, Any] = Field(default_factory=dict)
     mlflow_run_id: str = ""

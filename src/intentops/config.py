@@ -2,25 +2,29 @@
 
 Every knob is defined here once, with its default and description. The CLI reads it from YAML (`--config`), the
 Kubeflow pipeline exposes each knob as a flat parameter (`section__field`, see `flat_fields`), and the local run uses
-the same defaults, so the three doors can never drift apart.
+the same defaults, so the three doors can never drift apart. Rules that tie knobs together (knob_rules.py) run on
+every load, so a bad combination fails in seconds, naming the knob, before any stage spends GPU time.
+
+The defaults (bundled example, configs/, DeepSpeed JSON, pinned image versions) ship inside the package under
+`intentops/resources/`, so an installed wheel finds them without a source checkout.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from intentops.artifacts import CATALOG_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-PROJECT_ROOT = PACKAGE_ROOT.parents[1]
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "tiny-cpu.yaml"
-EXAMPLE_DIR = PROJECT_ROOT / "examples" / "assistant"
+RESOURCES = PACKAGE_ROOT / "resources"
+DEFAULT_CONFIG = RESOURCES / "configs" / "tiny-cpu.yaml"
+EXAMPLE_DIR = RESOURCES / "examples" / "assistant"
+IMAGES_ENV = RESOURCES / "images" / "versions.env"
 FLAT_SEPARATOR = "__"
 
 
@@ -30,6 +34,15 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def bundled_path(value: str) -> str:
+    """A relative path that is not found here but names a bundled default (`examples/...`, `configs/...`) resolves
+    inside the installed package; anything else (absolute, s3://, found relative to the working folder) is kept."""
+    if not value or "://" in value or Path(value).is_absolute() or Path(value).exists():
+        return value
+    bundled = RESOURCES / value
+    return str(bundled) if bundled.exists() else value
 
 
 class DataConfig(_Section):
@@ -54,17 +67,27 @@ class DataConfig(_Section):
     unseen_domain: str = Field("", description="Leave every intent of this catalog domain out of training.")
     seed: int = Field(42, description="Seed for deterministic splitting.")
 
+    _bundled = field_validator("manifest", "catalog")(bundled_path)
+
 
 class ModelConfig(_Section):
-    profile: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random small Qwen2 built here.")
-    base_model: str = Field("", description="pretrained: HF folder path or s3:// prefix (e.g. Qwen2.5-7B-Instruct).")
+    profile: Literal["tiny", "pretrained"] = Field(
+        "tiny",
+        description="tiny: a small randomly initialised Qwen2 built and trained here (CPU demo); "
+        "pretrained: fine-tune model.base_model.",
+    )
+    base_model: str = Field(
+        "", description="pretrained: Hugging Face model folder or s3:// prefix (e.g. Qwen2.5-7B-Instruct)."
+    )
     tiny_hidden_size: int = Field(96, ge=8, description="tiny profile: hidden size.")
     tiny_num_layers: int = Field(2, ge=1, description="tiny profile: decoder layers.")
     tiny_num_heads: int = Field(4, ge=1, description="tiny profile: attention heads.")
     tiny_num_kv_heads: int = Field(2, ge=1, description="tiny profile: key/value heads.")
     tiny_intermediate_size: int = Field(192, ge=8, description="tiny profile: MLP width.")
     tiny_vocab_size: int = Field(3000, ge=300, description="tiny profile: BPE vocabulary trained on the data.")
-    tiny_max_positions: int = Field(1024, ge=64, description="tiny profile: max positions.")
+    tiny_max_positions: int = Field(
+        4096, ge=64, description="tiny profile: longest sequence (prompt + answer) the model accepts, in tokens."
+    )
     tiny_initializer_range: float = Field(
         0.08, gt=0, description="tiny profile: init std; above HF's 0.02 so a from-scratch model learns in few steps."
     )
@@ -86,9 +109,12 @@ class ModelConfig(_Section):
 class PromptConfig(_Section):
     output_mode: Literal["answer", "thought"] = Field("answer", description="answer: call only; thought: reason first.")
     category_definitions: bool = Field(True, description="Show each intent's description and parameters.")
-    few_shot: Literal["none", "fixed", "similar"] = Field("none", description="In-context examples in the prompt.")
+    few_shot: Literal["none", "fixed", "similar"] = Field(
+        "none",
+        description="In-context examples in the prompt: none; fixed (the same k for every prompt); "
+        "similar (the k training examples closest to the utterance by TF-IDF).",
+    )
     few_shot_k: int = Field(3, ge=0, description="How many in-context examples.")
-    similarity: Literal["tfidf", "embedding"] = Field("tfidf", description="How similar examples are retrieved.")
     numeric_labels: bool = Field(False, description="Answer with the intent's number instead of its name.")
     uncertain_label: bool = Field(False, description="Offer an explicit `uncertain()` answer.")
     system_prompt: str = Field(
@@ -108,35 +134,52 @@ class SftConfig(_Section):
     save_steps: int = Field(200, ge=1, description="Checkpoint every N steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
     resume: bool = Field(True, description="Resume from the last checkpoint in the output folder if one exists.")
-    deepspeed: str = Field("", description="DeepSpeed JSON config path (configs/deepspeed/*.json); empty = none.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    deepspeed: str = Field(
+        "", description="DeepSpeed JSON config path (bundled: configs/deepspeed/zero2.json, zero3.json); empty = none."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory.")
     check_samples: int = Field(
         64, ge=0, description="After training, greedy intent accuracy on up to N training records (0 = skip)."
     )
     seed: int = Field(42, description="Training seed.")
+
+    _bundled = field_validator("deepspeed")(bundled_path)
 
 
 class GrpoConfig(_Section):
     stage1_max_steps: int = Field(200, ge=1, description="GRPO stage-1 optimizer steps.")
     stage2_max_steps: int = Field(100, ge=1, description="GRPO stage-2 optimizer steps on the hard set.")
     learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate.")
-    batch_size: int = Field(8, ge=1, description="Per-device batch size (completions, divisible by num_generations).")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Completions per device and step; x gradient_accumulation_steps divisible by num_generations.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation.")
     num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (group size).")
     beta: float = Field(0.04, ge=0, description="KL coefficient against the reference model.")
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("dapo", description="TRL GRPO loss variant.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo",
+        description="How token losses are averaged: grpo (per completion), bnpo (per token of the device batch), "
+        "dr_grpo (by a fixed length), dapo (per token of the whole step).",
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="group: GRPO; batch: REINFORCE++-baseline; none: Dr. GRPO."
+        "group",
+        description="Advantage = reward minus its group mean, divided by the std of the group, of the batch, "
+        "or not divided (none).",
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
     max_prompt_length: int = Field(1024, ge=16, description="Prompt tokens kept.")
     max_completion_length: int = Field(64, ge=4, description="Generated tokens per rollout.")
-    use_vllm: bool = Field(False, description="Generate rollouts with vLLM (only when vllm is importable).")
-    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM in-process or a separate server.")
+    use_vllm: bool = Field(
+        False, description="Generate rollouts with vLLM inside the training process, sharing its GPUs (needs vllm)."
+    )
     reward_format_weight: float = Field(1.0, ge=0, description="Weight of the format reward.")
     reward_intent_weight: float = Field(1.0, ge=0, description="Weight of the intent reward.")
     reward_params_weight: float = Field(1.0, ge=0, description="Weight of the parameter reward.")
-    strict_format: bool = Field(True, description="Strict template (seed 000) vs loose format reward.")
+    strict_format: bool = Field(
+        True, description="Format reward only for an answer that is exactly the template; off: a valid call anywhere."
+    )
     reward_partial_credit: bool = Field(
         True, description="Multi-intent answers with some right calls earn their Jaccard overlap instead of 0."
     )
@@ -144,15 +187,29 @@ class GrpoConfig(_Section):
     collapse_patience: int = Field(20, ge=1, description="Steps of collapse before training stops with an error.")
     logging_steps: int = Field(5, ge=1, description="Log every N steps.")
     save_steps: int = Field(100, ge=1, description="Checkpoint every N steps.")
-    deepspeed: str = Field("", description="DeepSpeed JSON config path; empty = none.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory.")
+    deepspeed: str = Field("", description="DeepSpeed JSON config path (as sft.deepspeed); empty = none.")
     seed: int = Field(42, description="Training seed.")
+
+    _bundled = field_validator("deepspeed")(bundled_path)
+
+    def generation_batch_size(self, num_processes: int = 1) -> int:
+        """Completions TRL generates per optimizer step (its default: batch x processes x accumulation steps)."""
+        return self.batch_size * num_processes * self.gradient_accumulation_steps
+
+    def prompts_per_step(self, num_processes: int = 1) -> int:
+        """Distinct prompts in one generation batch: each is sampled num_generations times."""
+        return self.generation_batch_size(num_processes) // self.num_generations
 
 
 class MiningConfig(_Section):
     hard_threshold: float = Field(
         1.0, ge=0, le=1, description="A sample is hard when its share of perfect rollouts is below this."
     )
-    easy_per_hard: float = Field(0.0, ge=0, description="Easy samples mixed in per hard sample (seed 000: 0 best).")
+    easy_per_hard: float = Field(
+        0.0, ge=0, description="Easy samples mixed into stage 2 per hard sample; 0 trains on hard samples only."
+    )
     last_steps_only: int = Field(0, ge=0, description="Score only rollouts of the last N logged steps; 0 = all.")
     include_unscored: bool = Field(
         False, description="Also train stage 2 on samples stage 1 never rolled out (difficulty unknown)."
@@ -166,6 +223,19 @@ class EvaluationConfig(_Section):
     )
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per answer.")
+    constrained: bool = Field(
+        False,
+        description="Generate only calls the catalog allows, as the vLLM server does (structured outputs); "
+        "the unconstrained figures are reported beside.",
+    )
+    label_score: Literal["sum", "mean"] = Field(
+        "sum", description="label_scoring ranks by the label's total log-probability, or its mean per token."
+    )
+    label_normalization: Literal["vocabulary", "catalog"] = Field(
+        "vocabulary",
+        description="label_scoring: each token's probability against the whole vocabulary, or against the tokens "
+        "some label can take there (what constrained decoding chooses from; much faster).",
+    )
     baselines: bool = Field(True, description="Log majority-class and TF-IDF + linear baselines with every evaluation.")
     max_samples: int = Field(0, ge=0, description="Evaluate at most N test records; 0 = all.")
 
@@ -230,6 +300,16 @@ class ClusterConfig(_Section):
     s3_secret: str = Field("intentops-s3", description="Secret with AWS_ACCESS_KEY_ID/SECRET and endpoint.")
     mlflow_secret: str = Field("intentops-mlflow", description="Secret with MLFLOW_TRACKING_URI and credentials.")
 
+    def gpu_node_selector(self) -> dict[str, str]:
+        """Node selector of the GPU stages; none when the label key is empty."""
+        return {self.gpu_node_selector_key: self.gpu_node_selector_value} if self.gpu_node_selector_key else {}
+
+    def gpu_tolerations(self) -> list[dict[str, str]]:
+        """Tolerations of the GPU stages: the GPU pool's taint, none when the key is empty."""
+        if not self.gpu_toleration_key:
+            return []
+        return [{"key": self.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
+
 
 class RunConfig(_Section):
     """Everything a run needs; YAML files under configs/ are instances of it."""
@@ -265,13 +345,43 @@ class RunConfig(_Section):
             nested[section][key] = value
         return _validated(nested, source="flat parameters")
 
+    @model_validator(mode="after")
+    def _knobs_agree(self) -> RunConfig:
+        from intentops.knob_rules import problems
+
+        found = problems(self)
+        if found:
+            raise ValueError("; ".join(found))
+        return self
+
+    def check_catalog(self) -> None:
+        """Raise ConfigError when held-out intents or domain are not in data.catalog (if it is readable here)."""
+        from intentops.knob_rules import catalog_problems
+
+        found = catalog_problems(self)
+        if found:
+            raise ConfigError(f"flat parameters: {'; '.join(found)}")
+
     def to_yaml(self, path: str | Path) -> None:
         from intentops.io import atomic_write_text
 
         atomic_write_text(path, yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True))
 
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(), ensure_ascii=False, sort_keys=True)
+    def write_resolved(self, path: str | Path) -> dict[str, Any]:
+        """Write the run's config file; returns what a person sees of it in the Kubeflow UI (hash, main choices)."""
+        import hashlib
+
+        self.to_yaml(path)
+        return {
+            "config_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            "knobs": len(self.flat()),
+            "model_profile": self.model.profile,
+            "base_model": self.model.base_model,
+            "manifest": self.data.manifest,
+            "catalog": self.data.catalog,
+            "gate_mode": self.gate.mode,
+            "serving_target": self.serving.target,
+        }
 
 
 @dataclass(frozen=True)
@@ -302,6 +412,12 @@ def flat_fields() -> list[FlatField]:
     return fields
 
 
+def knobs_docstring(description: str) -> str:
+    """`description` plus an `Args:` line per knob: where KFP reads a parameter's description for its UI."""
+    lines = [description, "", "Args:", *(f"    {field.name}: {field.description}" for field in flat_fields())]
+    return "\n".join(lines) + "\n"
+
+
 def _kfp_type(value: Any) -> type:
     for candidate in (bool, int, float, str, list, dict):
         if isinstance(value, candidate):
@@ -309,12 +425,22 @@ def _kfp_type(value: Any) -> type:
     raise TypeError(f"unsupported knob type {type(value).__name__}")
 
 
+def _problem(error: Any) -> str:
+    """One pydantic error as the UI names it: `section__field: message` (cross-field rules name their own knob)."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "value_error" and not loc:
+        return str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{FLAT_SEPARATOR.join(loc[:2])}: unknown knob (see intentops.config for every knob)"
+    knob = FLAT_SEPARATOR.join(loc[:2]) + "".join(f"[{part}]" for part in loc[2:])
+    return f"{knob}: {error['msg']}"
+
+
 def _validated(data: dict[str, Any], source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {'; '.join(_problem(err) for err in exc.errors())}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -1,9 +1,9 @@
 """One prompt builder for training, evaluation and serving.
 
 The catalog is rendered as tool APIs (name, parameters, description), so adding, splitting or merging an intent
-changes the prompt, not the weights. The GenCLS++ strategies (seed 001) are options: category definitions, fixed or
+changes the prompt, not the weights. Prompt strategies are options: category definitions, fixed or
 similar in-context examples, numeric labels, an explicit uncertain label; the output is either the call string alone
-(`answer`) or a reasoning block then the call in the strict template of seed 000 (`thought`).
+(`answer`) or a reasoning block then the call in a strict `<think>...</think><answer>...</answer>` template (`thought`).
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ class PromptBuilder:
         self._name_of = {str(index): name for name, index in self._number_of.items()}
         self._fixed_examples = self._pick_fixed_examples() if cfg.few_shot == "fixed" else []
         self._retriever = _TfidfRetriever(self.examples) if cfg.few_shot == "similar" and self.examples else None
-        if cfg.few_shot == "similar" and cfg.similarity != "tfidf":
-            raise ValueError(f"prompt.similarity={cfg.similarity!r} is not available; use 'tfidf'")
         self._base_system = self._render_system()
 
     @property
@@ -100,7 +98,7 @@ class PromptBuilder:
         return any(self._parse_answer(m.group(0)) is not None for m in _LOOSE_CALL.finditer(text))
 
     def label_continuations(self) -> dict[str, str]:
-        """Intent -> the assistant text that commits to it; label scoring (seed 001) ranks these continuations."""
+        """Intent -> the assistant text that commits to it; label scoring ranks these continuations."""
         if self.cfg.output_mode != "answer":
             raise ValueError("label scoring needs prompt.output_mode='answer'")
         return {name: f"{self._label_token(name)}(" for name in self._labels}
@@ -128,7 +126,10 @@ class PromptBuilder:
         if not card_path.exists():
             raise FileNotFoundError(f"{card_path}: model card missing; is {model_dir} an IntentOps model folder?")
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        cfg = PromptConfig.model_validate(card.get("prompt", {}))
+        # Cards written before a prompt knob was removed (e.g. `similarity`) still load: only current knobs are read.
+        cfg = PromptConfig.model_validate(
+            {k: v for k, v in card.get("prompt", {}).items() if k in PromptConfig.model_fields}
+        )
         examples = []
         if (model_dir / FEWSHOT_FILE).exists():
             from intentops.io import read_jsonl

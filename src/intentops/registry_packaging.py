@@ -218,6 +218,9 @@ def _pyfunc_model_config(cfg: RunConfig) -> dict[str, Any]:
         "batch_size": cfg.evaluation.batch_size,
         "max_new_tokens": cfg.evaluation.max_new_tokens,
         "dtype": cfg.model.dtype,
+        "constrained": cfg.evaluation.constrained,
+        "label_score": cfg.evaluation.label_score,
+        "label_normalization": cfg.evaluation.label_normalization,
     }
 
 

@@ -7,7 +7,8 @@ or KServe loads; this wrapper only makes the registered version usable with `mlf
 `mlflow models serve`.
 
 Model config (set at logging, overridable with `mlflow.pyfunc.load_model(uri, model_config={...})`):
-`decoding` (`generate` or `label_scoring`), `batch_size`, `max_new_tokens`, `dtype`.
+`decoding` (`generate` or `label_scoring`), `batch_size`, `max_new_tokens`, `dtype`, and the evaluation knobs that
+shape answers (`constrained`, `label_score`, `label_normalization`), so serving decodes as the model was evaluated.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "batch_size": 16,
     "max_new_tokens": 64,
     "dtype": "auto",
+    "constrained": False,
+    "label_score": "sum",
+    "label_normalization": "vocabulary",
 }
 
 
@@ -81,6 +85,9 @@ class IntentDetectorModel(PythonModel):
         cfg.evaluation.batch_size = int(settings["batch_size"])
         cfg.evaluation.max_new_tokens = int(settings["max_new_tokens"])
         cfg.model.dtype = settings["dtype"]
+        cfg.evaluation.constrained = bool(settings["constrained"])
+        cfg.evaluation.label_score = settings["label_score"]
+        cfg.evaluation.label_normalization = settings["label_normalization"]
         builder = PromptBuilder.from_model_dir(model_dir)
         self.predictor = make_predictor(decoding, model_dir, cfg, builder, progress=False)
         self.decoding = decoding

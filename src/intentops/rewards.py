@@ -1,4 +1,4 @@
-"""Rule-based rewards for GRPO (seed 000): format, intent and parameter accuracy, multi-intent aware.
+"""Rule-based rewards for GRPO: format, intent and parameter accuracy, multi-intent aware.
 
 The scoring functions are pure (strings in, floats out) so they are unit-tested on their own; `make_reward_funcs`
 wraps them for TRL's `GRPOTrainer`, which calls every reward function with the batch's prompts, completions and

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="Evaluate a model folder on a dataset split (metrics, predictions, reports, MLflow).",
         description=(
-            "Predict every record of a dataset split, compute intent/parameter accuracy (seed 002 definition), "
+            "Predict every record of a dataset split, compute intent/parameter accuracy (first call's intent / intent and arguments), "
             "macro-F1, per-intent scores, confusion matrix, seen/unseen and per-language splits, latency and the "
             "majority / TF-IDF baselines; write the evaluation folder (metrics, per-record predictions, Markdown and "
             "HTML reports, confusion matrix) to --out and log them to MLflow."
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--decoding",
         choices=["generate", "label_scoring", "vllm", "auto"],
-        help="Override evaluation.decoding: batched generation, label scoring (seed 001), vLLM, or auto.",
+        help="Override evaluation.decoding: batched generation, label scoring (rank intents by likelihood), vLLM, or auto.",
     )
     evaluate.add_argument("--pipeline-run-id", help="Nest the MLflow run under this pipeline run.")
     add_config_argument(evaluate)

@@ -5,14 +5,13 @@ SubprocessRunner (every stage a subprocess of this Python environment, the DAG a
 MLflow on a sqlite store in the work folder unless a tracking URI is given, and ends with a summary read from the
 run's outputs. `compile`, `submit` and `schedule` are for a Kubeflow Pipelines cluster.
 
-The pipeline code (components/, pipelines/) lives next to src/ in the source checkout; only these handlers import
-it, and kfp, so the library itself stays free of KFP.
+The pipeline code (the `components` and `pipelines` packages, installed with intentops) is imported only by these
+handlers, with kfp, so the library itself stays free of KFP.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intentops.cli import add_config_argument, config_from_args
-from intentops.config import PROJECT_ROOT, ConfigError, RunConfig
+from intentops.config import ConfigError, RunConfig
 
 if TYPE_CHECKING:
     import kfp
@@ -56,43 +55,17 @@ class PipelineError(RuntimeError):
     """A pipeline command that cannot proceed; the message says what to do."""
 
 
-# ---- the source checkout ----------------------------------------------------------------------------------------
-
-
-def use_checkout() -> Path:
-    """Make components/ and pipelines/ importable (they live in the source checkout, next to src/)."""
-    missing = [name for name in ("components", "pipelines") if not (PROJECT_ROOT / name / "__init__.py").is_file()]
-    if missing:
-        raise PipelineError(
-            f"{PROJECT_ROOT}: no {' and no '.join(f'{name}/' for name in missing)} here; the pipeline commands need "
-            "the IntentOps source checkout (git clone, then `pip install -e .`)"
-        )
-    if str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))
-    return PROJECT_ROOT
+# ---- compiling ----------------------------------------------------------------------------------------------
 
 
 def compile_pipeline(stem: str, path: Path, defaults: dict[str, Any] | None = None) -> Path:
-    """Regenerate the resolve-config component if config.py changed, then compile `stem` to `path`."""
-    use_checkout()
-    from components.resolve_config import generate
-
-    if generate.write_if_stale():
-        # A long-lived process (a notebook, the tests) may hold the old modules: compile from the new source.
-        for name in (
-            "components.resolve_config.component",
-            "pipelines.training_pipeline",
-            "pipelines.retrain_if_changed",
-        ):
-            if name in sys.modules:
-                importlib.reload(sys.modules[name])
+    """Compile `stem` (training_pipeline or retrain_if_changed) to `path`."""
     from pipelines.compile import compile_pipeline as compile_one
 
     return compile_one(stem, path, defaults)
 
 
 def _portable_arguments(cfg: RunConfig) -> dict[str, Any]:
-    use_checkout()
     from pipelines.parameters import pipeline_arguments
 
     return pipeline_arguments(cfg)
@@ -331,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     defaults = _portable_arguments(config_from_args(args)) if _explicit_config(args) else None
-    out = Path(args.out) if args.out else PROJECT_ROOT / "pipelines"
+    out = Path(args.out or "pipelines")
     for stem in (TRAINING, RETRAIN):
         print(compile_pipeline(stem, out / f"{stem}.yaml", defaults))
     return 0
@@ -497,7 +470,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "defaults are RunConfig's (what is committed); with them, that configuration becomes the UI defaults."
         ),
     )
-    comp.add_argument("--out", help="Output folder (default: pipelines/ of the checkout).")
+    comp.add_argument("--out", help="Output folder (default: ./pipelines).")
     add_config_argument(comp)
     comp.set_defaults(handler=_reported(_compile))
 

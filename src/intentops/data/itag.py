@@ -1,6 +1,6 @@
 """Convert a PAI iTAG export manifest into IntentOps records, accounting for every line.
 
-The usual throwaway script (seed 002) loads the whole file, takes the first `label-*` key it meets
+The usual throwaway script loads the whole file, takes the first `label-*` key it meets
 (often the machine pre-label), prints and drops anything odd and dumps one big list at the end. Here the
 manifest is streamed in chunks (local or s3://), the reviewed label `label-<id>` wins over the pre-label
 `label-<id>-system`, every excluded line is written to rejects.jsonl with a reason id, and all outputs are
@@ -156,7 +156,7 @@ def detect_lang(text: str) -> str:
 
 
 def join_turns(turns: list[str]) -> str:
-    """Concatenate user turns as seed 002 does (`我想聽音樂。給我放個X的音樂吧。`).
+    """Concatenate user turns as the reference conversion script does (`我想聽音樂。給我放個X的音樂吧。`).
 
     A space separates turns that do not end in CJK text or punctuation, so English turns stay readable.
     """

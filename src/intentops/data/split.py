@@ -4,7 +4,7 @@ Every intent is split on its own (stratified), with a seeded shuffle per intent,
 intent never moves records of another. Records whose normalised text is the same always land in the same
 split (no train/test leakage by construction). Intents named in `data.unseen_intents`, and every intent of
 `data.unseen_domain`, go entirely to test with `seen: false`: the model never trains on them, and evaluation
-measures how well catalog descriptions alone carry it (the GenCLS++ / seed 000 generalisation test).
+measures how well catalog descriptions alone carry it (the generalisation test for new intents).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Dataset checks that stop bad labels before they cost GPU hours.
 
 Each check has a stable id, a default severity and a configurable one (`data.severities`, where `off`
-disables a check). Errors fail the stage; warnings are reported. Thresholds follow seed 002's data guidance:
+disables a check). Errors fail the stage; warnings are reported. Thresholds follow the data guidance of the team's method notes:
 50-100 single-intent examples per intent, balanced intents, multi-intent / multi-turn data at >= 20% of the
 single-intent amount and only with intents that also have single-intent data.
 
@@ -241,7 +241,7 @@ class _Checks:
             "",
             len(short),
             f"{len(short)} intents have fewer than {required} single-intent training examples: {listed}{more} "
-            f"(seed 002: at least 50-100 per intent)",
+            f"(aim for at least 50-100 per intent)",
             short[:MAX_EXAMPLES],
         )
 
@@ -293,7 +293,7 @@ class _Checks:
             rows,
             [f"no single-intent data for {', '.join(names)}" for names in missing if names],
             f"{len(rows)} multi-intent/multi-turn records use intents without single-intent training data "
-            f"(seed 002: every intent in multi-intent data must also appear single-intent)",
+            f"(every intent in multi-intent data must also appear single-intent)",
         )
 
     def multi_share(self) -> Finding | None:
@@ -310,7 +310,7 @@ class _Checks:
             "",
             multi,
             f"multi-intent/multi-turn records are {share:.1%} of the single-intent amount ({multi}/{single}), "
-            f"outside data.multi_share_min..max = {low:.0%}..{high:.0%}; seed 002 advises >= "
+            f"outside data.multi_share_min..max = {low:.0%}..{high:.0%}; aim for >= "
             f"{SEED_MULTI_SHARE:.0%} when multi-intent or multi-turn requests matter",
             [{"multi": multi, "single": single, "share": round(share, 4)}],
         )

@@ -48,6 +48,20 @@ def _dataset_info(dataset_dir: Path, split: str, n_evaluated: int, max_samples: 
     }
 
 
+UNCONSTRAINED_FIGURES = ("intent_accuracy", "param_accuracy", "exact_match", "format_error_rate", "macro_f1")
+
+
+def _unconstrained_figures(predictor: Any, records: list[dict[str, Any]], labels: list[str]) -> dict[str, float]:
+    """The headline figures of the same model decoding freely, reported beside the constrained (served) ones."""
+    from intentops.evaluation.metrics import compute_metrics
+
+    free = predictor.unconstrained()
+    log.info("evaluating again without the catalog grammar (%s), for comparison", free.name)
+    calls = [p.call for p in free.predict([record["text"] for record in records])]
+    metrics = compute_metrics(records, calls, catalog_names=labels)
+    return {key: metrics[key] for key in UNCONSTRAINED_FIGURES if isinstance(metrics.get(key), int | float)}
+
+
 def evaluate_model(
     model_dir: str | Path,
     dataset_dir: str | Path,
@@ -105,6 +119,7 @@ def evaluate_model(
         "dataset_dir": str(dataset_dir),
         "split": split,
         "decoding": eval_cfg.decoding,
+        "constrained": eval_cfg.constrained,
         "n": len(records),
     }
     with stage_run(stage, cfg, pipeline_run_id, params=params) as run:
@@ -123,6 +138,9 @@ def evaluate_model(
             confidences=[p.confidence for p in predictions] if predictor.name == "label_scoring" else None,
         )
         metrics["decoding"] = predictor.name
+        metrics["constrained"] = predictor.constrained
+        if eval_cfg.constrained:
+            metrics["unconstrained"] = _unconstrained_figures(predictor, records, builder.labels)
         metrics["model"] = {
             "dir": str(model_dir),
             "stage": card.get("stage"),
@@ -162,6 +180,8 @@ def evaluate_model(
             atomic_write_text(tmp / REPORT_MD, render_markdown(metrics, errors))
             atomic_write_text(tmp / REPORT_HTML, render_html(metrics, errors, png_path=png))
         mlflow.log_metrics(scalar_metrics(metrics))
+        if "unconstrained" in metrics:
+            mlflow.log_metrics({f"unconstrained_{k}": v for k, v in metrics["unconstrained"].items()})
         mlflow.log_artifacts(str(out_dir), artifact_path=stage)
     log.info(
         "%s: intent accuracy %.4f, parameter accuracy %.4f, format errors %.4f (%d records, %.1f utt/s)",

@@ -28,9 +28,8 @@ from typing import Any
 
 import yaml
 
-from intentops.config import PROJECT_ROOT, RunConfig
+from intentops.config import IMAGES_ENV, RunConfig
 
-IMAGES_ENV = PROJECT_ROOT / "images" / "versions.env"
 VLLM_IMAGE_VAR = "VLLM_IMAGE"
 AWS_CLI_IMAGE_VAR = "AWS_CLI_IMAGE"
 

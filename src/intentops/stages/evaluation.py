@@ -98,6 +98,8 @@ def evaluate_champion(
     champion_cfg = cfg.model_copy(deep=True)
     champion_cfg.evaluation.max_samples = candidate.dataset.max_samples
     champion_cfg.evaluation.decoding = candidate.decoding or cfg.evaluation.decoding
+    if candidate.constrained is not None:
+        champion_cfg.evaluation.constrained = candidate.constrained
     champion_cfg.evaluation.baselines = False  # same records: the candidate's report already has them
 
     def run(model_dir: str | Path, registry: dict[str, Any] | None) -> None:

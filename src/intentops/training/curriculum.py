@@ -1,9 +1,9 @@
-"""Reward-based curriculum sampling (RCS, seed 000): mine the samples stage-1 GRPO did not master.
+"""Reward-based curriculum sampling (RCS): mine the samples stage-1 GRPO did not master.
 
 Every training sample that stage 1 rolled out gets a score from its rollouts: the mean total reward and the share of
 perfect rollouts. A sample is hard when that share is below `mining.hard_threshold` (default 1.0: not every rollout
-was perfect). Stage 2 trains on the hard samples, optionally mixed with `easy_per_hard` easy ones (seed 000 found
-hard-only best, so the default is 0). Samples stage 1 never drew are "unscored" and left out unless
+was perfect). Stage 2 trains on the hard samples, optionally mixed with `easy_per_hard` easy ones (hard-only
+trained best in the method's experiments, so the default is 0). Samples stage 1 never drew are "unscored" and left out unless
 `mining.include_unscored` is set.
 
 A rollout is perfect when its total equals the sum of the reward weights it was scored with (stored in the rollout

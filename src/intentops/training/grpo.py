@@ -1,4 +1,4 @@
-"""GRPO stages (seed 000): stage 1 on the whole training set from the SFT weights, stage 2 on the mined hard set.
+"""GRPO stages: stage 1 on the whole training set from the SFT weights, stage 2 on the mined hard set.
 
 TRL's `GRPOTrainer` samples `num_generations` completions per prompt and scores them with the rule-based rewards of
 `intentops.rewards` (format, intent, params; weights from the config). Every rollout's reward components are appended
@@ -219,22 +219,11 @@ def _fill_one_batch(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str
 
     if not rows:
         return rows
-    grpo = cfg.grpo
-    needed = grpo.batch_size * grpo.gradient_accumulation_steps * PartialState().num_processes // grpo.num_generations
+    needed = cfg.grpo.prompts_per_step(PartialState().num_processes)
     if len(rows) >= needed:
         return rows
     log.warning("%d prompts are fewer than the %d one GRPO step needs; cycling them", len(rows), needed)
     return [rows[i % len(rows)] for i in range(needed)]
-
-
-def _check_batch(cfg: RunConfig) -> None:
-    grpo = cfg.grpo
-    generation_batch = grpo.batch_size * grpo.gradient_accumulation_steps
-    if generation_batch % grpo.num_generations:
-        raise ValueError(
-            f"grpo.batch_size x grpo.gradient_accumulation_steps = {generation_batch} completions per step is not "
-            f"divisible by grpo.num_generations={grpo.num_generations}"
-        )
 
 
 def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights: list[float]) -> Any:
@@ -256,12 +245,12 @@ def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights
         max_completion_length=grpo.max_completion_length,
         reward_weights=reward_weights,
         use_vllm=grpo.use_vllm,
-        vllm_mode=grpo.vllm_mode,
+        vllm_mode="colocate",
         logging_steps=grpo.logging_steps,
         save_strategy="steps",
         save_steps=grpo.save_steps,
-        save_total_limit=cfg.sft.save_total_limit,
-        gradient_checkpointing=cfg.sft.gradient_checkpointing,
+        save_total_limit=grpo.save_total_limit,
+        gradient_checkpointing=grpo.gradient_checkpointing,
         bf16=bf16_available() and cfg.model.dtype in ("auto", "bfloat16"),
         fp16=False,
         deepspeed=deepspeed_config(grpo.deepspeed, "grpo.deepspeed"),
@@ -301,7 +290,6 @@ def run_grpo(
             "grpo.use_vllm is set but vllm is not importable here; install it (pip install 'intentops[serve]') "
             "or set grpo__use_vllm=false to generate rollouts with transformers"
         )
-    _check_batch(cfg)
     max_steps = cfg.grpo.stage1_max_steps if stage == "grpo1" else cfg.grpo.stage2_max_steps
     builder = PromptBuilder.from_model_dir(model_dir)
     out.mkdir(parents=True, exist_ok=True)

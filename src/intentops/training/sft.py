@@ -1,4 +1,4 @@
-"""SFT warm-up (seed 001's "policy warm-up"): teach the base model the answer format before GRPO.
+"""SFT warm-up: teach the base model the answer format before GRPO.
 
 TRL's `SFTTrainer` on a conversational prompt-completion dataset built by `PromptBuilder`, so the loss covers only the
 assistant's answer. Full fine-tuning or LoRA/QLoRA (peft; adapters are merged so the next stage gets a plain Hugging
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from intentops import tracking
 from intentops.artifacts import CATALOG_FILE, MODEL_CARD
 from intentops.catalog import load_catalog
-from intentops.config import PROJECT_ROOT, RunConfig
+from intentops.config import RunConfig
 from intentops.io import read_jsonl
 from intentops.models import (
     base_card,
@@ -175,13 +175,12 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
 
 
 def deepspeed_config(path: str, knob: str) -> str | None:
-    """The DeepSpeed JSON to hand the trainer: as given, else relative to the repository (configs/deepspeed/...)."""
+    """The DeepSpeed JSON to hand the trainer (bundled `configs/deepspeed/...` names are resolved by the config)."""
     if not path:
         return None
-    for candidate in (Path(path), PROJECT_ROOT / path):
-        if candidate.is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"{knob}={path!r}: DeepSpeed config not found (also looked in {PROJECT_ROOT})")
+    if Path(path).is_file():
+        return path
+    raise FileNotFoundError(f"{knob}={path!r}: DeepSpeed config not found (bundled ones: configs/deepspeed/*.json)")
 
 
 def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:

@@ -1,0 +1,340 @@
+"""Constrained decoding on the transformers path: only calls the catalog allows, as vLLM structured outputs serve.
+
+The server's constraint (`intentops.serving.client.structured_outputs`) is a regex: one to `MAX_CALLS` calls joined by
+`;`, each a catalog label with its number of arguments (required ones always, optional ones in order), arguments bare
+or double-quoted, wrapped in `<think>...</think><answer>...</answer>` in thought mode. `CallGrammar` is that language as
+a character automaton; `TokenGrammar` lifts it to the tokenizer's byte-level tokens (a multi-byte character split
+over tokens is tracked byte by byte), and `CallGrammarProcessor` masks every token that would leave the language.
+
+Each step also keeps only tokens after which the answer can still be closed within the remaining token budget, so an
+answer is a complete valid call whenever `max_new_tokens` is at least the shortest call; vLLM would cut such an
+answer off instead. Allowed-token sets are computed once per grammar state by walking a trie of the vocabulary's
+byte strings, pruned where the automaton rejects; the arguments' states do not depend on the label, so a catalog of
+any size has few distinct states.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from transformers import LogitsProcessor
+
+from intentops.catalog import UNCERTAIN_INTENT
+from intentops.prompting import PromptBuilder
+from intentops.serving.client import MAX_CALLS
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+_NOT_BARE = set(" \t\n,;()\"'\\（），；")
+_BLANKS = set(" \t")
+THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE = "<think>", "</think><answer>", "</answer>"
+# Characters that can take the automaton towards acceptance from any state: closing punctuation, a bare argument,
+# the literals of the thought template and every label character. Shortest closings are searched over these.
+_CLOSING_CHARS = '()",;a'
+
+# Where the grammar takes characters beyond ASCII (arguments, reasoning) it takes all but a few separators; this one
+# stands for them when a character is still arriving byte by byte.
+_GENERIC_CHARACTER = "中"
+
+State = tuple[Any, ...]
+
+
+class CallGrammar:
+    """The catalog's call language as a deterministic character automaton (states are hashable tuples).
+
+    States: ("lit", text, pos, next) emits a literal; ("think", nonempty) the free reasoning text; ("name", n, prefix)
+    a label being written in call n; ("arg", n, required_left, total_left, first, sub) inside the argument list, where
+    sub is open/bare/blank/quoted/escape/closed; ("end", n) after call n's ')'; ("done",) after the thought template.
+    """
+
+    def __init__(self, labels: dict[str, tuple[int, int]], *, thought: bool = False, max_calls: int = MAX_CALLS):
+        if not labels:
+            raise ValueError("the call grammar needs at least one label")
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be at least 1, got {max_calls}")
+        self.labels = dict(labels)  # label token as written -> (required, total) arguments
+        self.thought = thought
+        self.max_calls = max_calls
+        self.prefixes = {label[:k] for label in self.labels for k in range(len(label) + 1)}
+        self.alphabet = sorted(set(_CLOSING_CHARS + THINK_OPEN + THINK_CLOSE + ANSWER_CLOSE + "".join(self.labels)))
+        self.min_close = cache(self._min_close)
+
+    @classmethod
+    def for_builder(cls, builder: PromptBuilder, max_calls: int = MAX_CALLS) -> CallGrammar:
+        """The grammar serving enforces for answers to this builder's prompt."""
+        answer_builder = PromptBuilder(builder.catalog, builder.cfg.model_copy(update={"output_mode": "answer"}))
+        labels = {}
+        for name, continuation in answer_builder.label_continuations().items():
+            intent = None if name == UNCERTAIN_INTENT else builder.catalog.get(name)
+            arity = (len(intent.required_parameters), len(intent.parameters)) if intent else (0, 0)
+            labels[continuation.removesuffix("(")] = arity
+        return cls(labels, thought=builder.cfg.output_mode == "thought", max_calls=max_calls)
+
+    @property
+    def start(self) -> State:
+        first_call = ("name", 0, "")
+        return ("lit", THINK_OPEN, 0, ("think", False)) if self.thought else first_call
+
+    def after_label(self, label: str) -> State:
+        """The state once `label` (as written) has been emitted as the first call's name."""
+        if label not in self.labels:
+            raise KeyError(f"{label!r} is not a label of this grammar")
+        return ("name", 0, label)
+
+    def accepting(self, state: State) -> bool:
+        return state == ("done",) or (state[0] == "end" and not self.thought)
+
+    def step(self, state: State, ch: str) -> State | None:
+        """The state after one character, or None when the character leaves the language."""
+        kind = state[0]
+        if kind == "lit":
+            _, text, pos, after = state
+            if ch != text[pos]:
+                return None
+            return after if pos + 1 == len(text) else ("lit", text, pos + 1, after)
+        if kind == "think":
+            if ch == "<":
+                return ("lit", THINK_CLOSE, 1, ("name", 0, "")) if state[1] else None
+            return ("think", True)
+        if kind == "name":
+            _, n, prefix = state
+            if ch == "(" and prefix in self.labels:
+                required, total = self.labels[prefix]
+                return ("arg", n, required, total, True, "open")
+            return ("name", n, prefix + ch) if prefix + ch in self.prefixes else None
+        if kind == "arg":
+            return self._step_arg(state, ch)
+        if kind == "end":
+            n = state[1]
+            if ch == ";" and n + 1 < self.max_calls:
+                return ("name", n + 1, "")
+            if ch == "<" and self.thought:
+                return ("lit", ANSWER_CLOSE, 1, ("done",))
+        return None
+
+    def _step_arg(self, state: State, ch: str) -> State | None:
+        _, n, required, total, first, sub = state
+
+        def to(new_sub: str) -> State:
+            return ("arg", n, required, total, first, new_sub)
+
+        if sub == "quoted":
+            return to("closed") if ch == '"' else to("escape") if ch == "\\" else to("quoted")
+        if sub == "escape":
+            return to("quoted") if ch != "\n" else None
+        if sub == "open":
+            if ch == ")" and first and required == 0:
+                return ("end", n)
+            if total == 0:
+                return None
+            if ch == '"':
+                return to("quoted")
+            return to("bare") if ch not in _NOT_BARE else None
+        if sub == "blank":
+            return to("blank") if ch in _BLANKS else to("bare") if ch not in _NOT_BARE else None
+        # bare or closed: the argument may end here
+        if ch == ")" and required <= 1:
+            return ("end", n)
+        if ch == "," and total > 1:
+            return ("arg", n, max(required - 1, 0), total - 1, False, "open")
+        if sub == "bare":
+            return to("blank") if ch in _BLANKS else to("bare") if ch not in _NOT_BARE else None
+        return None
+
+    def _min_close(self, state: State) -> int:
+        """Fewest characters that take `state` to acceptance (breadth-first over the closing alphabet)."""
+        seen, queue = {state}, deque([(state, 0)])
+        while queue:
+            current, distance = queue.popleft()
+            if self.accepting(current):
+                return distance
+            for ch in self.alphabet:
+                nxt = self.step(current, ch)
+                if nxt is not None and nxt not in seen:
+                    seen.add(nxt)
+                    queue.append((nxt, distance + 1))
+        raise ValueError(f"grammar state {state!r} cannot be completed")
+
+    def matches(self, text: str) -> bool:
+        """Whether `text` is a complete answer of the language."""
+        state: State | None = self.start
+        for ch in text:
+            state = self.step(state, ch)
+            if state is None:
+                return False
+        return self.accepting(state)
+
+
+# ---- tokens -------------------------------------------------------------------------------------------------------
+
+# A byte-level state: the character state plus the bytes of a character split over tokens.
+ByteState = tuple[State, bytes]
+
+
+def _utf8_length(lead: int) -> int:
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead < 0xE0:
+        return 2
+    if 0xE0 <= lead < 0xF0:
+        return 3
+    if 0xF0 <= lead < 0xF5:
+        return 4
+    return 0  # a continuation byte or an invalid lead
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase) -> dict[int, bytes]:
+    """The bytes each ordinary token writes (special and added tokens are left out): byte-level BPE vocabularies."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {ch: byte for byte, ch in bytes_to_unicode().items()}
+    added = set(tokenizer.get_added_vocab().values()) | set(tokenizer.all_special_ids)
+    result = {}
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id in added:
+            continue
+        if any(ch not in byte_of for ch in token):
+            raise ValueError(
+                f"token {token!r} is not byte-level BPE: constrained decoding supports byte-level tokenizers "
+                "(GPT-2/Qwen style)"
+            )
+        result[token_id] = bytes(byte_of[ch] for ch in token)
+    return result
+
+
+class TokenGrammar:
+    """`CallGrammar` over a tokenizer's tokens: per state, the allowed tokens and how close each leaves the answer."""
+
+    def __init__(self, grammar: CallGrammar, tokenizer: PreTrainedTokenizerBase, eos_ids: Sequence[int]) -> None:
+        self.grammar = grammar
+        self.eos_ids = [int(i) for i in eos_ids]
+        self.bytes_of = token_bytes(tokenizer)
+        self.vocab_size = max(len(tokenizer), max(self.bytes_of) + 1)
+        # vocabulary byte trie: node = (children by byte, token ids ending here)
+        self.trie: tuple[dict[int, Any], list[int]] = ({}, [])
+        for token_id, data in self.bytes_of.items():
+            node = self.trie
+            for byte in data:
+                node = node[0].setdefault(byte, ({}, []))
+            node[1].append(token_id)
+        self._options: dict[ByteState, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def start(self) -> ByteState:
+        return (self.grammar.start, b"")
+
+    def step_byte(self, state: ByteState, byte: int) -> ByteState | None:
+        char_state, pending = state
+        data = pending + bytes([byte])
+        need = _utf8_length(data[0])
+        if need == 0 or (len(data) > 1 and not 0x80 <= byte < 0xC0):
+            return None
+        if len(data) < need:  # part of a character: only where characters beyond ASCII may follow
+            return (char_state, data) if self.grammar.step(char_state, _GENERIC_CHARACTER) is not None else None
+        try:
+            ch = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        nxt = self.grammar.step(char_state, ch)
+        return (nxt, b"") if nxt is not None else None
+
+    def advance(self, state: ByteState, token_id: int) -> ByteState | None:
+        """The state after a token, or None when the token is not allowed there."""
+        data = self.bytes_of.get(int(token_id))
+        if data is None:
+            return None
+        current: ByteState | None = state
+        for byte in data:
+            current = self.step_byte(current, byte)
+            if current is None:
+                return None
+        return current
+
+    def min_close(self, state: ByteState) -> int:
+        """Fewest tokens to acceptance: finish a split character (a generic one), then close character by character."""
+        char_state, pending = state
+        if not pending:
+            return self.grammar.min_close(char_state)
+        missing = _utf8_length(pending[0]) - len(pending)
+        return missing + self.grammar.min_close(self.grammar.step(char_state, _GENERIC_CHARACTER))
+
+    def accepting(self, state: ByteState) -> bool:
+        return not state[1] and self.grammar.accepting(state[0])
+
+    def options(self, state: ByteState) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids allowed after `state`, fewest tokens to acceptance after each), EOS included where it ends."""
+        if state not in self._options:
+            import torch
+
+            ids: list[int] = []
+            distances: list[int] = []
+            stack = [(self.trie, state)]
+            while stack:
+                (children, ending), current = stack.pop()
+                if ending:
+                    closing = self.min_close(current)
+                    ids.extend(ending)
+                    distances.extend([closing] * len(ending))
+                for byte, child in children.items():
+                    nxt = self.step_byte(current, byte)
+                    if nxt is not None:
+                        stack.append((child, nxt))
+            if self.accepting(state):
+                ids.extend(self.eos_ids)
+                distances.extend([0] * len(self.eos_ids))
+            self._options[state] = (torch.tensor(ids, dtype=torch.long), torch.tensor(distances, dtype=torch.long))
+        return self._options[state]
+
+
+class CallGrammarProcessor(LogitsProcessor):
+    """A transformers logits processor for one `generate` call: rows may only write answers of the grammar.
+
+    Row states advance with each chosen token; a row that wrote an end-of-sequence token is left alone (generate pads
+    it). `start_states` lets a row begin mid-answer (label scoring continues after the chosen label).
+    """
+
+    def __init__(
+        self,
+        grammar: TokenGrammar,
+        max_new_tokens: int,
+        start_states: Sequence[ByteState] | None = None,
+    ) -> None:
+        self.grammar = grammar
+        self.max_new_tokens = max_new_tokens
+        self.start_states = list(start_states) if start_states is not None else None
+        self.states: list[ByteState | None] = []
+        self.prompt_length: int | None = None
+        shortest = max(grammar.min_close(s) for s in (self.start_states or [grammar.start]))
+        if max_new_tokens < shortest:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} cannot hold a complete call (the shortest needs {shortest} tokens)"
+            )
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        rows = input_ids.shape[0]
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+            self.states = list(self.start_states) if self.start_states is not None else [self.grammar.start] * rows
+            if len(self.states) != rows:
+                raise ValueError(f"{len(self.states)} start states for {rows} rows")
+        else:
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                state = self.states[row]
+                if state is not None:
+                    self.states[row] = None if token in self.grammar.eos_ids else self.grammar.advance(state, token)
+        remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
+        allowed = torch.zeros_like(scores, dtype=torch.bool)
+        for row, state in enumerate(self.states):
+            if state is None:  # finished: generate writes padding whatever the scores say
+                allowed[row] = True
+                continue
+            ids, distances = self.grammar.options(state)
+            allowed[row, ids[distances <= remaining - 1].to(scores.device)] = True
+        return scores.masked_fill(~allowed, float("-inf"))
