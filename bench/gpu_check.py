@@ -160,7 +160,7 @@ def run_check(work: Path, cfg: RunConfig, smoke: bool) -> dict[str, Any]:
     from intentops.data.split import split_dataset
     from intentops.evaluation import load_split
     from intentops.evaluation.predictors import make_predictor
-    from intentops.models import create_tiny_model
+    from intentops.tiny_model import create_tiny_model
     from intentops.training.grpo import run_grpo
     from intentops.training.sft import run_sft
 

@@ -63,8 +63,8 @@ def run_chain(work: Path, cfg: RunConfig) -> dict[str, Any]:
 
     from intentops.artifacts import Dataset, HardSet, ModelFolder, Records
     from intentops.data.split import split_dataset
-    from intentops.models import create_tiny_model
     from intentops.stages import train_chain
+    from intentops.tiny_model import create_tiny_model
 
     cfg = cfg.model_copy(deep=True)
     cfg.registry.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"

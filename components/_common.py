@@ -1,7 +1,8 @@
 """What every IntentOps component shares at pipeline-build time: the pinned image and the pod settings.
 
 A component's Python body runs inside the trainer image and can only import `intentops`, so nothing here is used
-at run time. This module is the compile-time side: the base image read from images/versions.env, and
+at run time. This module is the compile-time side: the base image (images/versions.env resolved as images/build.sh
+tags it, so `IMAGE_REGISTRY=... IMAGE_TAG=... intentops compile` names the pushed image; intentops.images), and
 `StageSpec` + `apply_stage` that turn one stage's declared needs (CPU/memory, GPU, secrets, caching, retries) into
 KFP task settings and kfp-kubernetes platform config.
 
@@ -18,9 +19,9 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from intentops.serving.manifests import pinned_images
+from intentops.images import image_pins
 
-TRAINER_IMAGE: str = pinned_images()["TRAINER_IMAGE"]
+TRAINER_IMAGE: str = image_pins()["TRAINER_IMAGE"]
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # Secret key -> environment variable. Keys missing from an optional mapping are simply not set (IRSA / workload

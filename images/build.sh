@@ -3,23 +3,35 @@
 #
 #   images/build.sh [--dry-run] [--no-push] [trainer|server|mlflow ...]
 #
-# --dry-run prints the commands instead of running them. IMAGE_REGISTRY=... in the environment overrides the
-# registry of versions.env. After pushing a new TRAINER_IMAGE, run `intentops compile` so the pipelines use it.
+# --dry-run prints the commands instead of running them. The environment overrides what versions.env says, exactly as
+# `intentops compile` reads it (src/intentops/images.py): IMAGE_REGISTRY=... the registry, IMAGE_TAG=... the tag of
+# the trainer and server images (default <INTENTOPS_VERSION>-g<git commit>). After a push it prints each image's
+# digest reference (TRAINER_IMAGE=name@sha256:...): export those before `intentops compile` to pin by digest.
+# Every pip install in the images is constrained by images/constraints.txt (regenerate with images/lock.py).
 # The trainer and server images install the intentops wheel built here once (dist/images/, with the bundled
 # defaults as package data), never the checkout itself.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-registry_override="${IMAGE_REGISTRY:-}"
+
+commit=""
+if top="$(git -C "$here" rev-parse --show-toplevel 2>/dev/null)" && [[ "$(cd "$top/images" 2>/dev/null && pwd -P)" == "$(cd "$here" && pwd -P)" ]]; then
+  commit="$(git -C "$top" rev-parse --short=12 HEAD)"
+  dirty="$(git -C "$top" status --porcelain --untracked-files=no)"
+fi
+tag_override="${IMAGE_TAG:-}"
+IMAGE_TAG="${tag_override:-pending}"  # versions.env refers to it; the real default needs its INTENTOPS_VERSION
 set -a
 # shellcheck source=versions.env
 source "$here/versions.env"
 set +a
-if [[ -n "$registry_override" && "$registry_override" != "$IMAGE_REGISTRY" ]]; then
-  TRAINER_IMAGE="${TRAINER_IMAGE/#$IMAGE_REGISTRY/$registry_override}"
-  SERVER_IMAGE="${SERVER_IMAGE/#$IMAGE_REGISTRY/$registry_override}"
-  MLFLOW_SERVER_IMAGE="${MLFLOW_SERVER_IMAGE/#$IMAGE_REGISTRY/$registry_override}"
+if [[ -z "$tag_override" ]]; then
+  IMAGE_TAG="$INTENTOPS_VERSION${commit:+-g$commit}"
+  set -a
+  # shellcheck source=versions.env
+  source "$here/versions.env"
+  set +a
 fi
 
 dry_run=0
@@ -35,6 +47,13 @@ for arg in "$@"; do
   esac
 done
 [[ ${#targets[@]} -gt 0 ]] || targets=(trainer server mlflow)
+if [[ -n "${dirty:-}" && -z "$tag_override" ]]; then
+  message="the checkout has uncommitted changes, so the tag $IMAGE_TAG would not name what goes into the images"
+  if [[ $dry_run -eq 0 ]]; then
+    echo "build.sh: $message; commit them or set IMAGE_TAG" >&2; exit 1
+  fi
+  echo "build.sh: warning: $message" >&2
+fi
 
 run() {
   if [[ $dry_run -eq 1 ]]; then
@@ -44,8 +63,8 @@ run() {
   fi
 }
 
-build() {  # build NAME TAG BUILD_ARG...
-  local name="$1" tag="$2"; shift 2
+build() {  # build NAME IMAGE_VARIABLE BUILD_ARG...
+  local name="$1" image_var="$2" tag="${!2}"; shift 2
   local args=()
   for var in "$@"; do
     if [[ -z "${!var:-}" ]]; then
@@ -56,6 +75,12 @@ build() {  # build NAME TAG BUILD_ARG...
   run docker build --file "$here/$name/Dockerfile" "${args[@]}" --tag "$tag" "$root"
   if [[ $push -eq 1 ]]; then
     run docker push "$tag"
+    if [[ $dry_run -eq 0 ]]; then
+      # The digest this registry gave the push (an image pushed to several registries has one per repository).
+      local digest
+      digest="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$tag" | grep -m1 "^${tag%:*}@")"
+      echo "$image_var=$digest"
+    fi
   fi
 }
 
@@ -68,11 +93,11 @@ fi
 for target in "${targets[@]}"; do
   case "$target" in
     trainer)
-      build trainer "$TRAINER_IMAGE" PYTORCH_IMAGE TORCH_VERSION TRANSFORMERS_VERSION TRL_VERSION PEFT_VERSION \
-        ACCELERATE_VERSION DEEPSPEED_VERSION KFP_VERSION ;;
+      build trainer TRAINER_IMAGE PYTORCH_IMAGE TORCH_VERSION TRANSFORMERS_VERSION TRL_VERSION PEFT_VERSION \
+        ACCELERATE_VERSION DEEPSPEED_VERSION KFP_VERSION VLLM_VERSION ;;
     server)
-      build server "$SERVER_IMAGE" VLLM_IMAGE ;;
+      build server SERVER_IMAGE VLLM_IMAGE ;;
     mlflow)
-      build mlflow "$MLFLOW_SERVER_IMAGE" MLFLOW_BASE_IMAGE PSYCOPG2_VERSION BOTO3_VERSION ;;
+      build mlflow MLFLOW_SERVER_IMAGE MLFLOW_BASE_IMAGE PSYCOPG2_VERSION BOTO3_VERSION ;;
   esac
 done

@@ -83,3 +83,53 @@ def test_subset():
     assert catalog.subset(["play_music"]).names == ["play_music"]
     with pytest.raises(CatalogError, match="unknown intents: nope"):
         catalog.subset(["nope"])
+
+
+def test_unreadable_catalog_paths_get_one_clear_line(tmp_path):
+    """Issue 11.12: a folder or non-UTF-8 bytes where the catalog should be."""
+    with pytest.raises(CatalogError, match="is a folder"):
+        load_catalog(tmp_path)
+    path = tmp_path / CATALOG_FILE
+    path.write_bytes(b"intents:\n  - name: a\n    description: \xff\xfe\n")
+    with pytest.raises(CatalogError, match=r"catalog\.yaml: not UTF-8"):
+        load_catalog(path)
+
+
+def _big_catalog(intents: int) -> dict:
+    return {
+        "intents": [
+            {
+                "name": f"intent_{i}",
+                "description": f"Intent number {i}. " + "描述" * 40,
+                "domain": f"d{i % 50}",
+                "parameters": [{"name": "p", "description": "x" * 20}],
+                "examples": [f"example {i} {j}" for j in range(3)],
+            }
+            for i in range(intents)
+        ]
+    }
+
+
+def test_large_catalog_loads_in_linear_time_with_progress(caplog, monkeypatch):
+    """Issue 11.14: an 11 MB catalog took 174 s: name lookups must not rebuild the index every call."""
+    import time
+
+    small, large = parse_catalog(_big_catalog(2000)), parse_catalog(_big_catalog(8000))
+
+    def lookups(catalog):
+        start = time.perf_counter()
+        for name in catalog.names:
+            assert catalog.get(name) is not None and name in catalog
+        return time.perf_counter() - start
+
+    small_time, large_time = lookups(small), lookups(large)
+    assert large_time < 8 * small_time + 0.05  # 4x the intents: linear is ~4x, quadratic 16x
+
+    import logging
+
+    from intentops import catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "_PROGRESS_EVERY_S", 0.0)  # report on every entry instead of every 5 s
+    with caplog.at_level(logging.INFO, logger="intentops.catalog"):
+        parse_catalog(_big_catalog(50), source="big.yaml")
+    assert any("big.yaml: 49 of 50 intents checked" in r.getMessage() for r in caplog.records)

@@ -55,7 +55,15 @@ def test_convert_itag_reads_s3_and_reports_missing_input(
     assert _stdout_json(capsys)["converted"] == 4
     listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="records/run1/")["Contents"]
     assert sorted(o["Key"] for o in listed) == [
-        f"records/run1/{name}" for name in ("records.jsonl", "rejects.jsonl", "report.json", "train.json")
+        f"records/run1/{name}"
+        for name in (
+            ".intentops-manifest.json",
+            ".intentops-output",
+            "records.jsonl",
+            "rejects.jsonl",
+            "report.json",
+            "train.json",
+        )
     ]
 
     assert main(["convert", "itag", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "x")]) == 2
@@ -109,7 +117,7 @@ def test_split_and_prepare(
 
     assert main(["prepare", str(records_file), "--out", str(tmp_path / "f"), "--catalog", str(catalog_file)]) == 1
     assert "dataset validation failed: min_examples_per_intent" in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "f").iterdir()] == ["validation"]
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == [".intentops-output", "validation"]
 
     bad = ["--set", "data__unseen_intents=[nope]"]
     assert main(["split", str(records_file), "--out", str(tmp_path / "b"), *common, *bad]) == 2
@@ -124,3 +132,70 @@ def test_help_describes_the_commands(capsys: pytest.CaptureFixture[str]) -> None
         main(["convert", "itag", "--help"])
     text = capsys.readouterr().out
     assert "--max-reject-rate" in text and "human_overrides" in text
+
+
+def test_out_never_deletes_inputs_or_foreign_folders(
+    tmp_path: Path, records_file: Path, catalog_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Issue 11.2: `--out .`, `--out <input folder>` and an unrelated folder are refused (exit 2), untouched."""
+    common = ["--catalog", str(catalog_file), "--set", "data__min_examples_per_intent=10"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "split", "prepare"):
+        assert main([command, str(records_file), "--out", ".", *common]) == 2
+        assert "input" in capsys.readouterr().err
+        assert main([command, str(records_file), "--out", str(tmp_path), *common]) == 2
+    (tmp_path / "itag").mkdir()
+    manifest = write_manifest(tmp_path / "itag" / "m.jsonl", [itag_line(t, o) for t, o in SEED_PAIRS])
+    assert main(["convert", "itag", str(manifest), "--out", str(tmp_path / "itag")]) == 2
+    assert manifest.exists()
+
+    foreign = tmp_path / "work"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(["split", str(records_file), "--out", str(foreign), *common]) == 2
+    assert "--force" in capsys.readouterr().err and (foreign / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "itag", "work"])
+
+    assert main(["split", str(records_file), "--out", str(tmp_path / "s"), *common]) == 0
+    assert main(["split", str(records_file), "--out", str(tmp_path / "s"), *common]) == 0  # its own output
+    assert main(["split", str(records_file), "--out", str(foreign), "--force", *common]) == 0
+    assert not (foreign / "notes.txt").exists() and (foreign / "train.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--workers", "-3"),
+        ("--workers", "0"),
+        ("--max-reject-rate", "-1"),
+        ("--max-reject-rate", "nan"),
+        ("--max-reject-rate", "1.5"),
+    ],
+)
+def test_convert_rejects_nonsense_numbers(tmp_path: Path, option: str, value: str, capsys) -> None:
+    """Issue 11.14: `--workers -3` or `--max-reject-rate nan` must not be accepted silently."""
+    manifest = write_manifest(tmp_path / "m.jsonl", [itag_line(t, o) for t, o in SEED_PAIRS])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "itag", str(manifest), "--out", str(tmp_path / "o"), option, value])
+    assert exit_info.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_read_only_output_gets_one_clear_line(tmp_path: Path, records_file: Path, catalog_file: Path, capsys) -> None:
+    import os
+
+    common = ["--catalog", str(catalog_file), "--set", "data__min_examples_per_intent=10"]
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    assert main(["split", str(records_file), "--out", str(tmp_path / "a-file" / "s"), *common]) == 2
+    assert "a-file" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        assert main(["split", str(records_file), "--out", str(locked / "s"), *common]) == 2
+        assert "locked" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)

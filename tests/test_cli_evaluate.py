@@ -88,7 +88,7 @@ def candidate_eval(
 def test_evaluate_writes_the_artifact_and_logs_it(candidate_eval: Path, mlflow_server: str) -> None:
     from mlflow import MlflowClient
 
-    assert {p.name for p in candidate_eval.iterdir()} == ARTIFACTS
+    assert {p.name for p in candidate_eval.iterdir()} == {*ARTIFACTS, ".intentops-output"}  # + the --out marker
     metrics = json.loads((candidate_eval / METRICS_FILE).read_text(encoding="utf-8"))
     assert metrics["n"] == N_SAMPLES and metrics["decoding"] == "label_scoring"
     assert 0 < metrics["confidence"]["mean"] <= 1

@@ -68,12 +68,12 @@ def test_index_lists_every_stage():
 
 @pytest.mark.parametrize("folder", [*sorted(STAGES), "resolve_config"])
 def test_components_run_in_the_pinned_trainer_image_without_pip_installs(folder):
-    from dotenv import dotenv_values
+    from intentops.images import image_pins
 
     module = importlib.import_module(f"components.{folder}.component")
     component = getattr(module, folder)
     container = component.component_spec.implementation.container
-    assert container.image == dotenv_values(ROOT / "images" / "versions.env")["TRAINER_IMAGE"]
+    assert container.image == image_pins(ROOT / "images" / "versions.env")["TRAINER_IMAGE"]
     command = " ".join(container.command)
     assert "pip install" not in command, "the trainer image already has intentops and kfp"
     assert "kfp.dsl.executor_main" in command, "kfp.local's SubprocessRunner only runs lightweight components"

@@ -6,46 +6,88 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from dotenv import dotenv_values
+
+from intentops.images import image_pins, is_pinned
 
 ROOT = Path(__file__).resolve().parents[1]
 
 IMAGES = ROOT / "images"
 MANIFESTS = ROOT / "manifests"
-VERSIONS = {key: value for key, value in dotenv_values(IMAGES / "versions.env").items() if value is not None}
+VERSIONS = image_pins(IMAGES / "versions.env")
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 KUSTOMIZATIONS = [MANIFESTS / "base", *sorted(p for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())]
 KUBERNETES_VERSION = "1.30"
 
 
-def _pinned(image: str) -> bool:
-    """registry/name:tag with a real tag (or a digest), never latest."""
-    if "@sha256:" in image:
-        return True
-    name, sep, tag = image.rpartition(":")
-    return bool(sep) and "/" not in tag and bool(tag) and tag != "latest" and bool(name)
-
-
-def test_every_image_in_versions_env_is_pinned():
+def test_every_image_in_versions_env_isis_pinned():
     images = {key: value for key, value in VERSIONS.items() if key.endswith("_IMAGE")}
     assert {"TRAINER_IMAGE", "SERVER_IMAGE", "VLLM_IMAGE", "PYTORCH_IMAGE", "MLFLOW_SERVER_IMAGE"} <= set(images)
     for key, image in images.items():
-        assert _pinned(image), f"{key}={image} is not pinned to an explicit tag"
+        assert is_pinned(image), f"{key}={image} is not pinned to an explicit tag"
         assert "$" not in image, f"{key}: unresolved reference"
     assert VERSIONS["VLLM_IMAGE"].startswith("vllm/vllm-openai:v")
     assert not re.search(r":latest\b", (IMAGES / "versions.env").read_text())
 
 
-def test_bash_and_python_read_versions_env_the_same_way():
-    script = f"set -a; source {IMAGES / 'versions.env'}; env -0"
-    out = subprocess.run(["bash", "-c", script], capture_output=True, check=True, env={"PATH": os.environ["PATH"]})
-    bash = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
-    for key, value in VERSIONS.items():
+@pytest.mark.parametrize("overrides", [{}, {"IMAGE_REGISTRY": "registry.example:5000/team", "IMAGE_TAG": "t1"}])
+def test_bash_and_python_read_versions_env_the_same_way(overrides, monkeypatch):
+    """build.sh's tags (bash `source`, its IMAGE_TAG default) are the images intentops.images gives compile."""
+    for key in ("IMAGE_REGISTRY", "IMAGE_TAG", "TRAINER_IMAGE", "SERVER_IMAGE", "MLFLOW_SERVER_IMAGE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in overrides.items():
+        monkeypatch.setenv(key, value)
+    python = image_pins(IMAGES / "versions.env")
+    out = subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"], **overrides},
+    ).stdout
+    tags = {line.split("--tag ")[1].split()[0] for line in out.splitlines() if line.startswith("docker build")}
+    assert tags == {python["TRAINER_IMAGE"], python["SERVER_IMAGE"], python["MLFLOW_SERVER_IMAGE"]}
+    script = f"export IMAGE_TAG=t; set -a; source {IMAGES / 'versions.env'}; env -0"
+    raw = subprocess.run(["bash", "-c", script], capture_output=True, check=True, env={"PATH": os.environ["PATH"]})
+    bash = dict(item.split("=", 1) for item in raw.stdout.decode().split("\0") if "=" in item)
+    monkeypatch.setenv("IMAGE_TAG", "t")
+    monkeypatch.delenv("IMAGE_REGISTRY", raising=False)
+    for key, value in image_pins(IMAGES / "versions.env").items():
         assert bash[key] == value, key
+
+
+def test_image_tag_follows_the_git_commit_and_the_environment(monkeypatch):
+    for key in ("IMAGE_REGISTRY", "IMAGE_TAG", "TRAINER_IMAGE"):
+        monkeypatch.delenv(key, raising=False)
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    pins = image_pins(IMAGES / "versions.env")
+    assert pins["TRAINER_IMAGE"] == f"ghcr.io/intentops/intentops-trainer:{pins['INTENTOPS_VERSION']}-g{head}"
+    assert pins["SERVER_IMAGE"].endswith(f":{pins['INTENTOPS_VERSION']}-g{head}")
+    monkeypatch.setenv("IMAGE_REGISTRY", "x")
+    monkeypatch.setenv("IMAGE_TAG", "rc1")
+    pins = image_pins(IMAGES / "versions.env")
+    assert pins["TRAINER_IMAGE"] == "x/intentops-trainer:rc1"
+    assert pins["MLFLOW_SERVER_IMAGE"] == f"x/intentops-mlflow:{pins['MLFLOW_VERSION']}"
+    assert pins["VLLM_IMAGE"].startswith("vllm/")  # upstream images keep their registry
+    digest = "x/intentops-trainer@sha256:" + "0" * 64
+    monkeypatch.setenv("TRAINER_IMAGE", digest)
+    assert image_pins(IMAGES / "versions.env")["TRAINER_IMAGE"] == digest
+    monkeypatch.setenv("TRAINER_IMAGE", "x/intentops-trainer")
+    with pytest.raises(ValueError, match="TRAINER_IMAGE=x/intentops-trainer: an image override needs"):
+        image_pins(IMAGES / "versions.env")
+
+
+def test_versions_env_version_is_the_package_version():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert VERSIONS["INTENTOPS_VERSION"] == project["version"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -58,7 +100,7 @@ def test_dockerfile_bases_come_from_versions_env(dockerfile):
     for base in froms:
         match = re.fullmatch(r"\$\{(\w+)\}", base)
         assert match, f"{dockerfile}: FROM {base} must be an ARG filled from images/versions.env"
-        assert _pinned(VERSIONS[match.group(1)])
+        assert is_pinned(VERSIONS[match.group(1)])
     for name, _ in declared:
         assert name in VERSIONS, f"{dockerfile}: ARG {name} has no pin in versions.env"
     assert not re.search(r":latest\b", text)
@@ -209,3 +251,45 @@ def test_images_install_the_wheel_build_sh_builds_not_the_checkout():
         assert not re.search(r"^COPY (src|components|pipelines|configs|examples)\b", text, flags=re.MULTILINE), name
         ignore = (IMAGES / name / "Dockerfile.dockerignore").read_text(encoding="utf-8")
         assert "!dist/images/intentops-*.whl" in ignore, name
+
+
+def test_compile_names_the_registry_and_tag_of_the_environment(tmp_path):
+    """`IMAGE_REGISTRY=x intentops compile`: every executor of every compiled pipeline runs x/...:<IMAGE_TAG>."""
+    env = {**os.environ, "IMAGE_REGISTRY": "x", "IMAGE_TAG": "0.1.0-gabc", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
+    env.pop("TRAINER_IMAGE", None)
+    script = "import sys; from intentops.cli import main; sys.exit(main(sys.argv[1:]))"
+    subprocess.run(
+        [sys.executable, "-c", script, "compile", "--out", str(tmp_path)], env=env, check=True, capture_output=True
+    )
+    compiled = sorted(tmp_path.glob("*.yaml"))
+    assert [path.name for path in compiled] == ["retrain_if_changed.yaml", "training_pipeline.yaml"]
+    for path in compiled:
+        spec = next(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        images = [executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()]
+        assert images and set(images) == {"x/intentops-trainer:0.1.0-gabc"}, path.name
+
+
+def test_build_prints_the_pushed_digest_that_compile_accepts(tmp_path, monkeypatch):
+    """After a push build.sh prints VAR=name@sha256:... for its own registry; exported, compile pins that digest."""
+    digest = "sha256:" + "ab" * 32
+    fake = tmp_path / "docker"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {tmp_path}/calls\n'
+        'if [[ "$1 $2" == "image inspect" ]]; then\n'
+        f'  echo "mirror.example/intentops-mlflow@sha256:{"cd" * 32}"\n'
+        f'  echo "${{@: -1}}" | sed "s/:[^:/]*$/@{digest}/"\n'
+        "fi\n",
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "IMAGE_REGISTRY": "reg.example:5000/team", "IMAGE_TAG": "t"}
+    out = subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), "mlflow"], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    line = f"MLFLOW_SERVER_IMAGE=reg.example:5000/team/intentops-mlflow@{digest}"
+    assert out.splitlines()[-1] == line
+    calls = (tmp_path / "calls").read_text(encoding="utf-8").splitlines()
+    assert calls[1] == f"push reg.example:5000/team/intentops-mlflow:{VERSIONS['MLFLOW_VERSION']}"
+    monkeypatch.setenv(*line.split("=", 1))
+    assert image_pins(IMAGES / "versions.env")["MLFLOW_SERVER_IMAGE"] == line.split("=", 1)[1]

@@ -14,12 +14,12 @@ from intentops.models import (
     MODEL_CARD,
     ModelCardError,
     copy_model,
-    create_tiny_model,
     read_model_card,
     resolve_model,
     write_model_card,
 )
 from intentops.prompting import PromptBuilder
+from intentops.tiny_model import create_tiny_model
 
 
 def test_tiny_model_loads_with_auto_classes_like_a_qwen_chat_model(tiny_model_dir: Path) -> None:

@@ -32,9 +32,10 @@ from intentops.evaluation.metrics import compute_metrics
 from intentops.evaluation.predictors import chat_prompts, make_predictor, prediction_from_completion
 from intentops.evaluation.vllm_predictor import VllmPredictor
 from intentops.io import read_jsonl, write_jsonl
-from intentops.models import create_tiny_model, load_model_and_tokenizer
+from intentops.models import load_model_and_tokenizer
 from intentops.prompting import PromptBuilder
 from intentops.serving.client import structured_outputs, valid_calls
+from intentops.tiny_model import create_tiny_model
 
 N_TEXTS = 4
 

@@ -214,3 +214,60 @@ def test_shipped_run_configs_load(name: str) -> None:
         assert not cfg.model.lora and cfg.grpo.gradient_checkpointing and "7B" in cfg.model.base_model
         for path in (cfg.sft.deepspeed, cfg.grpo.deepspeed):
             assert json.loads((PROJECT / path).read_text())["zero_optimization"]["stage"] == 3
+
+
+def test_shared_prefix_pass_gives_the_plain_forwards_loss_and_gradients(
+    tmp_path: Path, tiny_model_dir: Path, small_dataset_dir: Path, training_config: RunConfig
+) -> None:
+    """The batch's common prompt prefix runs once; loss and every gradient match TRL's per-row forward."""
+    import torch
+    from datasets import Dataset
+
+    from intentops.catalog import load_catalog
+    from intentops.training.sft import sft_rows, sft_training_args
+    from intentops.training.shared_prefix import SharedPrefixSFTTrainer, shared_prefix_length
+
+    records = _records(small_dataset_dir)[:6]
+    builder = PromptBuilder(load_catalog(small_dataset_dir / CATALOG_FILE), training_config.prompt)
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir, training_config.model)
+    trainer = SharedPrefixSFTTrainer(
+        model=model,
+        args=sft_training_args(training_config, tmp_path),
+        train_dataset=Dataset.from_list(sft_rows(records, builder)),
+        processing_class=tokenizer,
+    )
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    split = shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert split > batch["input_ids"].shape[1] // 2  # the system prompt and catalog are most of every row
+    assert (batch["labels"][:, : split + 1] == -100).all()
+
+    def loss_and_grads(shared: bool) -> tuple[float, list]:
+        model.train()
+        model.zero_grad()
+        inputs = {key: value.clone() for key, value in batch.items()}
+        loss = (
+            trainer.compute_loss(model, inputs)
+            if shared
+            else super(SharedPrefixSFTTrainer, trainer).compute_loss(model, inputs)
+        )
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    shared_loss, shared_grads = loss_and_grads(shared=True)
+    plain_loss, plain_grads = loss_and_grads(shared=False)
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert len(shared_grads) == len(plain_grads) > 0
+    for got, want in zip(shared_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_training_arguments_use_the_installed_transformers_names(training_config: RunConfig, tmp_path: Path) -> None:
+    import warnings
+
+    from intentops.training.sft import sft_training_args
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated argument names
+        args = sft_training_args(training_config, tmp_path)
+    assert args.get_warmup_steps(1000) == round(1000 * training_config.sft.warmup_ratio)
+    assert args.dataloader_pin_memory is False  # CPU here: pinned memory only helps copies to a GPU

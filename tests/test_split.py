@@ -171,3 +171,26 @@ def test_prepare_stops_on_validation_errors_and_keeps_only_the_report(tmp_path: 
     assert [p.name for p in out.iterdir()] == ["validation"]
     flagged = (out / "validation" / "flagged.jsonl").read_text(encoding="utf-8")
     assert '"id":"x"' in flagged
+
+
+def test_manifest_says_whether_validated_and_hashes_the_training_set(tmp_path: Path) -> None:
+    """Issue 11.10/11.14: mining checks the training set's hash; training refuses a never-validated dataset."""
+    import pandas as pd
+
+    from intentops.cli import main
+    from intentops.data.split import require_validated
+    from intentops.io import read_json, sha256_file
+
+    records = pd.DataFrame(_records())
+    split = split_dataset(records, CATALOG, _config(), tmp_path / "split")
+    stored = read_json(tmp_path / "split" / DATASET_MANIFEST)
+    assert stored["validated"] is False and split.validated is False
+    assert stored["train_hash"] == sha256_file(tmp_path / "split" / "train.jsonl")[:16]
+    with pytest.raises(ValueError, match=r"never validated.*intentops prepare"):
+        require_validated(tmp_path / "split")
+    status = main(["train", "sft", "--dataset", str(tmp_path / "split"), "--out", str(tmp_path / "model")])
+    assert status == 2 and not (tmp_path / "model").exists()
+
+    prepared = prepare_dataset(records, CATALOG, _config(), tmp_path / "prepared")
+    assert prepared.validated is True and prepared.train_hash == stored["train_hash"]
+    require_validated(tmp_path / "prepared")

@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from intentops import storage
-from intentops.artifacts import CATALOG_FILE
+from intentops.artifacts import CATALOG_FILE, MODEL_CARD
 from intentops.storage import (
     StorageError,
     StorageNotFoundError,
@@ -133,3 +133,84 @@ def test_errors_name_the_uri(tmp_path: Path, s3_bucket: str, monkeypatch: pytest
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # the default session caches resolved credentials
     with pytest.raises(StorageError, match=rf"s3://{s3_bucket}/a\.jsonl: no S3 credentials"):
         open_uri(f"s3://{s3_bucket}/a.jsonl").__enter__()
+
+
+def test_prefix_download_rejects_keys_escaping_the_folder(tmp_path: Path, s3_bucket: str) -> None:
+    """Issue 11.1: an object keyed `prefix/../../x` must not be written outside the destination."""
+    client = boto3.client("s3")
+    client.put_object(Bucket=s3_bucket, Key="data/records.jsonl", Body=b"{}\n")
+    client.put_object(Bucket=s3_bucket, Key="data/sub/../../../../escaped.txt", Body=b"owned")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="data/")["Contents"]]
+    assert "data/sub/../../../../escaped.txt" in keys  # the server kept the key as written
+    dest = tmp_path / "deep" / "er" / "cache" / "data"
+    with pytest.raises(StorageError, match=r"escaped\.txt.*outside"):
+        download(f"s3://{s3_bucket}/data", dest)
+    assert not any(p.name == "escaped.txt" for p in tmp_path.rglob("*"))
+    assert not dest.exists()
+
+
+class _Interrupted(RuntimeError):
+    pass
+
+
+def _failing_client(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """S3 clients whose upload_file dies after `after` files, as a killed pod would."""
+    real = storage.s3_client
+
+    def client(endpoint: str | None = None):
+        instance = real(endpoint)
+        original = instance.upload_file
+        count = {"n": 0}
+
+        def upload_file(*args, **kwargs):
+            if count["n"] >= after:
+                raise _Interrupted("killed")
+            count["n"] += 1
+            return original(*args, **kwargs)
+
+        instance.upload_file = upload_file
+        return instance
+
+    monkeypatch.setattr(storage, "s3_client", client)
+
+
+def test_interrupted_upload_never_looks_complete(
+    tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11.4: the card must not land before the weights, and old objects must not pass for the new output."""
+    prefix = f"s3://{s3_bucket}/models/m"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / MODEL_CARD).write_text('{"v": 1}')
+    (old / "weights.bin").write_bytes(b"old")
+    (old / "stale.bin").write_bytes(b"only in v1")
+    upload(old, prefix)
+
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / MODEL_CARD).write_text('{"v": 2}')
+    (new / "weights.bin").write_bytes(b"new weights")
+    (new / "zz.bin").write_bytes(b"x")
+    with monkeypatch.context() as patch:
+        _failing_client(patch, after=1)
+        with pytest.raises(_Interrupted):
+            upload(new, prefix)
+    with pytest.raises(StorageError, match="incomplete"):
+        download(prefix, tmp_path / "read1")
+    with pytest.raises(StorageError, match="incomplete"):
+        ensure_local(prefix, tmp_path / "cache")
+
+    upload(new, prefix)
+    assert _tree(download(prefix, tmp_path / "read2")) == _tree(new)
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="models/m/")["Contents"]}
+    assert "models/m/stale.bin" not in keys  # the previous output's own file is gone, not passed off as new
+
+
+def test_download_checks_the_manifest_hashes(tmp_path: Path, s3_bucket: str) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"good")
+    prefix = upload(folder, f"s3://{s3_bucket}/m")
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="m/weights.bin", Body=b"tampered")
+    with pytest.raises(StorageError, match=r"weights\.bin.*sha256"):
+        download(prefix, tmp_path / "read")

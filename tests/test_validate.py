@@ -253,3 +253,45 @@ def test_pai_quickstart_file_and_unknown_unseen_intent(tmp_path: Path) -> None:
         validate_records(tmp_path / "train.json", CATALOG, _config(unseen_intents=["nope"]), tmp_path / "r")
     with pytest.raises(CatalogError, match="'space' is not a catalog domain"):
         validate_records(tmp_path / "train.json", CATALOG, _config(unseen_domain="space"), tmp_path / "r")
+
+
+# ---- issue 11: bad data gets one clear line (12), ids are content ids and never collide (10, 14) ----------------
+
+
+def test_bad_records_files_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"text": "a", "output": "f()"}\n["text", "output"]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"records\.jsonl:2: expected a JSON object"):
+        load_records(path)
+    for content in ("", "  \n\n \t\n"):
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(ValueError, match=r"records\.jsonl: no records"):
+            load_records(path)
+    path.write_bytes(b'{"text": "a", "output": "f()"}\n{"text": "\xff\xfe", "output": "f()"}\n')
+    with pytest.raises(ValueError, match=r"records\.jsonl:2: not UTF-8"):
+        load_records(path)
+    listed = tmp_path / "train.json"
+    listed.write_bytes(b'[{"instruction": "\xff", "output": "f()"}]')
+    with pytest.raises(ValueError, match=r"train\.json"):
+        load_records(listed)
+
+
+def test_record_ids_are_content_ids_stable_under_shuffling(tmp_path: Path) -> None:
+    rows = [{"text": f"play song {i}", "output": f"play_music(s{i})"} for i in range(6)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    write_jsonl(tmp_path / "b.jsonl", list(reversed(rows)))
+    first = dict(zip(load_records(tmp_path / "a.jsonl")["text"], load_records(tmp_path / "a.jsonl")["id"], strict=True))
+    second = dict(
+        zip(load_records(tmp_path / "b.jsonl")["text"], load_records(tmp_path / "b.jsonl")["id"], strict=True)
+    )
+    assert first == second and len(set(first.values())) == 6
+    as_json = tmp_path / "train.json"
+    as_json.write_text(json.dumps([{"instruction": r["text"], "output": r["output"]} for r in rows]), encoding="utf-8")
+    assert dict(zip(load_records(as_json)["text"], load_records(as_json)["id"], strict=True)) == first
+
+
+def test_duplicate_record_ids_with_different_content_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    write_jsonl(path, [{"id": "x1", "text": "a", "output": "f()"}, {"id": "x1", "text": "b", "output": "g()"}])
+    with pytest.raises(ValueError, match=r"records\.jsonl: record id 'x1' is used by 2 different records"):
+        load_records(path)

@@ -233,7 +233,7 @@ def evaluate(
 
 def model_rows(result: ProtocolResult, data_dir: Path, cfg: RunConfig, work: Path, run_id: str) -> None:
     """SFT, SFT + GRPO, SFT + GRPO + RCS, then label scoring for the best of them; appends to `result.rows`."""
-    from intentops.models import create_tiny_model
+    from intentops.tiny_model import create_tiny_model
     from intentops.training.curriculum import mine_hard_samples
     from intentops.training.grpo import run_grpo
     from intentops.training.sft import run_sft

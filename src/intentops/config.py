@@ -277,6 +277,12 @@ class RegistryConfig(_Section):
     tracking_uri: str = Field("", description="MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or local sqlite.")
     experiment: str = Field("intentops", description="MLflow experiment (one per pipeline).")
     model_name: str = Field("intent-detector", description="Registered model name.")
+    request_budget_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time one MLflow call keeps retrying an unreachable or failing server before the command "
+        "fails (sets MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR and _TIMEOUT).",
+    )
 
 
 class ServingConfig(_Section):
@@ -437,10 +443,19 @@ def _problem(error: Any) -> str:
 
 
 def _validated(data: dict[str, Any], source: str) -> RunConfig:
+    from intentops.storage import has_credentials
+
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {'; '.join(_problem(err) for err in exc.errors())}") from None
+    secret = [name for name, value in cfg.flat().items() if has_credentials(value)]
+    if secret:  # knobs end up in MLflow params and compiled pipelines: credentials come from the environment
+        raise ConfigError(
+            f"{source}: {', '.join(secret)} holds a user/password in a URI; remove it and set "
+            f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or AWS_* for S3) in the environment instead"
+        )
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

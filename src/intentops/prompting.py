@@ -24,9 +24,21 @@ FEWSHOT_FILE = "fewshot_examples.jsonl"
 _THOUGHT_STRICT = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL)
 _ANSWER_TAG = re.compile(r"<answer>(?P<answer>.+?)</answer>", re.DOTALL)
 _NUMERIC_LABEL = re.compile(r"#(\d+)(?=\s*[(（])")
+# Chat control tokens as they appear in text: ChatML/Qwen/Llama-3 `<|...|>` and Llama/Mistral `<s>`, `</s>`, `[INST]`.
+_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>|</?s>|\[/?INST\]")
+_WORD_JOINER = "\u2060"
 _LOOSE_CALL = re.compile(
     r"[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）](?:\s*[;；]\s*[A-Za-z_#][A-Za-z0-9_.]*\s*[(（][^()（）]*[)）])*"
 )
+
+
+def neutralise_control_tokens(text: str) -> str:
+    """User text with every chat control token broken by an invisible word joiner after its first character.
+
+    The words stay readable to the model, but no tokenizer matches them as special tokens, so a request cannot
+    close its own turn and speak as the assistant or the system.
+    """
+    return _CONTROL_TOKEN.sub(lambda m: m.group(0)[0] + _WORD_JOINER + m.group(0)[1:], text)
 
 
 class PromptBuilder:
@@ -54,13 +66,15 @@ class PromptBuilder:
         examples = self._examples_for(text)
         if not examples:
             return self._base_system
-        shots = "\n".join(f"User: {ex['text']}\nAssistant: {self.target(ex['output'])}" for ex in examples)
+        shots = "\n".join(
+            f"User: {neutralise_control_tokens(ex['text'])}\nAssistant: {self.target(ex['output'])}" for ex in examples
+        )
         return f"{self._base_system}\n\nExamples:\n{shots}"
 
     def messages(self, text: str) -> list[dict[str, str]]:
         return [
             {"role": "system", "content": self.system_prompt(text)},
-            {"role": "user", "content": text},
+            {"role": "user", "content": neutralise_control_tokens(text)},
         ]
 
     def target(self, output: str) -> str:

@@ -33,7 +33,7 @@ from intentops.registry_packaging import (
     read_candidate,
     version_tags,
 )
-from intentops.tracking import resolve_tracking_uri
+from intentops.tracking import apply_request_budget, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -114,6 +114,7 @@ def _client(cfg: RunConfig) -> MlflowClient:
     """A client for the run's tracking server; the registry lives on the same server."""
     from mlflow import MlflowClient
 
+    apply_request_budget(cfg)
     uri = resolve_tracking_uri(cfg)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -10,21 +10,44 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
+import posixpath
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from intentops.io import atomic_path
+from intentops.artifacts import CONVERT_REPORT_FILE, DATASET_MANIFEST, MODEL_CARD
+from intentops.io import OUTPUT_MARKER, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
 S3_SCHEME = "s3://"
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 _READ_BUFFER = 1 << 20
+# Written last under every prefix `upload` fills: the files with their sha256, and whether the upload finished.
+# Readers take only the listed files and refuse a prefix whose manifest says the upload did not finish.
+UPLOAD_MANIFEST = ".intentops-manifest.json"
+# Files that tell readers "this output is finished"; they go up after everything else.
+_COMPLETION_FILES = (MODEL_CARD, DATASET_MANIFEST, CONVERT_REPORT_FILE, OUTPUT_MARKER)
+
+
+# `scheme://user:password@host`: the user-info part of any URI inside a text.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_uri(value: object) -> str:
+    """`value` as text with the user and password removed from every URI in it (for logs, params, defaults)."""
+    return _USERINFO.sub(lambda match: match.group("scheme"), str(value))
+
+
+def has_credentials(value: object) -> bool:
+    """True when `value` holds a URI with a user or password in it."""
+    return bool(_USERINFO.search(str(value)))
 
 
 class StorageError(ValueError):
@@ -179,12 +202,49 @@ def _head(client: Any, uri: str) -> dict[str, Any] | None:
 
 
 def _relative_key(key: str, uri: str) -> str:
+    """The object's path inside the prefix; StorageError when it would land outside the destination folder."""
     prefix = split_s3(uri)[1].rstrip("/")
-    return key[len(prefix) + 1 :] if prefix else key
+    relative = key[len(prefix) + 1 :] if prefix else key
+    normal = posixpath.normpath(relative) if relative else ""
+    if not relative or relative.startswith("/") or normal.startswith("..") or "\\" in relative or normal == ".":
+        raise StorageError(
+            f"{S3_SCHEME}{split_s3(uri)[0]}/{key}: object key points outside the prefix {uri} "
+            f"(would be written outside the download folder); refusing to download it"
+        )
+    return normal
+
+
+def _read_manifest(client: Any, uri: str) -> dict[str, Any] | None:
+    """The prefix's finished upload manifest, None when the prefix was not written by `upload`."""
+    manifest = _manifest_document(client, uri)
+    if manifest is not None and manifest.get("complete") is not True:
+        raise StorageError(
+            f"{uri}: upload incomplete (interrupted or still running, see {UPLOAD_MANIFEST}); upload it again"
+        )
+    return manifest
+
+
+def _manifest_document(client: Any, uri: str) -> dict[str, Any] | None:
+    bucket, key = split_s3(uri)
+    manifest_key = "/".join(part for part in (key.rstrip("/"), UPLOAD_MANIFEST) if part)
+    if _head(client, f"{S3_SCHEME}{bucket}/{manifest_key}") is None:
+        return None
+    with _s3_errors(uri):
+        body = client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
+    try:
+        manifest = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise StorageError(f"{uri}/{UPLOAD_MANIFEST}: not valid JSON; the upload is broken") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise StorageError(f"{uri}/{UPLOAD_MANIFEST}: not an upload manifest; the upload is broken")
+    return manifest
 
 
 def _fetch(client: Any, uri: str, dest: Path) -> str:
-    """Download `uri` (object or prefix) to `dest` atomically; returns `file` or `dir`."""
+    """Download `uri` (object or prefix) to `dest` atomically; returns `file` or `dir`.
+
+    A prefix written by `upload` yields exactly its manifest's files, each checked against its sha256.
+    """
     bucket, _ = split_s3(uri)
     if _head(client, uri) is not None:
         with atomic_path(dest) as tmp, _s3_errors(uri):
@@ -193,13 +253,27 @@ def _fetch(client: Any, uri: str, dest: Path) -> str:
     objects = _list_prefix(client, uri)
     if not objects:
         raise StorageNotFoundError(f"{uri}: no such object or prefix")
+    manifest = _read_manifest(client, uri)
+    expected: dict[str, Any] = manifest["files"] if manifest else {}
+    wanted = [obj for obj in objects if _relative_key(obj["Key"], uri) != UPLOAD_MANIFEST]
+    if manifest:
+        wanted = [obj for obj in wanted if _relative_key(obj["Key"], uri) in expected]
+        missing = sorted(set(expected) - {_relative_key(obj["Key"], uri) for obj in wanted})
+        if missing:
+            raise StorageError(f"{uri}: objects listed in {UPLOAD_MANIFEST} are missing: {', '.join(missing[:5])}")
     with atomic_path(dest) as tmp:
-        for obj in objects:
-            target = tmp / _relative_key(obj["Key"], uri)
+        for obj in wanted:
+            relative = _relative_key(obj["Key"], uri)
+            target = tmp / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             with _s3_errors(f"{S3_SCHEME}{bucket}/{obj['Key']}"):
                 client.download_file(bucket, obj["Key"], str(target))
-    log.info("downloaded %d objects from %s to %s", len(objects), uri, dest)
+            if manifest and sha256_file(target) != expected[relative]["sha256"]:
+                raise StorageError(
+                    f"{S3_SCHEME}{bucket}/{obj['Key']}: content does not match the sha256 in {UPLOAD_MANIFEST} "
+                    f"(changed after upload); upload the folder again"
+                )
+    log.info("downloaded %d objects from %s to %s", len(wanted), uri, dest)
     return "dir"
 
 
@@ -220,10 +294,58 @@ def download(uri: str, dest: str | Path, endpoint: str | None = None) -> Path:
     return target
 
 
+def s3_prefix_owner(uri: str, endpoint: str | None = None) -> str:
+    """`empty` (no objects), `ours` (written by `upload`: it holds UPLOAD_MANIFEST) or `foreign`."""
+    objects = _list_prefix(s3_client(endpoint), uri)
+    if not objects:
+        return "empty"
+    if any(_relative_key(obj["Key"], uri) == UPLOAD_MANIFEST for obj in objects):
+        return "ours"
+    return "foreign"
+
+
+def _put_manifest(client: Any, bucket: str, prefix: str, manifest: dict[str, Any]) -> None:
+    key = "/".join(part for part in (prefix, UPLOAD_MANIFEST) if part)
+    with _s3_errors(f"{S3_SCHEME}{bucket}/{key}"):
+        client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest, indent=1).encode("utf-8"))
+
+
+def _upload_folder(client: Any, source: Path, bucket: str, prefix: str) -> None:
+    """Folder -> prefix so that no reader takes a half-done upload for a finished one.
+
+    The manifest is first replaced by an "incomplete" one, the files go up with the completion files
+    (model card, dataset manifest, report) last, the previous upload's own files that the new one lacks are
+    deleted, and the complete manifest with every file's sha256 goes up at the very end.
+    """
+    uri = f"{S3_SCHEME}{bucket}/{prefix}"
+    previous = _manifest_document(client, uri) if _list_prefix(client, uri) else None
+    # files of earlier uploads to this prefix, remembered across interrupted ones
+    owned = set(previous["files"]) | set(previous.get("previous", [])) if previous else set()
+    files = sorted(
+        (p for p in source.rglob("*") if p.is_file()),
+        key=lambda p: (p.relative_to(source).as_posix() in _COMPLETION_FILES, p.relative_to(source).as_posix()),
+    )
+    listed = {f.relative_to(source).as_posix(): {"sha256": sha256_file(f), "size": f.stat().st_size} for f in files}
+    if UPLOAD_MANIFEST in listed:
+        raise StorageError(f"{source}: holds a file named {UPLOAD_MANIFEST}, which upload reserves")
+    _put_manifest(client, bucket, prefix, {"complete": False, "files": {}, "previous": sorted(owned)})
+    for file in files:
+        object_key = "/".join(part for part in (prefix, file.relative_to(source).as_posix()) if part)
+        with _s3_errors(f"{S3_SCHEME}{bucket}/{object_key}"):
+            client.upload_file(str(file), bucket, object_key)
+    for stale in sorted(owned - set(listed)):
+        stale_key = "/".join(part for part in (prefix, stale) if part)
+        with _s3_errors(f"{S3_SCHEME}{bucket}/{stale_key}"):
+            client.delete_object(Bucket=bucket, Key=stale_key)
+    _put_manifest(client, bucket, prefix, {"complete": True, "files": listed})
+    log.info("uploaded %d files from %s to %s", len(files), source, uri)
+
+
 def upload(path: str | Path, uri: str, endpoint: str | None = None) -> str:
     """Copy a local file to an object, or a local folder to a prefix (keys keep the relative paths).
 
-    A non-s3 `uri` is treated as a local destination, so callers need no branch for local runs.
+    A non-s3 `uri` is treated as a local destination, so callers need no branch for local runs. A folder upload
+    ends with UPLOAD_MANIFEST, which `download` and `ensure_local` check.
     """
     source = Path(path)
     if not source.exists():
@@ -240,12 +362,7 @@ def upload(path: str | Path, uri: str, endpoint: str | None = None) -> str:
             client.upload_file(str(source), bucket, key)
         return f"{S3_SCHEME}{bucket}/{key}"
     prefix = key.rstrip("/")
-    files = sorted(p for p in source.rglob("*") if p.is_file())
-    for file in files:
-        object_key = "/".join(part for part in (prefix, file.relative_to(source).as_posix()) if part)
-        with _s3_errors(f"{S3_SCHEME}{bucket}/{object_key}"):
-            client.upload_file(str(file), bucket, object_key)
-    log.info("uploaded %d files from %s to %s", len(files), source, uri)
+    _upload_folder(client, source, bucket, prefix)
     return f"{S3_SCHEME}{bucket}/{prefix}"
 
 

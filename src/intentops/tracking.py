@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intentops.config import RunConfig
+from intentops.storage import redact_uri
 
 if TYPE_CHECKING:
     import mlflow
@@ -39,10 +40,39 @@ def resolve_tracking_uri(cfg: RunConfig) -> str:
     )
 
 
+def apply_request_budget(cfg: RunConfig) -> None:
+    """Bound MLflow's HTTP retries by `registry.request_budget_s`: MLflow's defaults (7 retries, doubling from
+    2 s, 120 s timeout) kept commands retrying for minutes against a dead server.
+
+    Half the budget goes to back-off sleeps (each retry sleeps 2^n s plus up to 1 s jitter), the rest to the
+    per-request timeouts, so retries x timeout + sleeps stays within the budget.
+    """
+    budget = cfg.registry.request_budget_s
+    retries = 0
+    while retries < 5 and (2 ** (retries + 1) - 1) + (retries + 1) <= budget / 2:
+        retries += 1
+    sleeps = (2**retries - 1) + retries
+    timeout = max(1, int((budget - sleeps) / (retries + 1)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when an MLflow error means the server could not be reached (refused, timed out, retries used up)."""
+    import requests
+
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, requests.exceptions.RequestException) or (
+        cause is not None and isinstance(cause, requests.exceptions.RequestException)
+    )
+
+
 def configure(cfg: RunConfig) -> str:
     """Point mlflow at the run's tracking store and experiment; returns the experiment id."""
     import mlflow
 
+    apply_request_budget(cfg)
     mlflow.set_tracking_uri(resolve_tracking_uri(cfg))
     return mlflow.set_experiment(cfg.registry.experiment).experiment_id
 
@@ -71,7 +101,7 @@ def parent_run_id(cfg: RunConfig, pipeline_run_id: str) -> str:
         run_name=f"pipeline-{pipeline_run_id}",
         tags={PIPELINE_RUN_TAG: pipeline_run_id, ROLE_TAG: "pipeline"},
     )
-    params = [Param(key, str(value)[:_MAX_PARAM_CHARS]) for key, value in cfg.flat().items()]
+    params = [Param(key, redact_uri(value)[:_MAX_PARAM_CHARS]) for key, value in cfg.flat().items()]
     for start in range(0, len(params), _PARAMS_PER_REQUEST):
         client.log_batch(run.info.run_id, params=params[start : start + _PARAMS_PER_REQUEST])
     log.info("MLflow: created parent run %s for pipeline run %s", run.info.run_id, pipeline_run_id)
@@ -104,7 +134,7 @@ def stage_run(
     try:
         with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=parent is not None, tags=tags) as run:
             if params:
-                mlflow.log_params({key: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
+                mlflow.log_params({key: redact_uri(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
             yield run
         outcome = "FINISHED"
     finally:

@@ -1,7 +1,8 @@
 """`intentops convert itag`, `intentops validate`, `intentops split` and `intentops prepare`: the data stages.
 
 Exit status: 0 on success; 1 when the data itself is not good enough (reject rate above the maximum, a
-validation check at error severity); 2 on a usage or input error (as every intentops command).
+validation check at error severity); 2 on a usage or input error (as every intentops command), including an
+--out that holds an input or a non-empty folder intentops did not write (see intentops.io.replace_output).
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from intentops.cli import add_config_argument, config_from_args
+from intentops.io import replace_output
 
 DATA_FAILED_EXIT = 1
 
@@ -40,16 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     itag.add_argument("manifest", metavar="MANIFEST", help="iTAG manifest: local path or s3://bucket/key.")
-    itag.add_argument("--out", required=True, help="Output folder (replaced atomically when complete) or s3:// prefix.")
+    _out_argument(itag)
     itag.add_argument(
         "--max-reject-rate",
-        type=float,
+        type=_share,
         default=0.05,
         help="Fail (exit 1) when more than this share of non-empty lines is rejected (default 0.05).",
     )
     itag.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         help="Converter processes (default: 1 for manifests under 64 MiB, else up to 4).",
     )
     itag.set_defaults(handler=_convert_itag)
@@ -98,38 +97,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _catalog_and_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog", help="Intent catalog YAML, local or s3:// (default: data.catalog).")
-    parser.add_argument(
-        "--out", required=True, help="Output folder (replaced atomically when complete) or s3:// prefix."
-    )
+    _out_argument(parser)
     add_config_argument(parser)
 
 
-def _inputs(args: argparse.Namespace, source: str) -> tuple[Any, Any, Path]:
-    """(config, catalog, local source path), fetching s3:// inputs once into the cache."""
+def _share(text: str) -> float:
+    """A share between 0 and 1 (argparse names the option when this raises)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _out_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="Output folder or s3:// prefix, replaced in one step when complete. It must not hold an input; an "
+        "existing non-empty folder is replaced only if intentops wrote it.",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="Replace --out even if it is a non-empty folder intentops did not write."
+    )
+
+
+def _inputs(args: argparse.Namespace, source: str) -> tuple[Any, Any, Path, list[str]]:
+    """(config, catalog, local source path, the input locations --out must not touch)."""
     from intentops.catalog import load_catalog
     from intentops.storage import ensure_local
 
     cfg = config_from_args(args)
     cache = cfg.model.cache_dir or None
-    catalog = load_catalog(ensure_local(args.catalog or cfg.data.catalog, cache))
-    return cfg, catalog, ensure_local(source, cache)
-
-
-@contextmanager
-def _local_out(out: str) -> Iterator[Path]:
-    """A local folder for the command's output; an s3:// --out is written locally, then uploaded as a prefix."""
-    from intentops.storage import is_s3, upload
-
-    if not is_s3(out):
-        yield Path(out)
-        return
-    with tempfile.TemporaryDirectory(prefix="intentops-out-") as scratch:
-        local = Path(scratch) / "out"
-        try:
-            yield local
-        finally:
-            if local.exists():  # complete outputs only (they are written atomically), also a failed validation
-                upload(local, out)
+    catalog_uri = args.catalog or cfg.data.catalog
+    catalog = load_catalog(ensure_local(catalog_uri, cache))
+    return cfg, catalog, ensure_local(source, cache), [source, catalog_uri]
 
 
 def _print(summary: dict[str, Any]) -> None:
@@ -139,8 +147,9 @@ def _print(summary: dict[str, Any]) -> None:
 def _convert_itag(args: argparse.Namespace) -> int:
     from intentops.data.itag import convert_manifest
 
-    with _local_out(args.out) as out:
+    with replace_output(args.out, [args.manifest], args.force, "convert itag") as out:
         report = convert_manifest(args.manifest, out, args.max_reject_rate, workers=args.workers)
+    report.out_dir = args.out
     _print(
         {
             "out": args.out,
@@ -163,8 +172,8 @@ def _convert_itag(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from intentops.data.validate import validate_records
 
-    cfg, catalog, data = _inputs(args, args.data)
-    with _local_out(args.out) as out:
+    cfg, catalog, data, inputs = _inputs(args, args.data)
+    with replace_output(args.out, inputs, args.force, "validate") as out:
         report = validate_records(data, catalog, cfg.data, out)
     _print(
         {
@@ -184,8 +193,8 @@ def _validate(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     from intentops.data.split import split_dataset
 
-    cfg, catalog, records = _inputs(args, args.records)
-    with _local_out(args.out) as out:
+    cfg, catalog, records, inputs = _inputs(args, args.records)
+    with replace_output(args.out, inputs, args.force, "split") as out:
         manifest = split_dataset(records, catalog, cfg.data, out)
     _print(_manifest_summary(args.out, manifest))
     return 0
@@ -195,12 +204,16 @@ def _prepare(args: argparse.Namespace) -> int:
     from intentops.data.split import prepare_dataset
     from intentops.data.validate import DataValidationError
 
-    cfg, catalog, records = _inputs(args, args.records)
-    try:
-        with _local_out(args.out) as out:
+    cfg, catalog, records, inputs = _inputs(args, args.records)
+    failed: DataValidationError | None = None
+    with replace_output(args.out, inputs, args.force, "prepare") as out:
+        try:
             manifest = prepare_dataset(records, catalog, cfg.data, out)
-    except DataValidationError as exc:
-        print(f"intentops prepare: {exc}", file=sys.stderr)
+        except DataValidationError as exc:
+            failed = exc  # the validation report is still published, on its own
+    if failed is not None:
+        failed.report.out_dir = str(Path(args.out) / "validation")
+        print(f"intentops prepare: {DataValidationError(failed.report)}", file=sys.stderr)
         return DATA_FAILED_EXIT
     _print(_manifest_summary(args.out, manifest))
     return 0

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--model", required=True, help="IntentOps model folder (HF files + IntentOps model card).")
     evaluate.add_argument("--dataset", required=True, help="Validated dataset folder (train/val/test.jsonl).")
     evaluate.add_argument("--out", required=True, help="Output folder for the evaluation artifact.")
+    evaluate.add_argument("--force", action="store_true", help="Replace --out even if intentops did not write it.")
     evaluate.add_argument("--split", default="test", help="Split to evaluate (default: test).")
     evaluate.add_argument(
         "--decoding",
@@ -73,7 +74,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.decoding:
         cfg.evaluation.decoding = args.decoding
-    evaluate(cfg, args.model, args.dataset, args.out, args.pipeline_run_id, args.split)
+    from intentops.io import replace_output
+
+    with replace_output(args.out, [args.model, args.dataset], args.force, "evaluate") as out:
+        evaluate(cfg, args.model, args.dataset, out, args.pipeline_run_id, args.split)
     metrics = Evaluation(args.out).metrics()
     print(json.dumps({"out": str(Path(args.out)), "decoding": metrics.decoding, **metrics.headline()}))
     return 0

@@ -242,6 +242,8 @@ def execute_local(stem: str, cfg: RunConfig, workdir: Path, tracking_uri: str | 
     # Stages are subprocesses that inherit this environment. MLflow's usage telemetry would start a sender thread in
     # each of them that, offline, holds up interpreter exit: pure orchestration overhead.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Stages download their inputs file by file: one progress bar per file is noise in the log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = _local_tracking(cfg, tracking_uri, workdir)

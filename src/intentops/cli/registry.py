@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from intentops.cli import add_config_argument, config_from_args
+
+NO_CHAMPION_EXIT = 1
+UNREACHABLE_EXIT = 4  # the MLflow server did not answer within registry.request_budget_s
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Make a registered version the champion by hand.",
         description="Point @champion at VERSION, bypassing the gate; the replaced champion is recorded for rollback.",
     )
-    parser.add_argument("version", help="Registered model version number.")
+    parser.add_argument("version", type=_version_number, help="Registered model version number.")
     parser.add_argument("--reason", default="manual promotion", help="Why (kept as a version tag).")
     _common(parser)
     parser.set_defaults(handler=_promote)
@@ -57,11 +61,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "champion",
         help="Show the current champion, its tags and the previous champion.",
-        description="Print the version behind @champion; exit status 1 when there is no champion yet.",
+        description="Print the version behind @champion; exit status 1 when there is no champion yet, 4 when the "
+        "MLflow server cannot be reached within registry.request_budget_s.",
     )
     parser.add_argument("--json", action="store_true", help="Print the champion as JSON.")
     _common(parser)
     parser.set_defaults(handler=_champion)
+
+
+def _version_number(text: str) -> str:
+    """A registered version is a whole number from 1 up (argparse names the argument when this raises)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...)")
+    return str(int(text))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -119,15 +131,22 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _champion(args: argparse.Namespace) -> int:
     from intentops.registry import champion_info
+    from intentops.tracking import is_unreachable, resolve_tracking_uri
 
     cfg = _config(args)
-    champion = champion_info(cfg)
+    try:
+        champion = champion_info(cfg)
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        print(f"intentops champion: cannot reach MLflow at {resolve_tracking_uri(cfg)}: {exc}", file=sys.stderr)
+        return UNREACHABLE_EXIT
     if champion is None:
         if args.json:
             print(json.dumps(None))
         else:
             print(f"{cfg.registry.model_name} has no champion yet")
-        return 1
+        return NO_CHAMPION_EXIT
     if args.json:
         print(json.dumps(champion.to_dict(), ensure_ascii=False, indent=2))
     else:

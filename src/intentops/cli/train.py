@@ -108,9 +108,12 @@ def _fetch(uri: str, cfg: Any) -> Path:
 
 
 @contextmanager
-def _output(out: str) -> Iterator[Path]:
+def _output(out: str, inputs: list[str]) -> Iterator[Path]:
     """A local folder for the stage's output; an s3:// --out is written locally and uploaded when the stage succeeds."""
+    from intentops.io import check_output
     from intentops.storage import is_s3, upload
+
+    check_output(out, inputs, resume=True)  # never train into (or over) the dataset or the base model
 
     if not is_s3(out):
         yield Path(out)
@@ -127,13 +130,15 @@ def _print(summary: dict[str, Any]) -> None:
 
 def _sft(args: argparse.Namespace) -> int:
     from intentops.artifacts import ModelFolder
+    from intentops.data.split import require_validated
     from intentops.stages import sft_warmup
 
     cfg = config_from_args(args)
     if args.base_model:
         cfg.model.base_model = args.base_model
     dataset = _fetch(args.dataset, cfg)
-    with _output(args.out) as out:
+    require_validated(dataset)
+    with _output(args.out, [args.dataset, args.base_model]) as out:
         meta = sft_warmup(cfg, dataset, out, args.pipeline_run_id)
         training = ModelFolder(out).card().get("training", {})
     _print({"out": args.out, **meta, "training": training})
@@ -147,7 +152,7 @@ def _grpo(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
     try:
-        with _output(args.out) as out:
+        with _output(args.out, [args.train, args.model]) as out:
             # The rollout log stays in OUT next to the model, as the help says.
             result = grpo(cfg, args.stage, train, model, out, out, args.pipeline_run_id)
     except RewardCollapseError as exc:
@@ -162,7 +167,7 @@ def _mine(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     rollouts, train = _fetch(args.rollouts, cfg), _fetch(args.train, cfg)
-    with _output(args.out) as out:
+    with _output(args.out, [args.rollouts, args.train]) as out:
         report = mine_hard_samples(rollouts, train, cfg.mining, out)
     _print(
         {
@@ -179,10 +184,12 @@ def _mine(args: argparse.Namespace) -> int:
 
 
 def _chain(args: argparse.Namespace) -> int:
+    from intentops.io import check_output
     from intentops.stages import train_chain
     from intentops.training.grpo import RewardCollapseError
 
     cfg = config_from_args(args)
+    check_output(args.out, [args.dataset], resume=True)  # never train into (or over) the dataset
     try:
         chain = train_chain(cfg, _fetch(args.dataset, cfg), args.out, args.pipeline_run_id)
     except RewardCollapseError as exc:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from intentops.artifacts import CONVERT_REPORT_FILE, QUICKSTART_FILE, RECORDS_FILE, REJECTS_FILE
 from intentops.grammar import GrammarError, parse_calls, render_calls
-from intentops.io import atomic_path, write_json
+from intentops.io import atomic_path, content_id, write_json
 from intentops.storage import is_s3, open_uri
 
 log = logging.getLogger(__name__)
@@ -555,7 +555,8 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
             batch.reject(number, "unparseable_output", line, exc.reason)
             continue
         text_json = encode(text)
-        records.append(b'{"id":"itag-%d","text":%b%b%d}\n' % (number, text_json, tail, number))
+        record_id = content_id(text, _parse_output(output).canonical).encode()  # stable across files and orders
+        records.append(b'{"id":"%b","text":%b%b%d}\n' % (record_id, text_json, tail, number))
         train.append(b'{"instruction":%b,"output":%b}' % (text_json, train_output))
         kinds.append(kind)
     _count_kinds(batch, kinds)

@@ -19,7 +19,7 @@ from intentops.catalog import Catalog, CatalogError
 from intentops.config import DataConfig
 from intentops.data.itag import detect_lang
 from intentops.grammar import GrammarError, parse_calls, render_calls
-from intentops.io import read_jsonl
+from intentops.io import content_id, read_jsonl
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("id", "text", "output", "turns", "split")
@@ -88,17 +88,14 @@ def _rows_from_file(path: Path) -> list[dict[str, Any]]:
         try:
             items = msgspec.json.decode(path.read_bytes())
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+            raise ValueError(f"{path}: not valid UTF-8 JSON: {exc}") from None
         if not isinstance(items, list):
             raise ValueError(f"{path}: expected a JSON list of {{instruction, output}} objects")
         rows = []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise ValueError(f"{path}: item {index} is not an object")
-            record_id = f"{path.stem}-{index + 1}"
-            rows.append(
-                complete_record({"id": record_id, "text": item.get("instruction"), "output": item.get("output")})
-            )
+            rows.append(complete_record({"text": item.get("instruction"), "output": item.get("output")}))
         return rows
     return list(read_jsonl(path))
 
@@ -132,11 +129,44 @@ def load_records(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame.columns:
             frame[column] = None
-    frame["id"] = [str(v) if v is not None and v == v else f"row-{i + 1}" for i, v in enumerate(frame["id"])]
+    if frame.empty:
+        raise ValueError(f"{source if not isinstance(source, pd.DataFrame) else 'DataFrame'}: no records")
+    frame["id"] = [
+        str(v) if v is not None and v == v else _content_id(text, output)
+        for v, text, output in zip(frame["id"], frame["text"], frame["output"], strict=True)
+    ]
+    _check_unique_ids(frame, source)
     frame["turns"] = [int(v) if isinstance(v, int | float) and v == v else 1 for v in frame["turns"]]
     frame["text"] = [v if isinstance(v, str) else "" for v in frame["text"]]
     frame["split"] = [v if isinstance(v, str) else None for v in frame["split"]]
     return frame.reset_index(drop=True)
+
+
+def _content_id(text: Any, output: Any) -> str:
+    text = text if isinstance(text, str) else ""
+    if not isinstance(output, str):
+        return content_id(text, "")
+    try:
+        return content_id(text, output_calls(output)[0])
+    except GrammarError:
+        return content_id(text, output)
+
+
+def _check_unique_ids(frame: pd.DataFrame, source: Any) -> None:
+    """Two different records under one id would be joined with each other's rollouts and reports."""
+    repeated = frame[frame["id"].duplicated(keep=False)]
+    if repeated.empty:
+        return
+    distinct = repeated.assign(label=repeated["output"].astype(str)).drop_duplicates(["id", "text", "label"])
+    kinds = distinct["id"].value_counts()
+    clashing = kinds[kinds > 1]
+    if not clashing.empty:
+        name = "DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+        record_id = clashing.index[0]
+        raise ValueError(
+            f"{name}: record id {record_id!r} is used by {int(clashing.iloc[0])} different records "
+            f"({len(clashing)} ids clash in all); give every record its own id"
+        )
 
 
 def annotate(frame: pd.DataFrame) -> pd.DataFrame:

@@ -39,6 +39,8 @@ class DatasetManifest:
     path: str
     counts: dict[str, Any]
     dataset_hash: str
+    train_hash: str
+    validated: bool
     catalog_hash: str
     unseen_intents: list[str]
     seen_intents: list[str]
@@ -108,7 +110,12 @@ def _dataset_hash(folder: Path) -> str:
 
 
 def _write_split(
-    frame: pd.DataFrame, catalog: Catalog, data_cfg: DataConfig, folder: Path, source: dict[str, Any]
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    data_cfg: DataConfig,
+    folder: Path,
+    source: dict[str, Any],
+    validated: bool = False,
 ) -> dict[str, Any]:
     held_out = unseen_intents(catalog, data_cfg)
     broken = frame[frame["parse_error"].notna()]
@@ -142,6 +149,8 @@ def _write_split(
     manifest = {
         "counts": counts,
         "dataset_hash": _dataset_hash(folder),
+        "train_hash": files["train.jsonl"][:16],  # what a rollout log records, so mining can check its source
+        "validated": validated,
         "catalog_hash": catalog.content_hash,
         "unseen_intents": held_out,
         "seen_intents": [name for name in catalog.names if name not in held_out],
@@ -202,8 +211,22 @@ def prepare_dataset(
         tmp.mkdir(parents=True)
         report = validate_records(records, catalog, data_cfg, tmp / "validation")
         if report.passed:
-            manifest = _write_split(frame, catalog, data_cfg, tmp, _source(records))
+            manifest = _write_split(frame, catalog, data_cfg, tmp, _source(records), validated=True)
     report.out_dir = str(Path(out_dir) / "validation")
     if not report.passed:
         raise DataValidationError(report)
     return DatasetManifest(path=str(out_dir), **manifest)
+
+
+def require_validated(dataset_dir: str | Path) -> None:
+    """Refuse a dataset folder whose manifest says it was split without validation (`intentops split`)."""
+    manifest = Path(dataset_dir) / DATASET_MANIFEST
+    if not manifest.is_file():
+        return  # a hand-made folder: its records are checked when training loads them
+    from intentops.io import read_json
+
+    if read_json(manifest).get("validated") is False:
+        raise ValueError(
+            f"{dataset_dir}: dataset was never validated (made by `intentops split`); "
+            f"build it with `intentops prepare` to train on it"
+        )

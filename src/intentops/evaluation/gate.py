@@ -179,14 +179,21 @@ def _summary(metrics: Mapping[str, Any], result: EvaluationResult) -> dict[str, 
     return summary
 
 
+def _number(name: str, value: Any) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"metric {name}: {value!r} is not a number (metrics.json was edited or corrupted)")
+
+
 def _at_least(name: str, value: float | None, threshold: float) -> Check:
+    value = _number(name, value)
     return Check(name, value, threshold, ">=", value is not None and value >= threshold)
 
 
 def threshold_checks(metrics: Mapping[str, Any], gate_cfg: GateConfig) -> tuple[list[Check], list[str]]:
     """Absolute checks on the candidate's metrics, plus notes on the ones that do not apply."""
     notes: list[str] = []
-    error_rate = metrics.get("format_error_rate")
+    error_rate = _number("format_error_rate", metrics.get("format_error_rate"))
     checks = [
         _at_least("intent_accuracy", metrics.get("intent_accuracy"), gate_cfg.min_intent_accuracy),
         _at_least("param_accuracy", metrics.get("param_accuracy"), gate_cfg.min_param_accuracy),

@@ -107,13 +107,13 @@ class Resources:
 
 
 def pinned_images(path: str | Path | None = None) -> dict[str, str]:
-    """The image pins of images/versions.env (dotenv format), so manifests and CI pull the same tags."""
-    from dotenv import dotenv_values
+    """The image pins of images/versions.env as the build resolves them, so manifests and CI pull the same tags."""
+    from intentops.images import ImagePinError, image_pins
 
-    source = Path(path or IMAGES_ENV)
-    if not source.exists():
-        raise ManifestError(f"{source}: image pin file not found")
-    return {key: value for key, value in dotenv_values(source).items() if value}
+    try:
+        return image_pins(path or IMAGES_ENV)
+    except ImagePinError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 def pinned_image(variable: str, path: str | Path | None = None) -> str:

@@ -4,12 +4,14 @@ TRL's `SFTTrainer` on a conversational prompt-completion dataset built by `Promp
 assistant's answer. Full fine-tuning or LoRA/QLoRA (peft; adapters are merged so the next stage gets a plain Hugging
 Face folder), DeepSpeed ZeRO through the trainer arguments, bf16 only where the hardware has it, checkpoints under
 `out_dir/checkpoints` and resume from the newest one. On the tiny profile the base model is first built from the
-dataset itself (`intentops.models.create_tiny_model`).
+dataset itself (`intentops.tiny_model.create_tiny_model`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import logging
 import random
 import shutil
@@ -22,11 +24,10 @@ from intentops import tracking
 from intentops.artifacts import CATALOG_FILE, MODEL_CARD
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
-from intentops.io import read_jsonl
+from intentops.io import read_json, read_jsonl, sha256_file, write_json
 from intentops.models import (
     base_card,
     bf16_available,
-    create_tiny_model,
     dataset_hash,
     generate_completions,
     invalidate_model_dir,
@@ -39,6 +40,7 @@ from intentops.models import (
 )
 from intentops.prompting import PromptBuilder
 from intentops.rewards import intent_reward, params_reward
+from intentops.tiny_model import create_tiny_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+RESUME_KEY = "resume_key.json"  # what the checkpoints were trained from: data, base model, training config
 TINY_BASE = "tiny-base"
 
 
@@ -183,8 +186,31 @@ def deepspeed_config(path: str, knob: str) -> str | None:
     raise FileNotFoundError(f"{knob}={path!r}: DeepSpeed config not found (bundled ones: configs/deepspeed/*.json)")
 
 
+def resumable_checkpoint(checkpoints: Path, key: dict[str, Any]) -> str | None:
+    """The newest checkpoint if it was trained from the same data, base model and config (`key`), else None.
+
+    Checkpoints of another key are removed (they are this output's own `checkpoint-N` folders), so neither this
+    run nor a later resume can continue a model trained on other data.
+    """
+    key = json.loads(json.dumps(key, default=str))
+    key_file = checkpoints / RESUME_KEY
+    stored = read_json(key_file) if key_file.is_file() else None
+    last = last_checkpoint(checkpoints)
+    if last and stored == key:
+        return last
+    if last:
+        changed = sorted(name for name in key if (stored or {}).get(name) != key[name])
+        log.warning("not resuming from %s: %s changed since; training from the start", last, ", ".join(changed))
+        for old in checkpoints.glob("checkpoint-*"):
+            shutil.rmtree(old)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_json(key_file, key)
+    return None
+
+
 def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
     """TRL `SFTConfig` from the run configuration (bf16 only where the hardware has it; DeepSpeed passed through)."""
+    import torch
     from trl import SFTConfig
 
     return SFTConfig(
@@ -194,13 +220,11 @@ def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
         per_device_train_batch_size=cfg.sft.batch_size,
         gradient_accumulation_steps=cfg.sft.gradient_accumulation_steps,
         max_length=cfg.sft.max_length,
-        warmup_steps=cfg.sft.warmup_ratio,
         lr_scheduler_type="cosine",
         logging_steps=cfg.sft.logging_steps,
         save_strategy="steps",
         save_steps=cfg.sft.save_steps,
         save_total_limit=cfg.sft.save_total_limit,
-        gradient_checkpointing=cfg.sft.gradient_checkpointing,
         bf16=bf16_available() and cfg.model.dtype in ("auto", "bfloat16"),
         fp16=False,
         deepspeed=deepspeed_config(cfg.sft.deepspeed, "sft.deepspeed"),
@@ -208,7 +232,25 @@ def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
         data_seed=cfg.sft.seed,
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory only helps copies to a GPU
+        **version_dependent_args(SFTConfig, cfg.sft.warmup_ratio, cfg.sft.gradient_checkpointing),
     )
+
+
+def version_dependent_args(args_class: type, warmup_ratio: float, checkpointing: bool) -> dict[str, Any]:
+    """Warm-up and activation-checkpointing arguments under the names the installed transformers reads.
+
+    transformers 5 dropped `warmup_ratio` (a float `warmup_steps` below 1 is read as a ratio) and renamed
+    `gradient_checkpointing` to `activation_checkpointing`; 4.x knows only the old names.
+    """
+    fields = {f.name for f in dataclasses.fields(args_class)}
+    args: dict[str, Any] = (
+        {"warmup_ratio": warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": warmup_ratio}
+    )
+    args["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = (
+        checkpointing
+    )
+    return args
 
 
 def run_sft(
@@ -226,10 +268,11 @@ def run_sft(
     """
     from accelerate import PartialState
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from intentops.training.callbacks import MlflowStepMetrics, ProgressLog
+    from intentops.training.shared_prefix import SharedPrefixSFTTrainer
 
+    _one_progress_bar()
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     records = load_split(dataset_dir / "train.jsonl")
     catalog = load_catalog(dataset_dir / CATALOG_FILE)
@@ -240,7 +283,16 @@ def run_sft(
     tokenizer = load_tokenizer(base_dir)
     dataset = Dataset.from_list(sft_rows(records, builder))
     checkpoints = out / CHECKPOINTS
-    resume_from = last_checkpoint(checkpoints) if cfg.sft.resume else None
+    resume_key = {
+        "train_sha256": sha256_file(dataset_dir / "train.jsonl"),
+        "base_model": str(base_model or cfg.model.base_model or "tiny"),
+        "sft": cfg.sft.model_dump(exclude={"resume"}),
+        "model": cfg.model.model_dump(),
+        "prompt": cfg.prompt.model_dump(),
+    }
+    resume_from = resumable_checkpoint(checkpoints, resume_key) if cfg.sft.resume else None
+    if not cfg.sft.resume:  # checkpoints of this run must not pass for the recorded key's later
+        (checkpoints / RESUME_KEY).unlink(missing_ok=True)
     if resume_from:
         log.info("resuming SFT from %s", resume_from)
 
@@ -258,7 +310,7 @@ def run_sft(
     stage_run = tracking.stage_run("sft", cfg, pipeline_run_id, params=params) if main else nullcontext(None)
     with stage_run as run:
         model, _ = load_model_and_tokenizer(base_dir, cfg.model)
-        trainer = SFTTrainer(
+        trainer = SharedPrefixSFTTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
@@ -300,6 +352,15 @@ def run_sft(
         _log_final(result, check, out)
     log.info("SFT model written to %s (train-sample intent accuracy %s)", out, check.get("intent_accuracy"))
     return out
+
+
+def _one_progress_bar() -> None:
+    """Keep the trainer's step bar as the stage's one bar: no per-pass dataset bars, no weight loading/saving bars."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def _final_check(model_dir: Path, builder: PromptBuilder, records: list[dict[str, Any]], cfg: RunConfig) -> dict:
