@@ -40,6 +40,7 @@ from typing import Any
 
 from readme_section import README, write_section
 
+from intentops.artifacts import Dataset, ModelFolder, Records
 from intentops.catalog import load_catalog
 from intentops.cli import add_config_argument, config_from_args
 from intentops.config import EXAMPLE_DIR, RunConfig
@@ -79,11 +80,12 @@ def prepare(work: Path, cfg: RunConfig) -> tuple[Path, Path]:
     if mlflow.get_experiment_by_name(cfg.registry.experiment) is None:  # keep artifacts under --work, not ./mlruns
         mlflow.create_experiment(cfg.registry.experiment, artifact_location=(work / "mlartifacts").as_uri())
     dataset = work / "dataset"
-    if not (dataset / "manifest.json").exists():
-        log.info("splitting %s into %s", EXAMPLE_DIR / "records.jsonl", dataset)
-        split_dataset(EXAMPLE_DIR / "records.jsonl", load_catalog(EXAMPLE_DIR / "catalog.yaml"), cfg.data, dataset)
+    if not Dataset(dataset).exists():
+        example = Dataset(EXAMPLE_DIR)
+        log.info("splitting %s into %s", Records(EXAMPLE_DIR).records, dataset)
+        split_dataset(Records(EXAMPLE_DIR).records, load_catalog(example.catalog_path), cfg.data, dataset)
     model = work / "sft-model"
-    if not (model / "intentops.json").exists():
+    if not ModelFolder(model).exists():
         log.info("SFT-training the tiny model into %s (%.1f epochs)", model, cfg.sft.epochs)
         run_sft(dataset, "", cfg, model)
     return dataset, model

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
+from intentops.artifacts import Dataset, Records
 from intentops.catalog import load_catalog
 from intentops.cli import add_config_argument
 from intentops.config import EXAMPLE_DIR, RunConfig, load_config
@@ -168,9 +169,9 @@ def run_check(work: Path, cfg: RunConfig, smoke: bool) -> dict[str, Any]:
     cfg.registry.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     dataset = work / "dataset"
     if not dataset.exists():
-        split_dataset(EXAMPLE_DIR / "records.jsonl", load_catalog(EXAMPLE_DIR / "catalog.yaml"), cfg.data, dataset)
+        split_dataset(Records(EXAMPLE_DIR).records, load_catalog(Dataset(EXAMPLE_DIR).catalog_path), cfg.data, dataset)
     train = load_split(dataset, "train")
-    catalog = load_catalog(dataset / "catalog.yaml")
+    catalog = load_catalog(Dataset(dataset).catalog_path)
     base = create_tiny_model(dataset, catalog, cfg.model, work / "base", cfg.prompt)
     parameters = _pad_vocabulary(base, 0 if smoke else QWEN25_VOCAB)
     cfg.model.profile, cfg.model.base_model = "pretrained", str(base)
@@ -195,7 +196,7 @@ def run_check(work: Path, cfg: RunConfig, smoke: bool) -> dict[str, Any]:
 
     _reset_peak()
     grpo_timer = StepTimer()
-    run_grpo(dataset / "train.jsonl", work / "sft", cfg, work / "grpo1", "grpo1", callbacks=[grpo_timer])
+    run_grpo(Dataset(dataset).train, work / "sft", cfg, work / "grpo1", "grpo1", callbacks=[grpo_timer])
     steps, seconds = grpo_timer.timed(1)
     rollouts_per_step = cfg.grpo.batch_size * cfg.grpo.gradient_accumulation_steps
     grpo = {

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from readme_section import README, write_section
 
+from intentops.artifacts import CATALOG_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR
 from intentops.io import write_json
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("mlflow", "openai"), default="mlflow")
     parser.add_argument("--requests", type=int, default=48, help="Requests per concurrency level.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--catalog", default=str(EXAMPLE_DIR / "catalog.yaml"), help="Where the utterances come from.")
+    parser.add_argument("--catalog", default=str(EXAMPLE_DIR / CATALOG_FILE), help="Where the utterances come from.")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument(
         "--warmup",

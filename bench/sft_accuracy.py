@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from intentops.artifacts import Dataset, ModelFolder, Records
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, load_config
 
@@ -46,15 +47,15 @@ def main() -> None:
     overrides = {key: yaml.safe_load(value) for key, value in overrides.items()}
     cfg = load_config(overrides={**overrides, "registry__tracking_uri": f"sqlite:///{work / 'mlflow.db'}"})
     dataset = work / "dataset"
-    if not (dataset / "manifest.json").exists():
-        split_dataset(EXAMPLE_DIR / "records.jsonl", load_catalog(EXAMPLE_DIR / "catalog.yaml"), cfg.data, dataset)
+    if not Dataset(dataset).exists():
+        split_dataset(Records(EXAMPLE_DIR).records, load_catalog(Dataset(EXAMPLE_DIR).catalog_path), cfg.data, dataset)
     out = work / args.name
     shutil.rmtree(out, ignore_errors=True)
     wall, cpu = time.perf_counter(), time.process_time()
     run_sft(dataset, "", cfg, out / "sft")
     sft_wall, sft_cpu = time.perf_counter() - wall, time.process_time() - cpu
     metrics = evaluate_model(out / "sft", dataset, cfg, out / "eval")
-    training = json.loads((out / "sft" / "intentops.json").read_text())["training"]
+    training = ModelFolder(out / "sft").card()["training"]
     print(
         json.dumps(
             {

@@ -30,6 +30,7 @@ from typing import Any
 
 from readme_section import README, write_section
 
+from intentops.artifacts import MINING_REPORT_JSON
 from intentops.catalog import load_catalog
 from intentops.cli import add_config_argument, config_from_args
 from intentops.config import EXAMPLE_DIR, RunConfig
@@ -58,64 +59,67 @@ def timed(name: str, func: Callable[[], Any], rows: list[dict[str, Any]]) -> Any
 
 
 def run_chain(work: Path, cfg: RunConfig) -> dict[str, Any]:
+    import mlflow
+
+    from intentops.artifacts import Dataset, HardSet, ModelFolder, Records
     from intentops.data.split import split_dataset
-    from intentops.models import read_model_card
+    from intentops.stages import train_chain
     from intentops.tiny_model import create_tiny_model
-    from intentops.training.curriculum import mine_hard_samples
-    from intentops.training.grpo import run_grpo
-    from intentops.training.sft import run_sft
 
     cfg = cfg.model_copy(deep=True)
     cfg.registry.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-    for name in ("tiny", "sft", "grpo1", "mined", "grpo2"):
-        shutil.rmtree(work / name, ignore_errors=True)
-    dataset = work / "dataset"
-    if not (dataset / "manifest.json").exists():
-        split_dataset(EXAMPLE_DIR / "records.jsonl", load_catalog(EXAMPLE_DIR / "catalog.yaml"), cfg.data, dataset)
-    train = list(read_jsonl(dataset / "train.jsonl"))
-    catalog = load_catalog(dataset / "catalog.yaml")
+    mlflow.set_tracking_uri(cfg.registry.tracking_uri)
+    if mlflow.get_experiment_by_name(cfg.registry.experiment) is None:  # keep artifacts under --work, not ./mlruns
+        mlflow.create_experiment(cfg.registry.experiment, artifact_location=(work / "mlartifacts").as_uri())
+    chain_dir = work / "chain"
+    for path in (work / "tiny", chain_dir):
+        shutil.rmtree(path, ignore_errors=True)
+    dataset = Dataset(work / "dataset")
+    if not dataset.exists():
+        example = Dataset(EXAMPLE_DIR)
+        split_dataset(Records(EXAMPLE_DIR).records, load_catalog(example.catalog_path), cfg.data, dataset.path)
+    train = list(read_jsonl(dataset.train))
+    catalog = load_catalog(dataset.catalog_path)
 
     rows: list[dict[str, Any]] = []
-    tiny = timed("tiny model", lambda: create_tiny_model(dataset, catalog, cfg.model, work / "tiny", cfg.prompt), rows)
-    rows[-1].update(items=len(train), unit="records", note=f"{read_model_card(tiny)['parameters']:,} parameters")
+    tiny = timed(
+        "tiny model", lambda: create_tiny_model(dataset.path, catalog, cfg.model, work / "tiny", cfg.prompt), rows
+    )
+    rows[-1].update(items=len(train), unit="records", note=f"{ModelFolder(tiny).card()['parameters']:,} parameters")
+    cfg.model.base_model = str(tiny)
+    names = {"sft": "SFT", "grpo1": "GRPO stage 1", "mine": "mining", "grpo2": "GRPO stage 2"}
+    chain = train_chain(cfg, dataset.path, chain_dir, on_stage=lambda name, run: timed(names[name], run, rows))
+    meta = chain.stages
 
-    sft = timed("SFT", lambda: run_sft(dataset, str(tiny), cfg, work / "sft"), rows)
-    check = read_model_card(sft)["training"]["train_check"]
-    rows[-1].update(
+    check = ModelFolder(chain.sft).card()["training"]["train_check"]
+    rows[1].update(
         items=round(len(train) * cfg.sft.epochs),
         unit="examples",
         note=f"train-sample intent acc {check['intent_accuracy']:.2f}, params {check['param_accuracy']:.2f}",
     )
-
-    g1 = timed("GRPO stage 1", lambda: run_grpo(dataset / "train.jsonl", sft, cfg, work / "grpo1", "grpo1"), rows)
-    rows[-1].update(
-        items=int(g1.metrics["rollouts"]),
+    g1 = meta["grpo1"]
+    rows[2].update(
+        items=int(g1.get("rollouts", 0)),
         unit="rollouts",
-        note=f"{g1.steps} steps, final reward {g1.metrics['final_reward']:.2f} / 3",
+        note=f"{g1['steps']} steps, final reward {g1['final_reward']:.2f} / 3",
     )
-
-    mined = timed(
-        "mining", lambda: mine_hard_samples(g1.scores_path, dataset / "train.jsonl", cfg.mining, work / "mined"), rows
+    mined = HardSet(chain.hard_set).read_json(MINING_REPORT_JSON)
+    rows[3].update(
+        items=mined["rollouts_used"], unit="rollouts", note=f"{mined['hard']} hard of {mined['scored']} scored"
     )
-    rows[-1].update(items=mined.rollouts_used, unit="rollouts", note=f"{mined.hard} hard of {mined.scored} scored")
-
-    g2 = timed(
-        "GRPO stage 2",
-        lambda: run_grpo(work / "mined" / "train.jsonl", g1.model_dir, cfg, work / "grpo2", "grpo2"),
-        rows,
-    )
-    rows[-1].update(
-        items=int(g2.metrics.get("rollouts", 0)),
+    g2 = meta["grpo2"]
+    rows[4].update(
+        items=int(g2.get("rollouts", 0)),
         unit="rollouts",
-        note=g2.reason
-        or f"{g2.steps} steps on {g2.train_records} hard samples, final reward {g2.metrics['final_reward']:.2f} / 3",
+        note=g2.get("skip_reason")
+        or f"{g2['steps']} steps on {g2['train_records']} hard samples, final reward {g2['final_reward']:.2f} / 3",
     )
     for row in rows:
         row["per_s"] = row["items"] / row["wall_s"] if row["wall_s"] else 0.0
-    chain = [r for r in rows if r["stage"] != "tiny model"]
+    chain_rows = [r for r in rows if r["stage"] != "tiny model"]
     return {
         "rows": rows,
-        "chain_wall_s": sum(r["wall_s"] for r in chain),
+        "chain_wall_s": sum(r["wall_s"] for r in chain_rows),
         "total_wall_s": sum(r["wall_s"] for r in rows),
         "train_records": len(train),
     }

@@ -1,7 +1,8 @@
 """intentops-training: the whole DAG, iTAG manifest to a gated, registered and deployed intent detector.
 
     resolve-config -> convert-itag -> validate-dataset -> sft-warmup -> grpo-stage1 -> mine-hard-samples
-    -> grpo-stage2 -> evaluate -> gate -> register-model (@challenger; @champion only if passed)
+    -> grpo-stage2 -> evaluate -> evaluate-champion -> gate -> register-model (@challenger; @champion only if
+    passed)
     -> dsl.If(gate.passed): deploy-vllm
 
 Every knob of `intentops.config` is a pipeline parameter (see parameters.py). Composition only: what a stage does
@@ -23,6 +24,8 @@ from components.deploy_vllm.component import SPEC as DEPLOY_SPEC
 from components.deploy_vllm.component import deploy_vllm
 from components.evaluate.component import SPEC as EVALUATE_SPEC
 from components.evaluate.component import evaluate
+from components.evaluate_champion.component import SPEC as EVALUATE_CHAMPION_SPEC
+from components.evaluate_champion.component import evaluate_champion
 from components.gate.component import SPEC as GATE_SPEC
 from components.gate.component import gate
 from components.grpo_stage1.component import SPEC as GRPO1_SPEC
@@ -43,8 +46,9 @@ from pipelines.parameters import Knobs, knob_pipeline
 NAME = "intentops-training"
 DESCRIPTION = (
     "IntentOps training: iTAG manifest -> validated dataset -> SFT warm-up -> GRPO stage 1 -> hard-sample mining "
-    "(RCS) -> GRPO stage 2 -> evaluation -> gate (thresholds + no regression vs the champion) -> if passed: MLflow "
-    "registration as @champion -> vLLM deployment. Every parameter is a RunConfig knob `section__field`."
+    "(RCS) -> GRPO stage 2 -> evaluation of the candidate and of the champion on the same test set -> gate "
+    "(thresholds + no regression vs the champion) -> MLflow registration (@challenger; @champion if passed) -> if "
+    "passed: vLLM deployment. Every parameter is a RunConfig knob `section__field`."
 )
 
 # A pure function of the knobs: cached, and it needs neither S3 nor MLflow.
@@ -74,18 +78,19 @@ def resolve(knobs: Knobs) -> tuple[dsl.PipelineTask, RunSettings]:
     return resolved, run
 
 
-def training_dag(knobs: Knobs) -> None:
-    resolved, run = resolve(knobs)
-    config = resolved.outputs["config"]
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-
+def prepare_data(config: Any, run: RunSettings, run_id: str) -> Any:
+    """convert-itag -> validate-dataset; returns the dataset output channel."""
     converted = apply_stage(convert_itag(config=config, pipeline_run_id=run_id), CONVERT_SPEC, run)
     validated = apply_stage(
         validate_dataset(config=config, records=converted.outputs["records"], pipeline_run_id=run_id),
         VALIDATE_SPEC,
         run,
     )
-    dataset = validated.outputs["dataset"]
+    return validated.outputs["dataset"]
+
+
+def train_and_ship(config: Any, dataset: Any, run: RunSettings, run_id: str) -> None:
+    """Training chain, evaluation of candidate and champion, gate, registration and (if passed) deployment."""
     sft = apply_stage(sft_warmup(config=config, dataset=dataset, pipeline_run_id=run_id), SFT_SPEC, run)
     grpo1 = apply_stage(
         grpo_stage1(config=config, dataset=dataset, sft_model=sft.outputs["model"], pipeline_run_id=run_id),
@@ -111,12 +116,29 @@ def training_dag(knobs: Knobs) -> None:
     evaluated = apply_stage(
         evaluate(config=config, model=candidate, dataset=dataset, pipeline_run_id=run_id), EVALUATE_SPEC, run
     )
+    # The same evaluate stage on the registry's champion, with the candidate's test-set settings.
+    champion = apply_stage(
+        evaluate_champion(
+            config=config,
+            candidate_evaluation=evaluated.outputs["evaluation"],
+            dataset=dataset,
+            pipeline_run_id=run_id,
+        ),
+        EVALUATE_CHAMPION_SPEC,
+        run,
+    )
     gated = apply_stage(
-        gate(config=config, evaluation=evaluated.outputs["evaluation"], dataset=dataset, pipeline_run_id=run_id),
+        gate(
+            config=config,
+            evaluation=evaluated.outputs["evaluation"],
+            champion_evaluation=champion.outputs["evaluation"],
+            dataset=dataset,
+            pipeline_run_id=run_id,
+        ),
         GATE_SPEC,
         run,
     )
-    # Every candidate is registered as @challenger; register_model moves @champion only when gate.json passed.
+    # Every candidate is registered as @challenger; register_model moves @champion only when the gate passed.
     registered = apply_stage(
         register_model(
             config=config,
@@ -135,6 +157,13 @@ def training_dag(knobs: Knobs) -> None:
             DEPLOY_SPEC,
             run,
         )
+
+
+def training_dag(knobs: Knobs) -> None:
+    resolved, run = resolve(knobs)
+    config = resolved.outputs["config"]
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    train_and_ship(config, prepare_data(config, run, run_id), run, run_id)
 
 
 def build(defaults: Mapping[str, Any] | None = None) -> GraphComponent:

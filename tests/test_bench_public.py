@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pytest
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.catalog import load_catalog
 from intentops.grammar import parse_call
 
@@ -102,9 +103,9 @@ def test_in_domain_layout_records_and_rejects(prep: ModuleType, tmp_path: Path) 
     out = tmp_path / "ds"
     report = prep.prepare(source, out, "in_domain", max_train_per_intent=6, max_test_per_intent=2)
 
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "catalog.yaml", "manifest.json", "rejects.jsonl"):
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", CATALOG_FILE, DATASET_MANIFEST, "rejects.jsonl"):
         assert (out / name).is_file(), name
-    catalog = load_catalog(out / "catalog.yaml")
+    catalog = load_catalog(out / CATALOG_FILE)
     assert len(catalog.names) == 20
     assert "reverted_card_payment" in catalog.names  # `?` sanitised, and the rename recorded
     assert report.renamed == {"reverted_card_payment?": "reverted_card_payment"}
@@ -123,7 +124,7 @@ def test_in_domain_layout_records_and_rejects(prep: ModuleType, tmp_path: Path) 
     rejects = read_split(out, "rejects")
     assert sorted(r["reason"] for r in rejects) == ["empty_text", "not_json", "unknown_split"]
     assert rejects[-1]["line"] == len((tmp_path / "toy.jsonl").read_text().splitlines())
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / DATASET_MANIFEST).read_text())
     assert {split: block["total"] for split, block in manifest["counts"].items()} == {
         "train": 120,
         "val": 60,
@@ -137,7 +138,7 @@ def test_in_domain_layout_records_and_rejects(prep: ModuleType, tmp_path: Path) 
 def test_descriptions_name_words_plus_distinctive_terms(prep: ModuleType, tmp_path: Path) -> None:
     source = write_normalised(tmp_path / "toy.jsonl")
     prep.prepare(source, tmp_path / "ds", "in_domain")
-    catalog = load_catalog(tmp_path / "ds" / "catalog.yaml")
+    catalog = load_catalog(tmp_path / "ds" / CATALOG_FILE)
     description = catalog.get("weather_request").description
     assert description.startswith("weather request; typical requests mention: ")
     # the intent's own keyword is its most distinctive term; template words shared by every intent are not
@@ -149,7 +150,7 @@ def test_prepare_is_deterministic(prep: ModuleType, tmp_path: Path) -> None:
     source = write_normalised(tmp_path / "toy.jsonl")
     for out in ("a", "b"):
         prep.prepare(source, tmp_path / out, "unseen", max_train_per_intent=5, seed=7)
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "catalog.yaml", "manifest.json"):
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", CATALOG_FILE, DATASET_MANIFEST):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
@@ -157,7 +158,7 @@ def test_unseen_holds_ten_percent_of_intents_out_of_training(prep: ModuleType, t
     source = write_normalised(tmp_path / "toy.jsonl")
     out = tmp_path / "unseen"
     report = prep.prepare(source, out, "unseen", max_test_per_intent=3)
-    catalog = load_catalog(out / "catalog.yaml")
+    catalog = load_catalog(out / CATALOG_FILE)
     unseen = set(report.unseen_intents)
     assert len(unseen) == 2  # 10% of 20
     assert unseen <= set(catalog.names), "held-out intents stay in the catalog"
@@ -166,7 +167,7 @@ def test_unseen_holds_ten_percent_of_intents_out_of_training(prep: ModuleType, t
     test = read_split(out, "test")
     assert {r["intent"] for r in test if not r["seen"]} == unseen
     assert all(r["seen"] == (r["intent"] not in unseen) for r in test)
-    assert json.loads((out / "manifest.json").read_text())["unseen_intents"] == sorted(unseen)
+    assert json.loads((out / DATASET_MANIFEST).read_text())["unseen_intents"] == sorted(unseen)
     # a different seed holds out different intents
     other = prep.prepare(source, tmp_path / "other", "unseen", seed=1)
     assert set(other.unseen_intents) != unseen or len(catalog.names) <= 2
@@ -187,7 +188,7 @@ def test_oos_protocol_labels_out_of_scope_uncertain(prep: ModuleType, tmp_path: 
     source = write_normalised(tmp_path / "toy.jsonl")
     out = tmp_path / "oos"
     report = prep.prepare(source, out, "oos", max_train_per_intent=3, max_test_per_intent=3)
-    catalog = load_catalog(out / "catalog.yaml")
+    catalog = load_catalog(out / CATALOG_FILE)
     assert "uncertain" not in catalog.names  # the prompt builder offers it, the catalog never lists it
     train, test = read_split(out, "train"), read_split(out, "test")
     oos_train = [r for r in train if "lullaby" in r["text"]]

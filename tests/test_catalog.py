@@ -1,5 +1,6 @@
 import pytest
 
+from intentops.artifacts import CATALOG_FILE
 from intentops.catalog import CatalogError, load_catalog, parse_catalog
 
 BASE = {
@@ -22,7 +23,7 @@ BASE = {
 
 
 def test_load_and_hash_is_stable(tmp_path):
-    path = tmp_path / "catalog.yaml"
+    path = tmp_path / CATALOG_FILE
     catalog = parse_catalog(BASE)
     catalog.to_yaml(path)
     again = load_catalog(path)
@@ -88,7 +89,7 @@ def test_unreadable_catalog_paths_get_one_clear_line(tmp_path):
     """Issue 11.12: a folder or non-UTF-8 bytes where the catalog should be."""
     with pytest.raises(CatalogError, match="is a folder"):
         load_catalog(tmp_path)
-    path = tmp_path / "catalog.yaml"
+    path = tmp_path / CATALOG_FILE
     path.write_bytes(b"intents:\n  - name: a\n    description: \xff\xfe\n")
     with pytest.raises(CatalogError, match=r"catalog\.yaml: not UTF-8"):
         load_catalog(path)

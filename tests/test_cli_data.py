@@ -8,6 +8,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.cli import main
 from intentops.io import write_jsonl
 from tests.test_itag import SEED_PAIRS, itag_line, write_manifest
@@ -17,8 +18,8 @@ from tests.test_validate import CATALOG
 
 @pytest.fixture
 def catalog_file(tmp_path: Path) -> Path:
-    CATALOG.to_yaml(tmp_path / "catalog.yaml")
-    return tmp_path / "catalog.yaml"
+    CATALOG.to_yaml(tmp_path / CATALOG_FILE)
+    return tmp_path / CATALOG_FILE
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_split_and_prepare(
     assert main(["prepare", str(records_file), "--out", str(tmp_path / "p"), *common, *unseen]) == 0
     summary = _stdout_json(capsys)
     assert summary["unseen_intents"] == ["find_nearby"]
-    assert summary["dataset_hash"] == json.loads((tmp_path / "p" / "manifest.json").read_text())["dataset_hash"]
+    assert summary["dataset_hash"] == json.loads((tmp_path / "p" / DATASET_MANIFEST).read_text())["dataset_hash"]
     assert (tmp_path / "p" / "validation" / "report.md").exists()
 
     assert main(["prepare", str(records_file), "--out", str(tmp_path / "f"), "--catalog", str(catalog_file)]) == 1

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import (
+    CATALOG_FILE,
+    CONFUSION_PNG,
+    GATE_JSON,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+)
 from intentops.cli import main
-from intentops.evaluation.gate import GATE_JSON
 from intentops.io import read_jsonl
 
 N_SAMPLES = 10
-ARTIFACTS = {"metrics.json", "predictions.jsonl", "report.md", "report.html", "confusion_matrix.png"}
+ARTIFACTS = {METRICS_FILE, PREDICTIONS_FILE, REPORT_MD, REPORT_HTML, CONFUSION_PNG}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,12 +89,12 @@ def test_evaluate_writes_the_artifact_and_logs_it(candidate_eval: Path, mlflow_s
     from mlflow import MlflowClient
 
     assert {p.name for p in candidate_eval.iterdir()} == {*ARTIFACTS, ".intentops-output"}  # + the --out marker
-    metrics = json.loads((candidate_eval / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((candidate_eval / METRICS_FILE).read_text(encoding="utf-8"))
     assert metrics["n"] == N_SAMPLES and metrics["decoding"] == "label_scoring"
     assert 0 < metrics["confidence"]["mean"] <= 1
     assert 0.0 <= metrics["param_accuracy"] <= metrics["intent_accuracy"] <= 1.0
     assert metrics["baselines"]["tfidf_logreg"]["intent_accuracy"] > 0
-    rows = list(read_jsonl(candidate_eval / "predictions.jsonl"))
+    rows = list(read_jsonl(candidate_eval / PREDICTIONS_FILE))
     assert len(rows) == N_SAMPLES
     assert sum(r["intent_ok"] for r in rows) / N_SAMPLES == pytest.approx(metrics["intent_accuracy"])
     assert "<table id='per-intent'>" in (candidate_eval / "report.html").read_text(encoding="utf-8")
@@ -112,8 +120,8 @@ def test_gate_exit_code_3_when_blocked(
     weak = tmp_path / "weak"
     shutil.copytree(candidate_eval, weak)
     # the gate re-scores the per-record predictions: a candidate that never answers a call
-    rows = [json.loads(line) for line in (weak / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    (weak / "predictions.jsonl").write_text("".join(json.dumps({**r, "call": None}) + "\n" for r in rows), "utf-8")
+    rows = [json.loads(line) for line in (weak / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    (weak / PREDICTIONS_FILE).write_text("".join(json.dumps({**r, "call": None}) + "\n" for r in rows), "utf-8")
     args = [
         "gate",
         "--candidate",
@@ -182,8 +190,8 @@ def test_gate_compares_with_the_registry_champion_on_the_same_test_set(
     assert code == 0 and len(fetched) == 1
     assert not fetched[0].exists()  # the downloaded champion was a temporary copy
     gate = json.loads((out / GATE_JSON).read_text(encoding="utf-8"))
-    candidate = json.loads((candidate_eval / "metrics.json").read_text(encoding="utf-8"))
-    champion = json.loads((out / "champion" / "metrics.json").read_text(encoding="utf-8"))
+    candidate = json.loads((candidate_eval / METRICS_FILE).read_text(encoding="utf-8"))
+    champion = json.loads((out / "champion" / METRICS_FILE).read_text(encoding="utf-8"))
     # same weights, same records, same decoding (the candidate's, not the config's): the same numbers
     assert champion["n"] == candidate["n"] and champion["decoding"] == candidate["decoding"] == "label_scoring"
     assert champion["intent_accuracy"] == candidate["intent_accuracy"]
@@ -219,9 +227,9 @@ def test_changed_catalog_is_shown_to_the_model(
 
     dataset = tmp_path / "dataset"
     shutil.copytree(small_dataset_dir, dataset)
-    catalog = yaml.safe_load((dataset / "catalog.yaml").read_text(encoding="utf-8"))
+    catalog = yaml.safe_load((dataset / CATALOG_FILE).read_text(encoding="utf-8"))
     catalog["intents"].append({"name": "open_garage", "description": "Open the garage door.", "domain": "home"})
-    (dataset / "catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True), encoding="utf-8")
+    (dataset / CATALOG_FILE).write_text(yaml.safe_dump(catalog, allow_unicode=True), encoding="utf-8")
     cfg = load_config(
         overrides={
             "registry__tracking_uri": mlflow_server,
@@ -235,4 +243,4 @@ def test_changed_catalog_is_shown_to_the_model(
     assert metrics["model"]["prompt_catalog_changed"] is True
     assert len(system_prompts) == 1 and "open_garage(" in system_prompts[0]
     assert metrics["n"] == 4 and "baselines" not in metrics
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8")) == metrics
+    assert json.loads((tmp_path / "eval" / METRICS_FILE).read_text(encoding="utf-8")) == metrics

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import DATASET_MANIFEST, METRICS_FILE
 from intentops.cli import main
 from intentops.io import read_json, write_json
 
@@ -26,7 +27,7 @@ def _gate(path: Path, passed: bool) -> Path:
 
 
 def _eval_dir(root: Path, accuracy: float) -> Path:
-    write_json(root / "metrics.json", {"intent_accuracy": accuracy, "param_accuracy": accuracy, "n": 46})
+    write_json(root / METRICS_FILE, {"intent_accuracy": accuracy, "param_accuracy": accuracy, "n": 46})
     return root
 
 
@@ -86,7 +87,7 @@ def test_register_promote_rollback_champion(
     code, out, _ = run("champion", "--json")
     champion = json.loads(out)
     assert code == 0 and champion["version"] == "1"
-    assert champion["tags"]["dataset_hash"] == read_json(small_dataset_dir / "manifest.json")["dataset_hash"]
+    assert champion["tags"]["dataset_hash"] == read_json(small_dataset_dir / DATASET_MANIFEST)["dataset_hash"]
     assert champion["tags"]["pipeline_run_id"] == "cli-1"
 
     code, out, _ = run("promote", "2", "--reason", "approved in review")

@@ -19,12 +19,13 @@ STAGES = {
     "mine_hard_samples": "mine-hard-samples",
     "grpo_stage2": "grpo-stage2",
     "evaluate": "evaluate",
+    "evaluate_champion": "evaluate-champion",
     "gate": "gate",
     "register_model": "register-model",
     "deploy_vllm": "deploy-vllm",
     "check_changes": "check-changes",
 }
-GPU_STAGES = {"sft_warmup", "grpo_stage1", "grpo_stage2", "evaluate", "gate"}
+GPU_STAGES = {"sft_warmup", "grpo_stage1", "grpo_stage2", "evaluate", "evaluate_champion"}
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS_DIR = ROOT / "components"
 
@@ -90,6 +91,7 @@ def test_stage_specs_put_gpus_caching_and_retries_where_they_belong():
         assert specs[folder].retries >= 1, folder
     for folder in ("gate", "deploy_vllm", "check_changes"):
         assert specs[folder].retries == 0 and not specs[folder].caching, folder
+    assert not specs["evaluate_champion"].caching  # the registry's champion changes between runs
     for spec in specs.values():
         assert spec.cpu_request and spec.cpu_limit and spec.memory_request and spec.memory_limit
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import CATALOG_FILE
 from intentops.config import (
     DEFAULT_CONFIG,
     EXAMPLE_DIR,
@@ -148,7 +149,7 @@ def test_held_out_intents_are_checked_against_the_catalog(overrides, message):
     from intentops.catalog import load_catalog
 
     if overrides.get("data__unseen_intents") == "ALL":
-        overrides = {"data__unseen_intents": load_catalog(EXAMPLE_DIR / "catalog.yaml").names}
+        overrides = {"data__unseen_intents": load_catalog(EXAMPLE_DIR / CATALOG_FILE).names}
     cfg = load_config(None, overrides)
     with pytest.raises(ConfigError, match=message):
         cfg.check_catalog()
@@ -243,7 +244,7 @@ def test_model_cards_written_with_a_removed_prompt_knob_still_load(tmp_path):
     from intentops.catalog import load_catalog
     from intentops.prompting import MODEL_CARD, PromptBuilder
 
-    load_catalog(EXAMPLE_DIR / "catalog.yaml").to_yaml(tmp_path / "catalog.yaml")
+    load_catalog(EXAMPLE_DIR / CATALOG_FILE).to_yaml(tmp_path / CATALOG_FILE)
     card = {"prompt": {"output_mode": "answer", "similarity": "tfidf", "few_shot": "none"}}
     (tmp_path / MODEL_CARD).write_text(json.dumps(card), encoding="utf-8")
     assert PromptBuilder.from_model_dir(tmp_path).cfg.output_mode == "answer"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from intentops.artifacts import CATALOG_FILE
 from intentops.catalog import Catalog, load_catalog
 from intentops.config import EXAMPLE_DIR, PromptConfig, RunConfig
 from intentops.grammar import Call, render_call
@@ -44,7 +45,7 @@ def model(version: str) -> mf.ModelRef:
 
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
-    return load_catalog(EXAMPLE_DIR / "catalog.yaml")
+    return load_catalog(EXAMPLE_DIR / CATALOG_FILE)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.catalog import Catalog
 from intentops.grammar import parse_calls, render_calls
 from intentops.io import read_jsonl
@@ -143,7 +144,7 @@ def test_generator_reproduces_the_committed_files(tmp_path: Path) -> None:
 
 
 def test_small_dataset_fixture_layout(small_dataset_dir: Path) -> None:
-    manifest = json.loads((small_dataset_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((small_dataset_dir / DATASET_MANIFEST).read_text(encoding="utf-8"))
     unseen = set(manifest["unseen_intents"])
     seen_by_split: dict[str, set[bool]] = defaultdict(set)
     for split in ("train", "val", "test"):
@@ -155,5 +156,5 @@ def test_small_dataset_fixture_layout(small_dataset_dir: Path) -> None:
         if split != "test":
             assert not {c["name"] for r in rows for c in r["calls"]} & unseen
     assert seen_by_split["test"] == {True, False}
-    catalog_text = (small_dataset_dir / "catalog.yaml").read_text(encoding="utf-8")
+    catalog_text = (small_dataset_dir / CATALOG_FILE).read_text(encoding="utf-8")
     assert all(f"name: {name}" in catalog_text for name in unseen)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from intentops.artifacts import MODEL_CARD, ROLLOUT_COLUMNS, ROLLOUTS_FILE, SCORES_FILE
 from intentops.config import RunConfig
 from intentops.io import write_jsonl
 from intentops.models import read_model_card
@@ -15,7 +16,6 @@ from intentops.prompting import PromptBuilder
 from intentops.rewards import RewardWeights, score_completion
 from intentops.training.curriculum import mine_hard_samples
 from intentops.training.grpo import RewardCollapseError, run_grpo
-from intentops.training.rollouts import ROLLOUT_COLUMNS
 from intentops.training.sft import load_split
 
 STEPS, BATCH, GENERATIONS = 3, 8, 4
@@ -152,7 +152,7 @@ def test_stage2_passes_the_model_on_when_nothing_is_hard(tmp_path: Path, stage1,
     assert card["parent"]["stage"] == "grpo1"
     weights = "model.safetensors"
     assert (result.model_dir / weights).read_bytes() == (stage1.model_dir / weights).read_bytes()
-    assert not (result.model_dir / "rollouts.parquet").exists()
+    assert not (result.model_dir / ROLLOUTS_FILE).exists()
 
 
 def test_stage1_refuses_an_empty_training_set(tmp_path: Path, sft_model_dir: Path, grpo_config) -> None:
@@ -173,7 +173,7 @@ def test_collapse_guard_stops_a_broken_policy(
     # the random-init model never produces a parseable call: reward and format validity stay at 0
     with pytest.raises(RewardCollapseError, match="collapse_patience=2"):
         run_grpo(small_dataset_dir / "train.jsonl", tiny_model_dir, cfg, out, stage="grpo1")
-    assert not (out / "intentops.json").exists()  # no model handed on
+    assert not (out / MODEL_CARD).exists()  # no model handed on
     kept = pd.read_parquet(out / "rollouts.collapsed.parquet")
     assert len(kept) == 2 * BATCH and kept["reward_total"].max() == 0.0
 
@@ -649,7 +649,7 @@ def test_cli_score_then_mine(tmp_path: Path, stage1, small_dataset_dir: Path, gr
     records = load_split(train)
     assert (summary["records"], summary["scored"], summary["generations"]) == (len(records), len(records), 2)
     assert summary["backend"] == "transformers" or summary["backend"] == "vllm"
-    scores = tmp_path / "s" / "rollouts.scoring.parquet"
+    scores = tmp_path / "s" / SCORES_FILE
     assert len(pd.read_parquet(scores)) == 2 * len(records)
     assert main(["train", "mine", "--rollouts", str(scores), "--train", str(train), "--out", str(tmp_path / "m")]) == 0
     mined = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import CATALOG_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, load_config
 
@@ -84,8 +85,8 @@ def small_inputs(tmp_path_factory) -> dict[str, str]:
     lines = (EXAMPLE_DIR / "manifest.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(lines[number - 1] for number in sorted(keep)), encoding="utf-8")
-    catalog = folder / "catalog.yaml"
-    load_catalog(EXAMPLE_DIR / "catalog.yaml").subset(list(INTENTS)).to_yaml(catalog)
+    catalog = folder / CATALOG_FILE
+    load_catalog(EXAMPLE_DIR / CATALOG_FILE).subset(list(INTENTS)).to_yaml(catalog)
     return {"data__manifest": str(manifest), "data__catalog": str(catalog)}
 
 
@@ -141,6 +142,7 @@ def test_gate_pass_branch_registers_and_deploys(passed_run, workdir):
         "mine-hard-samples",
         "grpo-stage2",
         "evaluate",
+        "evaluate-champion",
         "gate",
         "register-model",
         "deploy-vllm",

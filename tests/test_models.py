@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
 from intentops.models import (
-    CARD_FILE,
+    MODEL_CARD,
     ModelCardError,
     copy_model,
     read_model_card,
@@ -103,8 +104,8 @@ def test_tiny_tokenizer_loads_as_qwen2_and_splits_text_as_trained(tiny_model_dir
 
 def test_tiny_model_card_and_catalog(tiny_model_dir: Path, small_dataset_dir: Path, training_config: RunConfig) -> None:
     card = read_model_card(tiny_model_dir)
-    manifest = json.loads((small_dataset_dir / "manifest.json").read_text())
-    catalog = load_catalog(tiny_model_dir / "catalog.yaml")
+    manifest = json.loads((small_dataset_dir / DATASET_MANIFEST).read_text())
+    catalog = load_catalog(tiny_model_dir / CATALOG_FILE)
     assert card["stage"] == "init"
     assert card["catalog_hash"] == catalog.content_hash == manifest["catalog_hash"]
     assert card["dataset_hash"] == manifest["dataset_hash"]
@@ -120,7 +121,7 @@ def test_tiny_model_is_deterministic(
 
     again = create_tiny_model(
         small_dataset_dir,
-        load_catalog(small_dataset_dir / "catalog.yaml"),
+        load_catalog(small_dataset_dir / CATALOG_FILE),
         training_config.model,
         tmp_path / "again",
         training_config.prompt,
@@ -134,9 +135,7 @@ def test_tiny_model_is_deterministic(
 def test_tiny_model_rejects_inconsistent_dimensions(tmp_path: Path, small_dataset_dir: Path, training_config) -> None:
     model_cfg = training_config.model.model_copy(update={"tiny_hidden_size": 90, "tiny_num_heads": 4})
     with pytest.raises(ValueError, match="tiny_hidden_size=90"):
-        create_tiny_model(
-            small_dataset_dir, load_catalog(small_dataset_dir / "catalog.yaml"), model_cfg, tmp_path / "m"
-        )
+        create_tiny_model(small_dataset_dir, load_catalog(small_dataset_dir / CATALOG_FILE), model_cfg, tmp_path / "m")
     assert not (tmp_path / "m").exists()
 
 
@@ -145,7 +144,7 @@ def test_model_card_roundtrip_and_missing_card(tmp_path: Path) -> None:
         read_model_card(tmp_path)
     card = write_model_card(tmp_path, stage="sft", base_model="x", catalog_hash="c", dataset_hash="d")
     assert read_model_card(tmp_path) == card
-    (tmp_path / CARD_FILE).write_text("{broken")
+    (tmp_path / MODEL_CARD).write_text("{broken")
     with pytest.raises(ModelCardError, match="not valid JSON"):
         read_model_card(tmp_path)
 
@@ -156,7 +155,7 @@ def test_copy_model_passes_weights_on_with_a_new_card(tmp_path: Path, tiny_model
     assert card["stage"] == "grpo2" and card["note"] == "skipped"
     assert card["parent"]["stage"] == "init"
     assert (out / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
-    assert (out / "catalog.yaml").exists()
+    assert (out / CATALOG_FILE).exists()
 
 
 def test_resolve_model_local_and_missing(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -15,7 +15,7 @@ from intentops.config import RESOURCES, flat_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES_DIR = ROOT / "pipelines"
-GPU_TASKS = {"sft-warmup", "grpo-stage1", "grpo-stage2", "evaluate", "gate"}
+GPU_TASKS = {"sft-warmup", "grpo-stage1", "grpo-stage2", "evaluate", "evaluate-champion"}
 CACHED_TASKS = {"resolve-config", "validate-dataset", "mine-hard-samples", "evaluate"}
 TRAINING_TASKS = {
     "resolve-config",
@@ -26,6 +26,7 @@ TRAINING_TASKS = {
     "mine-hard-samples",
     "grpo-stage2",
     "evaluate",
+    "evaluate-champion",
     "gate",
     "register-model",
     "deploy-vllm",
@@ -120,6 +121,12 @@ def test_training_dag_has_every_stage_and_gates_deployment(compiled):
         "pipelinechannel--register-model-version"
     )
     assert tasks["grpo-stage2"]["dependentTasks"] == ["grpo-stage1", "mine-hard-samples", "resolve-config"]
+    # The champion is evaluated by its own task (the evaluate stage on @champion); the gate only compares.
+    gate_inputs = tasks["gate"]["inputs"]["artifacts"]
+    assert gate_inputs["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
+    assert gate_inputs["champion_evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate-champion"
+    champion_inputs = tasks["evaluate-champion"]["inputs"]["artifacts"]
+    assert champion_inputs["candidate_evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
 
 
 def test_stages_get_the_run_id_and_the_config_artifact(compiled):
@@ -215,11 +222,18 @@ def test_every_executor_runs_the_pinned_trainer_image(compiled):
 def test_retrain_if_changed_runs_training_only_when_inputs_changed(compiled):
     spec, _ = compiled["retrain_if_changed"]
     root = {task["taskInfo"]["name"]: task for task in spec["root"]["dag"]["tasks"].values()}
-    assert set(root) == {"resolve-config", "check-changes", "inputs-changed"}
+    # The config is resolved and the data converted and validated once; training starts from that dataset.
+    assert set(root) == {"resolve-config", "convert-itag", "validate-dataset", "check-changes", "inputs-changed"}
+    assert root["check-changes"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == (
+        "validate-dataset"
+    )
     condition = root["inputs-changed"]["triggerPolicy"]["condition"]
     assert condition == "inputs.parameter_values['pipelinechannel--check-changes-Output'] == true"
     inner = spec["components"][root["inputs-changed"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(inner) == ["intentops-training"]
+    assert "sft-warmup" in inner and not {"resolve-config", "convert-itag", "validate-dataset"} & set(inner)
+    assert inner["sft-warmup"]["inputs"]["artifacts"]["dataset"]["componentInputArtifact"] == (
+        "pipelinechannel--validate-dataset-dataset"
+    )
     assert set(_all_tasks(spec)) >= TRAINING_TASKS
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {field.name for field in flat_fields()}
     assert root["check-changes"]["cachingOptions"] == {}
@@ -322,14 +336,15 @@ def test_summary_is_read_from_the_run_outputs(tmp_path):
     summary = summarize_run(tmp_path, wall_seconds=100.0, tracking_uri="sqlite:////w/mlflow.db")
     assert summary.pipeline_run_id == "abc123"
     assert summary.stage_seconds["convert-itag"] == 4.0 and summary.stage_seconds["gate"] == 2.0
-    assert summary.stages_total == 4.0 + 6.0 + 2.0 + 6 * 10.0
-    assert summary.overhead_seconds == pytest.approx(100.0 - 72.0)
-    assert summary.overhead_share == pytest.approx(0.28)
+    # seven stages at 10 s: resolve-config, validate-dataset, sft, grpo1, mine, grpo2, evaluate-champion
+    assert summary.stages_total == 4.0 + 6.0 + 2.0 + 7 * 10.0
+    assert summary.overhead_seconds == pytest.approx(100.0 - 82.0)
+    assert summary.overhead_share == pytest.approx(0.18)
     assert summary.skipped == ["register-model", "deploy-vllm"]
     assert summary.gate["passed"] is False
     text = format_summary(summary)
     assert "gate (enabled): FAILED - x" in text
     assert "intent accuracy 0.750" in text
-    assert "orchestration overhead 28.0 s (28.0% of the wall time" in text
+    assert "orchestration overhead 18.0 s (18.0% of the wall time" in text
     assert "registry: nothing registered" in text
     assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in text

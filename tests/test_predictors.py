@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from intentops.artifacts import CATALOG_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
 from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
@@ -144,7 +145,7 @@ def test_length_normalized_scores_are_mean_log_likelihoods(loaded, texts: list[s
 def test_every_gold_target_begins_with_its_labels_scored_tokens(tmp_path: Path, numeric_labels: bool) -> None:
     """On the bundled example, with the tokenizer the tiny profile trains: what label scoring scores for a label is
     what the model is trained to write first (name tokens, then a token of the label's opening set)."""
-    catalog = load_catalog(EXAMPLE_DIR / "catalog.yaml")
+    catalog = load_catalog(EXAMPLE_DIR / CATALOG_FILE)
     records = list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))
     dataset = tmp_path / "dataset"
     dataset.mkdir()
@@ -378,7 +379,7 @@ def _random_answer(rng: random.Random, labels: list[str]) -> str:
 @pytest.mark.parametrize("prompt_cfg", [PromptConfig(), PromptConfig(numeric_labels=True)])
 def test_call_grammar_accepts_exactly_what_serving_enforces(prompt_cfg: PromptConfig) -> None:
     """The transformers-side automaton and the regex the vLLM server gets agree on targets, near-misses and noise."""
-    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / "catalog.yaml"), prompt_cfg)
+    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / CATALOG_FILE), prompt_cfg)
     grammar = CallGrammar.for_builder(builder)
     pattern = re.compile(structured_outputs(builder)["regex"])
     records = list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))
@@ -482,7 +483,7 @@ def test_evaluate_model_reports_constrained_and_unconstrained_figures(
 
 
 def test_call_grammar_in_thought_mode_matches_the_served_template() -> None:
-    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / "catalog.yaml"), PromptConfig(output_mode="thought"))
+    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / CATALOG_FILE), PromptConfig(output_mode="thought"))
     grammar = CallGrammar.for_builder(builder)
     pattern = re.compile(structured_outputs(builder)["regex"])
     targets = [builder.target(r["output"]) for r in list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))[:100]]

@@ -1,5 +1,6 @@
 import pytest
 
+from intentops.artifacts import MODEL_CARD
 from intentops.catalog import parse_catalog
 from intentops.config import PromptConfig
 from intentops.prompting import PromptBuilder
@@ -99,7 +100,7 @@ def test_saved_builder_is_rebuilt_from_model_dir(tmp_path):
     cfg = PromptConfig(few_shot="fixed", few_shot_k=2, numeric_labels=True)
     builder = PromptBuilder(CATALOG, cfg, EXAMPLES)
     builder.save(tmp_path)
-    (tmp_path / "intentops.json").write_text(json.dumps({"prompt": builder.to_dict()}), encoding="utf-8")
+    (tmp_path / MODEL_CARD).write_text(json.dumps({"prompt": builder.to_dict()}), encoding="utf-8")
     again = PromptBuilder.from_model_dir(tmp_path)
     assert again.messages("杭州天气") == builder.messages("杭州天气")
     with pytest.raises(FileNotFoundError, match="model card missing"):

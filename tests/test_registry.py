@@ -15,6 +15,14 @@ from typing import Any
 
 import pytest
 
+from intentops.artifacts import (
+    CATALOG_FILE,
+    DATASET_MANIFEST,
+    GATE_JSON,
+    METRICS_FILE,
+    MODEL_CARD,
+    PREDICTIONS_FILE,
+)
 from intentops.catalog import load_catalog
 from intentops.config import GateConfig
 from intentops.evaluation.gate import decide, write_gate
@@ -31,13 +39,13 @@ from intentops.registry import (
     champion_info,
     download_champion,
     find_version_by_tags,
-    git_commit,
     model_storage_uri,
     promote,
     register_model,
     rollback,
     set_deployment,
 )
+from intentops.registry_packaging import git_commit
 from intentops.registry_pyfunc import OUTPUT_COLUMNS, texts_from_input
 
 GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -46,7 +54,7 @@ MAX_NEW_TOKENS = 12
 
 
 def _metrics(intent_accuracy: float, param_accuracy: float, dataset_hash: str, intents: list[str]) -> dict[str, Any]:
-    """An evaluation's metrics.json in the shape intentops.evaluation writes (the fields the registry reads)."""
+    """An evaluation's metrics in the shape intentops.evaluation writes (the fields the registry reads)."""
     block = {"n": 100, "intent_accuracy": intent_accuracy, "param_accuracy": param_accuracy}
     return {
         **block,
@@ -77,10 +85,10 @@ def _predictions(wrong_intent: int, wrong_param: int, intents: list[str]) -> lis
 def _evaluation(
     root: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], champion: Path | None
 ) -> tuple[Path, Path, Any]:
-    """Write an evaluation folder and the gate's decision on it; returns (eval_dir, gate.json, decision)."""
+    """Write an evaluation folder and the gate's decision on it; returns (eval_dir, gate file, decision)."""
     eval_dir = root / "evaluation"
-    write_json(eval_dir / "metrics.json", metrics)
-    write_jsonl(eval_dir / "predictions.jsonl", rows)
+    write_json(eval_dir / METRICS_FILE, metrics)
+    write_jsonl(eval_dir / PREDICTIONS_FILE, rows)
     (eval_dir / "report.md").write_text("# Evaluation\n", encoding="utf-8")
     decision = decide(eval_dir, champion, GateConfig())
     return eval_dir, write_gate(decision, root / "gate"), decision
@@ -109,8 +117,8 @@ def registered(mlflow_module_tracking, tiny_model_dir: Path, small_dataset_dir: 
     cfg = mlflow_module_tracking.config()
     # Logging validates the input example by running the model: keep the untrained tiny model's answers short.
     cfg.evaluation.max_new_tokens = MAX_NEW_TOKENS
-    dataset_hash = read_json(small_dataset_dir / "manifest.json")["dataset_hash"]
-    intents = load_catalog(model_dir / "catalog.yaml").names
+    dataset_hash = read_json(small_dataset_dir / DATASET_MANIFEST)["dataset_hash"]
+    intents = load_catalog(model_dir / CATALOG_FILE).names
 
     good = _metrics(0.92, 0.85, dataset_hash, intents)
     bad = _metrics(0.50, 0.40, dataset_hash, intents)
@@ -166,8 +174,8 @@ def test_gate_pass_makes_champion_and_challenger(registered: Registered) -> None
     version = registered.passed
     assert version.aliases == (CHALLENGER, CHAMPION)
     assert version.previous_champion is None
-    manifest = read_json(registered.dataset_dir / "manifest.json")
-    assert version.tags["catalog_hash"] == load_catalog(registered.model_dir / "catalog.yaml").content_hash
+    manifest = read_json(registered.dataset_dir / DATASET_MANIFEST)
+    assert version.tags["catalog_hash"] == load_catalog(registered.model_dir / CATALOG_FILE).content_hash
     assert version.tags["dataset_hash"] == manifest["dataset_hash"]
     assert version.tags["pipeline_run_id"] == "run-pass"
     assert version.tags["git_commit"] == GIT_SHA
@@ -216,7 +224,7 @@ def test_interrupted_registration_is_completed_not_duplicated(registered: Regist
     # As if the process died after creating the version, before moving the aliases.
     client.delete_model_version_tag(name, version, REGISTRATION_TAG)
     client.delete_registered_model_alias(name, CHALLENGER)
-    gate = Path(registered.model_dir).parent / "regress" / "gate" / "gate.json"
+    gate = Path(registered.model_dir).parent / "regress" / "gate" / GATE_JSON
     again = register_model(
         registered.model_dir,
         registered.cfg,
@@ -243,11 +251,11 @@ def test_version_package_holds_the_model_metrics_and_gate(registered: Registered
     mlmodel = (local / "MLmodel").read_text(encoding="utf-8")
     assert "python_function" in mlmodel and '"name": "text"' in mlmodel
     hf = local / "artifacts" / "hf_model"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "catalog.yaml", "intentops.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", CATALOG_FILE, MODEL_CARD):
         assert (hf / name).is_file(), name
     assert not (hf / "checkpoints").exists()
-    assert read_json(local / "artifacts" / "gate.json")["passed"] is True
-    assert read_json(local / "artifacts" / "metrics.json")["intent_accuracy"] == pytest.approx(0.92)
+    assert read_json(local / "artifacts" / GATE_JSON)["passed"] is True
+    assert read_json(local / "artifacts" / METRICS_FILE)["intent_accuracy"] == pytest.approx(0.92)
     assert (local / "code" / "intentops" / "registry_pyfunc.py").is_file()
     requirements = (local / "requirements.txt").read_text(encoding="utf-8").split()
     assert any(r.startswith("mlflow==") for r in requirements)
@@ -258,7 +266,7 @@ def test_version_package_holds_the_model_metrics_and_gate(registered: Registered
     assert len(texts) == 2 and sum(any("\u4e00" <= ch <= "\u9fff" for ch in text) for text in texts) == 1
 
     run_artifacts = {a.path for a in _client(registered).list_artifacts(registered.passed.run_id, "evaluation")}
-    assert run_artifacts == {"evaluation/metrics.json", "evaluation/predictions.jsonl", "evaluation/report.md"}
+    assert run_artifacts == {f"evaluation/{METRICS_FILE}", f"evaluation/{PREDICTIONS_FILE}", "evaluation/report.md"}
 
 
 def test_model_storage_uri_is_the_hf_folder_in_the_artifact_store(registered: Registered) -> None:
@@ -266,7 +274,7 @@ def test_model_storage_uri_is_the_hf_folder_in_the_artifact_store(registered: Re
     assert uri.startswith("mlflow-artifacts:/") and uri.endswith("/hf_model")
     relative = uri.removeprefix("mlflow-artifacts:/")
     on_disk = registered.target.artifacts_destination / relative
-    assert (on_disk / "config.json").is_file() and (on_disk / "intentops.json").is_file()
+    assert (on_disk / "config.json").is_file() and (on_disk / MODEL_CARD).is_file()
     mapped = model_storage_uri(registered.cfg, registered.passed.version, artifacts_destination="s3://mlflow/")
     assert mapped == f"s3://mlflow/{relative}"
 
@@ -277,7 +285,7 @@ def test_download_champion_gives_the_champion_model_folder(registered: Registere
     version, folder = found
     assert version.version == registered.passed.version
     assert folder == tmp_path / "champion"
-    assert read_json(folder / "intentops.json") == read_json(registered.model_dir / "intentops.json")
+    assert read_json(folder / MODEL_CARD) == read_json(registered.model_dir / MODEL_CARD)
     assert (folder / "model.safetensors").read_bytes() == (registered.model_dir / "model.safetensors").read_bytes()
 
 
@@ -305,7 +313,7 @@ def test_champion_pyfunc_predicts_chinese_and_english(registered: Registered) ->
     import pandas as pd
 
     uri = f"models:/{registered.cfg.registry.model_name}@{CHAMPION}"
-    labels = set(load_catalog(registered.model_dir / "catalog.yaml").names)
+    labels = set(load_catalog(registered.model_dir / CATALOG_FILE).names)
 
     generated = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": UTTERANCES}))
     assert list(generated.columns) == list(OUTPUT_COLUMNS) and len(generated) == 2
@@ -369,7 +377,7 @@ def test_candidate_files_are_checked_first(tiny_model_dir: Path, small_dataset_d
 
     cfg = RunConfig()
     cfg.registry.tracking_uri = "http://127.0.0.1:9"  # nothing listens: every check must fail before contacting it
-    bad_gate = tmp_path / "gate.json"
+    bad_gate = tmp_path / GATE_JSON
     write_json(bad_gate, {"mode": "enabled", "reasons": []})
     with pytest.raises(RegistryError, match="boolean 'passed'"):
         register_model(tiny_model_dir, cfg, pipeline_run_id="r", gate_path=bad_gate)
@@ -382,8 +390,8 @@ def test_candidate_files_are_checked_first(tiny_model_dir: Path, small_dataset_d
 
     no_hash = tmp_path / "model"
     shutil.copytree(tiny_model_dir, no_hash)
-    card = read_json(no_hash / "intentops.json")
-    write_json(no_hash / "intentops.json", {**card, "dataset_hash": ""})
+    card = read_json(no_hash / MODEL_CARD)
+    write_json(no_hash / MODEL_CARD, {**card, "dataset_hash": ""})
     with pytest.raises(RegistryError, match="no dataset hash"):
         register_model(no_hash, cfg, pipeline_run_id="r")
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from intentops import registry
+from intentops.artifacts import GATE_JSON
 from intentops.cli import main
 from intentops.config import RunConfig
 from intentops.io import write_json
@@ -36,7 +37,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def champion(mlflow_server: str, sft_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
     """A config whose registry holds the tiny SFT model as version 1 @champion (the gate passed)."""
-    gate = tmp_path_factory.mktemp("gate") / "gate.json"
+    gate = tmp_path_factory.mktemp("gate") / GATE_JSON
     write_json(gate, {"passed": True, "mode": "enabled", "reasons": [], "candidate": {}, "champion": None})
     cfg = RunConfig()
     cfg.registry.tracking_uri = mlflow_server

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from transformers import TrainerCallback
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, MODEL_CARD
 from intentops.config import RunConfig
 from intentops.models import load_model_and_tokenizer, read_model_card
 from intentops.prompting import PromptBuilder
@@ -31,7 +32,7 @@ def test_sft_lifts_training_accuracy_far_above_chance(
     sample = check_sample(_records(small_dataset_dir), 48, seed=1)
     before = _accuracy(tiny_model_dir, sample, training_config)
     after = _accuracy(sft_model_dir, sample, training_config)
-    chance = 1 / len(json.loads((small_dataset_dir / "manifest.json").read_text())["seen_intents"])
+    chance = 1 / len(json.loads((small_dataset_dir / DATASET_MANIFEST).read_text())["seen_intents"])
     assert before["intent_accuracy"] < chance  # the random model cannot even answer in format
     assert after["format_valid"] >= 0.95
     assert after["intent_accuracy"] >= 0.75 > 3 * chance
@@ -40,14 +41,14 @@ def test_sft_lifts_training_accuracy_far_above_chance(
 
 def test_sft_output_is_a_complete_model_folder(sft_model_dir: Path, small_dataset_dir: Path) -> None:
     card = read_model_card(sft_model_dir)
-    manifest = json.loads((small_dataset_dir / "manifest.json").read_text())
+    manifest = json.loads((small_dataset_dir / DATASET_MANIFEST).read_text())
     assert card["stage"] == "sft"
     assert card["parent"]["stage"] == "init" and card["base_model"] == card["parent"]["base_model"]
     assert card["dataset_hash"] == manifest["dataset_hash"] and card["catalog_hash"] == manifest["catalog_hash"]
     training = card["training"]
     assert training["records"] == manifest["counts"]["train"]["total"]
     assert training["steps"] > 0 and training["train_check"]["intent_accuracy"] >= 0.75
-    assert (sft_model_dir / "catalog.yaml").exists() and (sft_model_dir / "tokenizer.json").exists()
+    assert (sft_model_dir / CATALOG_FILE).exists() and (sft_model_dir / "tokenizer.json").exists()
     assert not list(sft_model_dir.glob(".staging*")) and not (sft_model_dir / "training_args.bin").exists()
 
 
@@ -92,7 +93,7 @@ def test_sft_resumes_from_the_last_checkpoint(
     with pytest.raises(_Interrupt):
         run_sft(small_dataset_dir, str(tiny_model_dir), cfg, out, callbacks=[_CrashAfterFirstSave()])
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
-    assert not (out / "intentops.json").exists()  # a crashed run never looks finished
+    assert not (out / MODEL_CARD).exists()  # a crashed run never looks finished
 
     steps = _RecordSteps()
     run_sft(small_dataset_dir, str(tiny_model_dir), cfg, out, callbacks=[steps])
@@ -145,7 +146,7 @@ def test_sft_needs_a_base_for_the_pretrained_profile(
 def test_sft_rejects_records_without_output(tmp_path: Path, small_dataset_dir: Path, training_config) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("catalog.yaml", "manifest.json"):
+    for name in (CATALOG_FILE, DATASET_MANIFEST):
         (broken / name).write_bytes((small_dataset_dir / name).read_bytes())
     lines = (small_dataset_dir / "train.jsonl").read_text().splitlines()
     record = json.loads(lines[2])
@@ -227,7 +228,7 @@ def test_shared_prefix_pass_gives_the_plain_forwards_loss_and_gradients(
     from intentops.training.shared_prefix import SharedPrefixSFTTrainer, shared_prefix_length
 
     records = _records(small_dataset_dir)[:6]
-    builder = PromptBuilder(load_catalog(small_dataset_dir / "catalog.yaml"), training_config.prompt)
+    builder = PromptBuilder(load_catalog(small_dataset_dir / CATALOG_FILE), training_config.prompt)
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir, training_config.model)
     trainer = SharedPrefixSFTTrainer(
         model=model,

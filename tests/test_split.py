@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.catalog import Catalog, CatalogError, load_catalog
 from intentops.config import DataConfig
 from intentops.data.split import prepare_dataset, split_dataset
@@ -50,8 +51,8 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
     manifest = split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "a")
 
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "catalog.yaml",
-        "manifest.json",
+        CATALOG_FILE,
+        DATASET_MANIFEST,
         "test.jsonl",
         "train.jsonl",
         "val.jsonl",
@@ -69,7 +70,7 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
 
     again = split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "b")
     assert again.dataset_hash == manifest.dataset_hash
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "manifest.json"):
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", DATASET_MANIFEST):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
     shuffled = records[:]
@@ -81,7 +82,7 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
     reseeded = split_dataset(tmp_path / "records.jsonl", CATALOG, _config(seed=7), tmp_path / "d")
     assert reseeded.dataset_hash != manifest.dataset_hash
 
-    saved = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))
+    saved = json.loads((tmp_path / "a" / DATASET_MANIFEST).read_text(encoding="utf-8"))
     assert saved["dataset_hash"] == manifest.dataset_hash and saved["catalog_hash"] == CATALOG.content_hash
     assert saved["seed"] == 42 and saved["counts"]["train"]["total"] == manifest.counts["train"]["total"]
 
@@ -102,7 +103,7 @@ def test_unseen_intents_and_domain_go_entirely_to_test(tmp_path: Path) -> None:
         assert rows and all(r["seen"] for r in rows)
         assert not {c["name"] for r in rows for c in r["calls"]} & {"volume_down", "find_nearby"}
     assert manifest.counts["test"]["unseen"] == len(unseen)
-    assert load_catalog(tmp_path / "out" / "catalog.yaml").names == CATALOG.names  # unseen intents stay listed
+    assert load_catalog(tmp_path / "out" / CATALOG_FILE).names == CATALOG.names  # unseen intents stay listed
 
 
 def test_small_intents_keep_a_training_example(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_bad_holdout_settings_and_unusable_outputs_are_clear_errors(tmp_path: Pa
 def test_failure_while_writing_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_jsonl(tmp_path / "records.jsonl", _records())
     split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "out")
-    before = (tmp_path / "out" / "manifest.json").read_bytes()
+    before = (tmp_path / "out" / DATASET_MANIFEST).read_bytes()
 
     def broken(self: Catalog, path: Any) -> None:
         raise OSError("disk full")
@@ -141,7 +142,7 @@ def test_failure_while_writing_leaves_no_dataset(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(Catalog, "to_yaml", broken)
     with pytest.raises(OSError, match="disk full"):
         split_dataset(tmp_path / "records.jsonl", CATALOG, _config(seed=1), tmp_path / "out")
-    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+    assert (tmp_path / "out" / DATASET_MANIFEST).read_bytes() == before
     with pytest.raises(OSError, match="disk full"):
         split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "records.jsonl"]
@@ -151,7 +152,7 @@ def test_prepare_validates_then_splits(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "records.jsonl", _records())
     manifest = prepare_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "ds")
     out = tmp_path / "ds"
-    assert {"train.jsonl", "val.jsonl", "test.jsonl", "catalog.yaml", "manifest.json", "validation"} == {
+    assert {"train.jsonl", "val.jsonl", "test.jsonl", CATALOG_FILE, DATASET_MANIFEST, "validation"} == {
         p.name for p in out.iterdir()
     }
     assert json.loads((out / "validation" / "report.json").read_text())["passed"] is True
@@ -182,7 +183,7 @@ def test_manifest_says_whether_validated_and_hashes_the_training_set(tmp_path: P
 
     records = pd.DataFrame(_records())
     split = split_dataset(records, CATALOG, _config(), tmp_path / "split")
-    stored = read_json(tmp_path / "split" / "manifest.json")
+    stored = read_json(tmp_path / "split" / DATASET_MANIFEST)
     assert stored["validated"] is False and split.validated is False
     assert stored["train_hash"] == sha256_file(tmp_path / "split" / "train.jsonl")[:16]
     with pytest.raises(ValueError, match=r"never validated.*intentops prepare"):

@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 from intentops import storage
+from intentops.artifacts import CATALOG_FILE, MODEL_CARD
 from intentops.storage import (
     StorageError,
     StorageNotFoundError,
@@ -95,7 +96,7 @@ def test_ensure_local_caches_by_etag(tmp_path: Path, s3_bucket: str, monkeypatch
     cache = tmp_path / "cache"
     uri = f"s3://{s3_bucket}/cat/catalog.yaml"
     first = ensure_local(uri, cache)
-    assert first.name == "catalog.yaml" and first.read_bytes() == b"version: 1\n"
+    assert first.name == CATALOG_FILE and first.read_bytes() == b"version: 1\n"
 
     fetched: list[str] = []
     real_fetch = storage._fetch
@@ -180,14 +181,14 @@ def test_interrupted_upload_never_looks_complete(
     prefix = f"s3://{s3_bucket}/models/m"
     old = tmp_path / "old"
     old.mkdir()
-    (old / "intentops.json").write_text('{"v": 1}')
+    (old / MODEL_CARD).write_text('{"v": 1}')
     (old / "weights.bin").write_bytes(b"old")
     (old / "stale.bin").write_bytes(b"only in v1")
     upload(old, prefix)
 
     new = tmp_path / "new"
     new.mkdir()
-    (new / "intentops.json").write_text('{"v": 2}')
+    (new / MODEL_CARD).write_text('{"v": 2}')
     (new / "weights.bin").write_bytes(b"new weights")
     (new / "zz.bin").write_bytes(b"x")
     with monkeypatch.context() as patch:

@@ -27,35 +27,7 @@ def convert_itag(config: dsl.Input[dsl.Artifact], pipeline_run_id: str, records:
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
         records: Output folder: records.jsonl, train.json (PAI QuickStart), rejects.jsonl, report.json.
     """
-    import time
-
-    import mlflow
-
     from intentops.config import load_config
-    from intentops.data.itag import convert_manifest
-    from intentops.io import sha256_file
-    from intentops.tracking import stage_run
+    from intentops.stages import convert_itag as stage
 
-    started = time.perf_counter()
-    cfg = load_config(config.path)
-    with stage_run("convert-itag", cfg, pipeline_run_id, params={"manifest": cfg.data.manifest}):
-        report = convert_manifest(cfg.data.manifest, records.path, cfg.data.max_reject_rate)
-        mlflow.log_metrics(
-            {"converted": report.converted, "rejected": report.rejected_total, "reject_rate": report.reject_rate}
-        )
-        mlflow.log_artifact(f"{records.path}/report.json")
-    records.metadata.update(
-        {
-            "pipeline_run_id": pipeline_run_id,
-            "manifest": cfg.data.manifest,
-            "manifest_sha256": report.manifest_sha256,
-            "records": report.converted,
-            "rejected": report.rejected_total,
-            "reject_rate": round(report.reject_rate, 4),
-            "multi_intent": report.multi_intent,
-            "intents": len(report.intents),
-            "records_sha256": sha256_file(f"{records.path}/records.jsonl"),
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
-    report.raise_for_status()
+    records.metadata.update(stage(load_config(config.path), records.path, pipeline_run_id))

@@ -36,37 +36,11 @@ def deploy_vllm(
         endpoint: Output JSON of the deployment (target, endpoint, smoke test); the same in its metadata.
     """
     import json
-    import time
-
-    import mlflow
 
     from intentops.config import load_config
-    from intentops.serving.deploy import deploy, stop_local
-    from intentops.tracking import stage_run
+    from intentops.stages import deploy_vllm as stage
 
-    started = time.perf_counter()
-    cfg = load_config(config.path)
-    target = cfg.serving.target
-    local = target == "local"
-    with stage_run("deploy-vllm", cfg, pipeline_run_id, params={"target": target, "version": version}):
-        try:
-            result = deploy(cfg, version=version, target=target, record=not local)
-        finally:
-            stopped = stop_local() if local else None
-        summary = {**result.to_dict(), "stopped_after_smoke_test": stopped is not None}
-        mlflow.log_dict(summary, "deployment.json")
-        mlflow.log_metrics({"smoke_valid_share": result.smoke.valid_share, "smoke_accuracy": result.smoke.accuracy})
+    summary, meta = stage(load_config(config.path), version, pipeline_run_id)
     with open(endpoint.path, "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2, default=str)
-    endpoint.metadata.update(
-        {
-            "target": target,
-            "version": version,
-            "endpoint": result.endpoint,
-            "smoke_valid_share": result.smoke.valid_share,
-            "smoke_accuracy": result.smoke.accuracy,
-            "previous_version": result.previous_version or "",
-            "stopped_after_smoke_test": stopped is not None,
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    endpoint.metadata.update(meta)

@@ -1,4 +1,4 @@
-"""evaluate: candidate model + dataset -> evaluation (metrics.json, predictions, reports, confusion matrix)."""
+"""evaluate: candidate model + dataset -> evaluation (metrics, predictions, reports, confusion matrix)."""
 
 from kfp import dsl
 
@@ -36,36 +36,14 @@ def evaluate(
         model: Candidate model folder (grpo-stage2 output).
         dataset: validate-dataset output folder (test.jsonl).
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
-        evaluation: Output folder: metrics.json, predictions.jsonl, report.md, report.html, confusion_matrix.png.
+        evaluation: Output folder: metrics, per-record predictions, Markdown and HTML reports, confusion matrix.
         metrics: Headline scalar metrics for the KFP run comparison view.
         confusion: Intent confusion matrix for the KFP UI.
         report: Evaluation report (Markdown).
         report_html: Evaluation report (HTML, confusion matrix inlined).
     """
-    import shutil
-    import time
-
     from intentops.config import load_config
-    from intentops.evaluation import evaluate_model
-    from intentops.evaluation.report import classification_metrics_payload, scalar_metrics
+    from intentops.stages import evaluate as stage
 
-    started = time.perf_counter()
-    cfg = load_config(config.path)
-    result = evaluate_model(model.path, dataset.path, cfg, evaluation.path, pipeline_run_id)
-    for name, value in scalar_metrics(result).items():
-        metrics.log_metric(name, value)
-    confusion.log_confusion_matrix(**classification_metrics_payload(result))
-    shutil.copyfile(f"{evaluation.path}/report.md", report.path)
-    shutil.copyfile(f"{evaluation.path}/report.html", report_html.path)
-    evaluation.metadata.update(
-        {
-            "intent_accuracy": result["intent_accuracy"],
-            "param_accuracy": result["param_accuracy"],
-            "format_error_rate": result["format_error_rate"],
-            "n": result["n"],
-            "decoding": result.get("decoding", ""),
-            "dataset_hash": (result.get("dataset") or {}).get("hash") or "",
-            "mlflow_run_id": result.get("mlflow_run_id", ""),
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    out = stage(load_config(config.path), model.path, dataset.path, evaluation.path, pipeline_run_id)
+    out.publish(evaluation, metrics, confusion, report, report_html)

@@ -1,4 +1,4 @@
-"""grpo-stage1: model@sft + training split -> model@grpo1 and the rollout log (rollouts.parquet)."""
+"""grpo-stage1: model@sft + training split -> model@grpo1 and the rollout log (parquet)."""
 
 from kfp import dsl
 
@@ -33,16 +33,13 @@ def grpo_stage1(
         sft_model: sft-warmup output model.
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
         model: Output model folder (stage grpo1).
-        rollouts: Output folder with rollouts.parquet (sample_id, step, generation, completion, reward_*).
+        rollouts: Output folder with the parquet rollout log (sample_id, step, generation, completion, reward_*).
     """
-    import time
-
+    from intentops.artifacts import Dataset
     from intentops.config import load_config
-    from intentops.training.grpo import run_grpo
+    from intentops.stages import grpo
 
-    started = time.perf_counter()
     cfg = load_config(config.path)
-    result = run_grpo(f"{dataset.path}/train.jsonl", sft_model.path, cfg, model.path, "grpo1", pipeline_run_id)
-    result.move_rollouts(rollouts.path)
-    model.metadata.update({**result.summary(), "stage_seconds": round(time.perf_counter() - started, 3)})
-    rollouts.metadata.update({"rows": int(result.metrics.get("rollouts", 0)), "stage": result.stage})
+    out = grpo(cfg, "grpo1", Dataset(dataset.path).train, sft_model.path, model.path, rollouts.path, pipeline_run_id)
+    model.metadata.update(out.model)
+    rollouts.metadata.update(out.rollouts)

@@ -33,16 +33,13 @@ def grpo_stage2(
         grpo1_model: grpo-stage1 output model.
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
         model: Output candidate model folder (stage grpo2).
-        rollouts: Output folder with the stage-2 rollouts.parquet (empty when stage 2 was skipped).
+        rollouts: Output folder with the stage-2 rollout log (empty when stage 2 was skipped).
     """
-    import time
-
+    from intentops.artifacts import HardSet
     from intentops.config import load_config
-    from intentops.training.grpo import run_grpo
+    from intentops.stages import grpo
 
-    started = time.perf_counter()
     cfg = load_config(config.path)
-    result = run_grpo(f"{hard_set.path}/train.jsonl", grpo1_model.path, cfg, model.path, "grpo2", pipeline_run_id)
-    result.move_rollouts(rollouts.path)
-    model.metadata.update({**result.summary(), "stage_seconds": round(time.perf_counter() - started, 3)})
-    rollouts.metadata.update({"rows": int(result.metrics.get("rollouts", 0)), "stage": result.stage})
+    out = grpo(cfg, "grpo2", HardSet(hard_set.path).train, grpo1_model.path, model.path, rollouts.path, pipeline_run_id)
+    model.metadata.update(out.model)
+    rollouts.metadata.update(out.rollouts)

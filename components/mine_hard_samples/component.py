@@ -29,29 +29,18 @@ def mine_hard_samples(
 
     Args:
         config: RunConfig YAML from resolve-config (`mining.*`).
-        rollouts: grpo-stage1 rollouts folder (rollouts.scoring.parquet: the scoring pass).
+        rollouts: grpo-stage1 rollouts folder (`intentops.artifacts.Rollouts`: mining reads its scoring pass).
         dataset: validate-dataset output folder (train.jsonl: the samples the rollouts refer to).
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
         hard_set: Output folder: train.jsonl (subset of the stage-1 training set), mining_report.{json,md}.
         mining_report: mining_report.md for the KFP UI.
     """
     import shutil
-    import time
 
-    import mlflow
-
+    from intentops.artifacts import HardSet
     from intentops.config import load_config
-    from intentops.tracking import stage_run
-    from intentops.training.curriculum import mine_hard_samples as mine
-    from intentops.training.scoring import SCORES_FILE
+    from intentops.stages import mine_hard_samples as stage
 
-    started = time.perf_counter()
     cfg = load_config(config.path)
-    with stage_run("mine-hard-samples", cfg, pipeline_run_id, params=cfg.mining.model_dump()):
-        report = mine(f"{rollouts.path}/{SCORES_FILE}", f"{dataset.path}/train.jsonl", cfg.mining, hard_set.path)
-        mlflow.log_metrics(
-            {"hard": report.hard, "easy": report.easy, "selected": report.selected, "coverage": report.coverage}
-        )
-        mlflow.log_artifacts(hard_set.path, artifact_path="mining")
-    shutil.copyfile(f"{hard_set.path}/mining_report.md", mining_report.path)
-    hard_set.metadata.update({**report.ui_metadata(), "stage_seconds": round(time.perf_counter() - started, 3)})
+    hard_set.metadata.update(stage(cfg, rollouts.path, dataset.path, hard_set.path, pipeline_run_id))
+    shutil.copyfile(HardSet(hard_set.path).report_md, mining_report.path)

@@ -37,8 +37,8 @@ def register_model(
         config: RunConfig YAML from resolve-config (`registry.*`).
         model: Candidate model folder.
         evaluation: evaluate output folder (metrics logged with the version).
-        decision: gate output folder (gate.json decides the @champion alias).
-        dataset: validate-dataset output folder (manifest.json: dataset hash).
+        decision: gate output folder (its decision sets the @champion alias).
+        dataset: validate-dataset output folder (its manifest gives the dataset hash).
         pipeline_run_id: Idempotency key of the registration and MLflow grouping.
         registered: Output registered version as JSON; metadata: name, version, aliases, model_uri.
 
@@ -46,32 +46,14 @@ def register_model(
         version: The registered model version, for deploy-vllm.
     """
     import json
-    import time
 
     from intentops.config import load_config
-    from intentops.registry import register_model as register
+    from intentops.stages import register_model as stage
 
-    started = time.perf_counter()
     cfg = load_config(config.path)
-    version = register(
-        model.path,
-        cfg,
-        pipeline_run_id=pipeline_run_id,
-        eval_dir=evaluation.path,
-        gate_path=f"{decision.path}/gate.json",
-        dataset_manifest=f"{dataset.path}/manifest.json",
-    )
+    version, meta = stage(cfg, model.path, evaluation.path, decision.path, dataset.path, pipeline_run_id)
     with open(registered.path, "w", encoding="utf-8") as handle:
         json.dump(version.to_dict(), handle, indent=2)
-    registered.metadata.update(
-        {
-            "name": version.name,
-            "version": version.version,
-            "aliases": ",".join(version.aliases),
-            "model_uri": version.model_uri,
-            "previous_champion": version.previous_champion or "",
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    registered.metadata.update(meta)
     outputs = NamedTuple("RegisterOutputs", [("version", str)])  # noqa: UP014
     return outputs(version.version)

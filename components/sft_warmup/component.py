@@ -30,25 +30,9 @@ def sft_warmup(
         config: RunConfig YAML from resolve-config (`model.*`, `prompt.*`, `sft.*`).
         dataset: validate-dataset output folder.
         pipeline_run_id: Groups the MLflow stage runs of one pipeline run.
-        model: Output Hugging Face folder with intentops.json (model card) and catalog.yaml.
+        model: Output Hugging Face folder with the IntentOps model card and the catalog it was trained with.
     """
-    import time
-
     from intentops.config import load_config
-    from intentops.models import read_model_card
-    from intentops.training.sft import run_sft
+    from intentops.stages import sft_warmup as stage
 
-    started = time.perf_counter()
-    cfg = load_config(config.path)
-    run_sft(dataset.path, cfg.model.base_model, cfg, model.path, pipeline_run_id)
-    card = read_model_card(model.path)
-    model.metadata.update(
-        {
-            "stage": card.get("stage", "sft"),
-            "base_model": str(card.get("base_model", "")),
-            "catalog_hash": card.get("catalog_hash", ""),
-            "dataset_hash": card.get("dataset_hash", ""),
-            "lora": cfg.model.lora,
-            "stage_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
+    model.metadata.update(stage(load_config(config.path), dataset.path, model.path, pipeline_run_id))

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from intentops.artifacts import CATALOG_FILE
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 RESOURCES = PACKAGE_ROOT / "resources"
 DEFAULT_CONFIG = RESOURCES / "configs" / "tiny-cpu.yaml"
@@ -45,7 +47,7 @@ def bundled_path(value: str) -> str:
 
 class DataConfig(_Section):
     manifest: str = Field(str(EXAMPLE_DIR / "manifest.jsonl"), description="iTAG manifest: local path or s3:// URI.")
-    catalog: str = Field(str(EXAMPLE_DIR / "catalog.yaml"), description="Intent catalog YAML: local path or s3:// URI.")
+    catalog: str = Field(str(EXAMPLE_DIR / CATALOG_FILE), description="Intent catalog YAML: local path or s3:// URI.")
     max_reject_rate: float = Field(
         0.05, ge=0, le=1, description="Fail conversion when more manifest lines are rejected."
     )

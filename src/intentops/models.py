@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intentops import __version__
+from intentops.artifacts import DATASET_MANIFEST, MODEL_CARD, NOT_MODEL_FILES
 from intentops.config import ModelConfig
 from intentops.io import atomic_path, read_json, write_json
 
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from intentops.prompting import PromptBuilder
-
-CARD_FILE = "intentops.json"
-CATALOG_FILE = "catalog.yaml"
 
 
 class ModelCardError(FileNotFoundError):
@@ -54,7 +52,7 @@ def bf16_available() -> bool:
 
 def dataset_hash(dataset_dir: str | Path) -> str:
     """The validated dataset's content hash from its manifest ("" for a folder without one)."""
-    manifest = Path(dataset_dir) / "manifest.json"
+    manifest = Path(dataset_dir) / DATASET_MANIFEST
     return str(read_json(manifest).get("dataset_hash", "")) if manifest.exists() else ""
 
 
@@ -111,15 +109,15 @@ def load_model_and_tokenizer(
 def write_model_card(model_dir: str | Path, **meta: Any) -> dict[str, Any]:
     """Write `intentops.json` (atomically, last: its presence marks the folder complete) and return it."""
     card = {**meta, "intentops_version": __version__, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    write_json(Path(model_dir) / CARD_FILE, card)
+    write_json(Path(model_dir) / MODEL_CARD, card)
     return card
 
 
 def read_model_card(model_dir: str | Path) -> dict[str, Any]:
     """The model card of a finished model folder; a folder without one is incomplete or not ours."""
-    path = Path(model_dir) / CARD_FILE
+    path = Path(model_dir) / MODEL_CARD
     if not path.is_file():
-        raise ModelCardError(f"{model_dir}: no {CARD_FILE}; not a complete IntentOps model folder")
+        raise ModelCardError(f"{model_dir}: no {MODEL_CARD}; not a complete IntentOps model folder")
     try:
         card = read_json(path)
     except json.JSONDecodeError as exc:
@@ -139,7 +137,7 @@ def base_card(model_dir: str | Path) -> dict[str, Any]:
 
 def invalidate_model_dir(model_dir: str | Path) -> None:
     """Drop the card of an output folder about to be rewritten, so a crash midway never looks like a finished model."""
-    card = Path(model_dir) / CARD_FILE
+    card = Path(model_dir) / MODEL_CARD
     if card.exists():
         card.unlink()
 
@@ -184,8 +182,6 @@ def publish_model_dir(staging: str | Path, out_dir: str | Path, builder: PromptB
     return out
 
 
-# What a model folder holds besides the model itself: training by-products that are not passed on.
-NOT_MODEL_FILES = ("checkpoints", "rollouts*.parquet", "rejected_prompts.jsonl", ".staging-*", ".*.partial")
 # Card fields that describe the model's identity and carry over when a folder is passed on unchanged.
 IDENTITY_FIELDS = ("base_model", "catalog_hash", "dataset_hash", "prompt")
 

@@ -5,7 +5,8 @@ folder itself as an artifact, so the champion can be loaded with `mlflow.pyfunc.
 and the same files can be served by vLLM/KServe straight from the artifact store (`model_storage_uri`).
 
 Versions are tagged `catalog_hash`, `dataset_hash`, `pipeline_run_id`, `git_commit`, the gate decision and the
-headline metrics. Aliases, never stages: `challenger` moves to every new candidate, `champion` only when gate.json
+headline metrics (packaging: `intentops.registry_packaging`). Aliases, never stages: `challenger` moves to every new
+candidate, `champion` only when the gate decision
 says passed (or on `promote`). Whenever the champion moves, the version it replaces is written into the new
 champion's `intentops.previous_champion` tag (and onto the registered model), which is what `rollback` follows.
 Registration is idempotent per pipeline run: the version tagged with that `pipeline_run_id` is reused, and a run
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,16 +24,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from intentops.catalog import load_catalog
 from intentops.config import RunConfig
-from intentops.io import atomic_path, read_json
-from intentops.prompting import CATALOG_FILE, MODEL_CARD
-from intentops.tracking import apply_request_budget, resolve_tracking_uri, stage_run
+from intentops.io import atomic_path
+from intentops.registry_packaging import (
+    MAX_TAG_CHARS,
+    RegistryError,
+    create_version,
+    read_candidate,
+    version_tags,
+)
+from intentops.tracking import apply_request_budget, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
-    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +54,6 @@ DEPLOYED_VERSION_TAG = "intentops.deployed_version"
 DEPLOYMENT_ENDPOINT_TAG = "intentops.deployment.endpoint"
 DEPLOYMENT_TARGET_TAG = "intentops.deployment.target"
 DEPLOYED_AT_TAG = "intentops.deployment.deployed_at"
-MODEL_NAME_IN_RUN = "intent_detector"
-METRICS_FILE = "metrics.json"
-DATASET_MANIFEST = "manifest.json"
-# Training leftovers that live next to a model folder but are not part of the model.
-NOT_MODEL_FILES = ("checkpoints", "rollouts.parquet", ".staging-*", "runs", "*.tmp")
-# What the pyfunc imports at load time; pinned to the versions installed where the model was registered.
-PYFUNC_REQUIREMENTS = (
-    "mlflow",
-    "torch",
-    "transformers",
-    "tokenizers",
-    "safetensors",
-    "numpy",
-    "pandas",
-    "pydantic",
-    "pyyaml",
-    "scikit-learn",
-    "tqdm",
-)
-_MAX_TAG_CHARS = 5000
-MODEL_DESCRIPTION = (
-    "IntentOps intent detector (pyfunc: text -> intent, params, confidence; Hugging Face folder in artifacts/hf_model). "
-    "@champion serves and moves only through the promotion gate, `intentops promote` or `intentops rollback`; "
-    "@challenger is the newest candidate."
-)
-
-
-class RegistryError(ValueError):
-    """A registry operation that cannot proceed; the message names the model, version or file."""
 
 
 @dataclass(frozen=True)
@@ -244,7 +218,7 @@ def _make_champion(client: MlflowClient, name: str, version: str, reason: str) -
         if PREVIOUS_CHAMPION_TAG in client.get_registered_model(name).tags:
             client.delete_registered_model_tag(name, PREVIOUS_CHAMPION_TAG)
     client.set_model_version_tag(name, version, PROMOTED_AT_TAG, _now())
-    client.set_model_version_tag(name, version, PROMOTION_REASON_TAG, reason[:_MAX_TAG_CHARS])
+    client.set_model_version_tag(name, version, PROMOTION_REASON_TAG, reason[:MAX_TAG_CHARS])
     client.set_registered_model_alias(name, CHAMPION, version)
     log.info(
         "registry: %s@%s -> version %s (%s; previous champion: %s)", name, CHAMPION, version, reason, current or "none"
@@ -370,250 +344,6 @@ def set_deployment(cfg: RunConfig, version: str | int, endpoint: str, target: st
 # ---- registration --------------------------------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    """$GIT_COMMIT (set by CI and the pipeline images), else this checkout's HEAD (`-dirty` if modified)."""
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}-dirty" if dirty.returncode == 1 else head
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """Everything registration reads from disk, checked before anything is written to the registry."""
-
-    model_dir: Path
-    card: dict[str, Any]
-    catalog_hash: str
-    dataset_hash: str
-    metrics: dict[str, Any]
-    metrics_path: Path | None
-    eval_dir: Path | None
-    gate: dict[str, Any] | None
-    gate_path: Path | None
-    examples: list[str]
-
-    @property
-    def gate_passed(self) -> bool:
-        return bool(self.gate and self.gate.get("passed") is True)
-
-    @property
-    def gate_mode(self) -> str:
-        return str(self.gate.get("mode", "")) if self.gate else ""
-
-
-def _read_candidate(
-    model_dir: Path, eval_dir: Path | None, gate_path: Path | None, dataset_manifest: Path | None
-) -> _Candidate:
-    from intentops.models import read_model_card
-
-    card = read_model_card(model_dir)
-    catalog_path = model_dir / CATALOG_FILE
-    catalog = load_catalog(catalog_path)
-    if card.get("catalog_hash") and card["catalog_hash"] != catalog.content_hash:
-        log.warning(
-            "registry: %s says catalog_hash %s but %s hashes to %s; tagging the catalog actually shipped",
-            model_dir / MODEL_CARD,
-            card["catalog_hash"],
-            catalog_path,
-            catalog.content_hash,
-        )
-
-    dataset_hash = ""
-    if dataset_manifest is not None:
-        manifest_path = dataset_manifest / DATASET_MANIFEST if dataset_manifest.is_dir() else dataset_manifest
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: dataset manifest not found")
-        manifest = read_json(manifest_path)
-        dataset_hash = str(manifest.get("dataset_hash") or "")
-        if not dataset_hash:
-            raise RegistryError(f"{manifest_path}: no 'dataset_hash' field")
-        if manifest.get("catalog_hash") and manifest["catalog_hash"] != catalog.content_hash:
-            log.warning(
-                "registry: dataset %s was built for catalog %s, the model ships catalog %s",
-                manifest_path,
-                manifest["catalog_hash"],
-                catalog.content_hash,
-            )
-    dataset_hash = dataset_hash or str(card.get("dataset_hash") or "")
-    if not dataset_hash:
-        raise RegistryError(
-            f"{model_dir}: no dataset hash in the model card and no dataset manifest given; "
-            "pass the dataset folder so the version records what it was trained on"
-        )
-
-    metrics: dict[str, Any] = {}
-    metrics_path = None
-    if eval_dir is not None:
-        metrics_path = eval_dir / METRICS_FILE
-        if not metrics_path.is_file():
-            raise FileNotFoundError(f"{metrics_path}: evaluation metrics not found")
-        metrics = read_json(metrics_path)
-
-    gate = None
-    if gate_path is not None:
-        if not gate_path.is_file():
-            raise FileNotFoundError(f"{gate_path}: gate decision not found")
-        gate = read_json(gate_path)
-        if not isinstance(gate, dict) or not isinstance(gate.get("passed"), bool):
-            raise RegistryError(f"{gate_path}: expected a gate decision with a boolean 'passed' field")
-
-    return _Candidate(
-        model_dir=model_dir,
-        card=card,
-        catalog_hash=catalog.content_hash,
-        dataset_hash=dataset_hash,
-        metrics=metrics,
-        metrics_path=metrics_path,
-        eval_dir=eval_dir,
-        gate=gate,
-        gate_path=gate_path,
-        examples=_input_examples(catalog),
-    )
-
-
-def _input_examples(catalog: Any) -> list[str]:
-    """One Chinese and one English utterance from the catalog's examples (the model serves both languages)."""
-    examples = [text for intent in catalog.intents for text in intent.examples]
-    chinese = next((t for t in examples if any("\u4e00" <= ch <= "\u9fff" for ch in t)), "帮我查一下明天杭州的天气")
-    english = next((t for t in examples if t.isascii()), "What's the weather in Hangzhou tomorrow?")
-    return [chinese, english]
-
-
-def _headline_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
-    """Top-level scalar metrics (intent_accuracy, param_accuracy, macro_f1, ...) as version tags."""
-    return {
-        key: f"{value:.6g}"
-        for key, value in metrics.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
-
-
-def _version_tags(candidate: _Candidate, pipeline_run_id: str) -> dict[str, str]:
-    tags = {
-        "catalog_hash": candidate.catalog_hash,
-        "dataset_hash": candidate.dataset_hash,
-        "pipeline_run_id": pipeline_run_id,
-        "git_commit": git_commit(),
-        "model_stage": str(candidate.card.get("stage", "")),
-        "base_model": str(candidate.card.get("base_model", "")),
-        "gate_passed": str(candidate.gate_passed).lower() if candidate.gate is not None else "not_evaluated",
-    }
-    if candidate.gate is not None:
-        tags["gate_mode"] = candidate.gate_mode
-        reasons = candidate.gate.get("reasons") or []
-        tags["gate_reasons"] = "; ".join(str(r) for r in reasons)[:_MAX_TAG_CHARS]
-    tags.update(_headline_tags(candidate.metrics))
-    return tags
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in PYFUNC_REQUIREMENTS:
-        try:
-            installed = version(package)
-        except PackageNotFoundError:
-            log.warning("registry: %s is not installed here; the pyfunc's requirements leave it out", package)
-            continue
-        # A local label such as +cpu/+cu128 names a wheel index, not a release; serving picks its own build.
-        pins.append(f"{package}=={installed.split('+', 1)[0]}")
-    return pins
-
-
-def _pyfunc_model_config(cfg: RunConfig) -> dict[str, Any]:
-    decoding = "label_scoring" if cfg.evaluation.decoding == "label_scoring" else "generate"
-    return {
-        "decoding": decoding,
-        "batch_size": cfg.evaluation.batch_size,
-        "max_new_tokens": cfg.evaluation.max_new_tokens,
-        "dtype": cfg.model.dtype,
-        "constrained": cfg.evaluation.constrained,
-        "label_score": cfg.evaluation.label_score,
-        "label_normalization": cfg.evaluation.label_normalization,
-    }
-
-
-def _log_pyfunc(candidate: _Candidate, cfg: RunConfig, staging: Path) -> ModelInfo:
-    """Log the model folder as the IntentDetectorModel pyfunc, with its catalog, card, metrics and gate."""
-    import mlflow
-    import pandas as pd
-
-    from intentops import registry_pyfunc
-
-    hf_dir = staging / registry_pyfunc.HF_MODEL_ARTIFACT
-    shutil.copytree(candidate.model_dir, hf_dir, ignore=shutil.ignore_patterns(*NOT_MODEL_FILES))
-    artifacts = {
-        registry_pyfunc.HF_MODEL_ARTIFACT: str(hf_dir),
-        "catalog": str(hf_dir / CATALOG_FILE),
-        "model_card": str(hf_dir / MODEL_CARD),
-    }
-    if candidate.metrics_path is not None:
-        artifacts["metrics"] = str(candidate.metrics_path)
-    if candidate.gate_path is not None:
-        artifacts["gate"] = str(candidate.gate_path)
-    # The package travels with the model (code_paths) so the pyfunc loads where intentops is not installed.
-    package_dir = Path(registry_pyfunc.__file__).resolve().parent
-    code_dir = staging / "code" / package_dir.name
-    shutil.copytree(package_dir, code_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return mlflow.pyfunc.log_model(
-        name=MODEL_NAME_IN_RUN,
-        python_model=registry_pyfunc.__file__,
-        artifacts=artifacts,
-        code_paths=[str(code_dir)],
-        model_config=_pyfunc_model_config(cfg),
-        signature=registry_pyfunc.signature(),
-        input_example=pd.DataFrame({registry_pyfunc.TEXT_COLUMN: candidate.examples}),
-        pip_requirements=_requirements(),
-        metadata={
-            "catalog_hash": candidate.catalog_hash,
-            "dataset_hash": candidate.dataset_hash,
-            "base_model": candidate.card.get("base_model", ""),
-            "model_stage": candidate.card.get("stage", ""),
-        },
-    )
-
-
-def _create_version(candidate: _Candidate, cfg: RunConfig, pipeline_run_id: str, tags: dict[str, str]) -> str:
-    """Log the pyfunc inside the pipeline's `register` stage run and register it; returns the new version."""
-    import mlflow
-
-    name = cfg.registry.model_name
-    params = {
-        "model_dir": str(candidate.model_dir),
-        "model_name": name,
-        "gate_passed": tags["gate_passed"],
-        "catalog_hash": candidate.catalog_hash,
-        "dataset_hash": candidate.dataset_hash,
-    }
-    with stage_run("register", cfg, pipeline_run_id, params=params), tempfile.TemporaryDirectory() as staging:
-        log.info("registry: logging %s as an MLflow pyfunc", candidate.model_dir)
-        info = _log_pyfunc(candidate, cfg, Path(staging))
-        from intentops.evaluation.report import scalar_metrics
-
-        scalars = scalar_metrics(candidate.metrics)
-        if scalars:
-            mlflow.log_metrics(scalars, model_id=info.model_id)
-        if candidate.eval_dir is not None:
-            mlflow.log_artifacts(str(candidate.eval_dir), artifact_path="evaluation")
-        if candidate.gate_path is not None:
-            mlflow.log_artifact(str(candidate.gate_path), artifact_path="gate")
-        mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    log.info("registry: registered %s version %s from %s", name, mv.version, info.model_uri)
-    client = _client(cfg)
-    if not client.get_registered_model(name).description:
-        client.update_registered_model(name, description=MODEL_DESCRIPTION)
-    return str(mv.version)
-
-
 def register_model(
     model_dir: str | Path,
     cfg: RunConfig,
@@ -624,13 +354,13 @@ def register_model(
     dataset_manifest: str | Path | None = None,
 ) -> RegisteredVersion:
     """Register a candidate as a new version of `cfg.registry.model_name`; `@challenger` always, `@champion` iff
-    gate.json says passed. Re-running with the same `pipeline_run_id` returns (or finishes) the same version.
+    the gate decision says passed. Re-running with the same `pipeline_run_id` returns (or finishes) the same version.
 
-    `dataset_manifest` is the dataset folder or its manifest.json (source of `dataset_hash`; else the model card's).
+    `dataset_manifest` is the dataset folder or its manifest file (source of `dataset_hash`; else the model card's).
     """
     if not pipeline_run_id:
         raise RegistryError("register_model needs a pipeline_run_id (it is what makes registration idempotent)")
-    candidate = _read_candidate(
+    candidate = read_candidate(
         Path(model_dir),
         Path(eval_dir) if eval_dir is not None else None,
         Path(gate_path) if gate_path is not None else None,
@@ -649,7 +379,7 @@ def register_model(
             return _model_version(client, name, version)
         log.info("registry: finishing the interrupted registration of %s version %s", name, version)
     else:
-        version = _create_version(candidate, cfg, pipeline_run_id, _version_tags(candidate, pipeline_run_id))
+        version = create_version(candidate, cfg, pipeline_run_id, version_tags(candidate, pipeline_run_id), client)
 
     client.set_registered_model_alias(name, CHALLENGER, version)
     log.info("registry: %s@%s -> version %s", name, CHALLENGER, version)

@@ -2,7 +2,7 @@
 
 This file is logged as the model's code ("models from code", no pickle): MLflow executes it when the model is
 loaded, and `set_model` at the bottom tells MLflow which object serves. The weights travel as an ordinary Hugging
-Face folder artifact (`hf_model`, with its `catalog.yaml` and `intentops.json`), so the very same folder is what vLLM
+Face folder artifact (`hf_model`, with its catalog and model card), so the very same folder is what vLLM
 or KServe loads; this wrapper only makes the registered version usable with `mlflow.pyfunc.load_model` and
 `mlflow models serve`.
 

@@ -23,6 +23,7 @@ STAGES = (
     "mine-hard-samples",
     "grpo-stage2",
     "evaluate",
+    "evaluate-champion",
     "gate",
     "register-model",
     "deploy-vllm",

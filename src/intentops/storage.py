@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from intentops.artifacts import CONVERT_REPORT_FILE, DATASET_MANIFEST, MODEL_CARD
 from intentops.io import OUTPUT_MARKER, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ _READ_BUFFER = 1 << 20
 # Readers take only the listed files and refuse a prefix whose manifest says the upload did not finish.
 UPLOAD_MANIFEST = ".intentops-manifest.json"
 # Files that tell readers "this output is finished"; they go up after everything else.
-_COMPLETION_FILES = ("intentops.json", "manifest.json", "report.json", OUTPUT_MARKER)
+_COMPLETION_FILES = (MODEL_CARD, DATASET_MANIFEST, CONVERT_REPORT_FILE, OUTPUT_MARKER)
 
 
 # `scheme://user:password@host`: the user-info part of any URI inside a text.

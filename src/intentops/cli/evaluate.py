@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 from intentops.cli import add_config_argument, config_from_args
@@ -26,11 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Predict every record of a dataset split, compute intent/parameter accuracy (first call's intent / intent and arguments), "
             "macro-F1, per-intent scores, confusion matrix, seen/unseen and per-language splits, latency and the "
-            "majority / TF-IDF baselines; write metrics.json, predictions.jsonl, report.md, report.html and "
-            "confusion_matrix.png to --out and log them to MLflow."
+            "majority / TF-IDF baselines; write the evaluation folder (metrics, per-record predictions, Markdown and "
+            "HTML reports, confusion matrix) to --out and log them to MLflow."
         ),
     )
-    evaluate.add_argument("--model", required=True, help="IntentOps model folder (HF files + intentops.json).")
+    evaluate.add_argument("--model", required=True, help="IntentOps model folder (HF files + IntentOps model card).")
     evaluate.add_argument("--dataset", required=True, help="Validated dataset folder (train/val/test.jsonl).")
     evaluate.add_argument("--out", required=True, help="Output folder for the evaluation artifact.")
     evaluate.add_argument("--force", action="store_true", help="Replace --out even if intentops did not write it.")
@@ -51,13 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Check the candidate's metrics against the gate thresholds and, unless disabled, against the current "
             "champion evaluated now on the same test set. By default the champion is looked up in the MLflow "
             "registry (alias 'champion'); --champion-model uses a local folder instead and --no-champion-lookup "
-            "skips the comparison. Writes gate.json and gate.md to --out. Exit status: 0 when promotion may "
+            "skips the comparison. Writes the decision (JSON and Markdown) to --out. Exit status: 0 when promotion may "
             "proceed (also in dry_run and disabled modes), 3 when the gate blocks it, 2 on input errors."
         ),
     )
-    gate.add_argument("--candidate", required=True, help="The candidate's evaluation folder (with metrics.json).")
+    gate.add_argument(
+        "--candidate", required=True, help="The candidate's evaluation folder (intentops evaluate output)."
+    )
     gate.add_argument("--dataset", required=True, help="The dataset folder the candidate was evaluated on.")
-    gate.add_argument("--out", required=True, help="Output folder for gate.json, gate.md and the champion's eval.")
+    gate.add_argument("--out", required=True, help="Output folder for the gate decision and the champion's evaluation.")
     source = gate.add_mutually_exclusive_group()
     source.add_argument("--champion-model", help="Compare with this local champion model folder.")
     source.add_argument("--no-champion-lookup", action="store_true", help="Do not look up a champion in the registry.")
@@ -67,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from intentops.evaluation import evaluate_model
+    from intentops.artifacts import Evaluation
+    from intentops.stages import evaluate
 
     cfg = config_from_args(args)
     if args.decoding:
@@ -75,38 +77,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     from intentops.io import replace_output
 
     with replace_output(args.out, [args.model, args.dataset], args.force, "evaluate") as out:
-        metrics = evaluate_model(args.model, args.dataset, cfg, out, args.pipeline_run_id, args.split)
-    summary = {key: metrics[key] for key in ("n", "intent_accuracy", "param_accuracy", "macro_f1", "format_error_rate")}
-    print(json.dumps({"out": str(Path(args.out)), "decoding": metrics["decoding"], **summary}, ensure_ascii=False))
+        evaluate(cfg, args.model, args.dataset, out, args.pipeline_run_id, args.split)
+    metrics = Evaluation(args.out).metrics()
+    print(json.dumps({"out": str(Path(args.out)), "decoding": metrics.decoding, **metrics.headline()}))
     return 0
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from intentops.evaluation import run_gate
+    from intentops.artifacts import GateResult
+    from intentops.stages import evaluate_champion, gate
 
     cfg = config_from_args(args)
-    if args.champion_model or args.no_champion_lookup or cfg.gate.mode == "disabled":
-        decision = run_gate(args.candidate, args.dataset, cfg, args.out, args.champion_model, args.pipeline_run_id)
-    else:
-        from intentops.registry import download_champion
-
-        with tempfile.TemporaryDirectory(prefix="intentops-champion-") as tmp:
-            found = download_champion(cfg, Path(tmp))
-            if found is None:
-                log.info("no champion registered for %s: gating on thresholds only", cfg.registry.model_name)
-                decision = run_gate(args.candidate, args.dataset, cfg, args.out, None, args.pipeline_run_id)
-            else:
-                info, champion_dir = found
-                decision = run_gate(
-                    args.candidate,
-                    args.dataset,
-                    cfg,
-                    args.out,
-                    champion_dir,
-                    args.pipeline_run_id,
-                    champion_info=info.to_dict(),
-                )
-    print(
-        json.dumps({"passed": decision.passed, "mode": decision.mode, "reasons": decision.reasons}, ensure_ascii=False)
-    )
-    return 0 if decision.passed else GATE_FAILED_EXIT
+    champion_dir = None
+    if not args.no_champion_lookup:
+        champion_dir = Path(args.out) / "champion"
+        evaluate_champion(
+            cfg,
+            args.candidate,
+            args.dataset,
+            champion_dir,
+            args.pipeline_run_id,
+            champion_model_dir=args.champion_model,
+        )
+    passed = gate(cfg, args.candidate, champion_dir, args.out, args.pipeline_run_id, args.dataset).passed
+    decision = GateResult(args.out).decision()
+    print(json.dumps({"passed": passed, "mode": decision["mode"], "reasons": decision["reasons"]}, ensure_ascii=False))
+    return 0 if passed else GATE_FAILED_EXIT

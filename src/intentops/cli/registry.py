@@ -20,15 +20,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Log the model folder as an MLflow pyfunc with its catalog, prompt config, evaluation and gate decision, "
             "register it as a new version tagged with catalog/dataset hashes, pipeline run id and git commit, set "
-            "@challenger, and set @champion only when gate.json says passed. Re-running the same pipeline run id "
+            "@challenger, and set @champion only when the gate decision says passed. Re-running the same pipeline run id "
             "returns the version it already registered."
         ),
     )
-    parser.add_argument("--model", required=True, help="Model folder (Hugging Face files + intentops.json).")
-    parser.add_argument("--eval", dest="eval_dir", help="Evaluation folder with metrics.json (logged with the model).")
-    parser.add_argument("--gate", dest="gate_path", help="gate.json; without it the version is a challenger only.")
+    parser.add_argument("--model", required=True, help="Model folder (Hugging Face files + IntentOps model card).")
     parser.add_argument(
-        "--dataset", required=True, help="Dataset folder or its manifest.json (records the dataset hash)."
+        "--eval", dest="eval_dir", help="Evaluation folder (evaluate output; its metrics are logged with the model)."
+    )
+    parser.add_argument(
+        "--gate",
+        dest="gate_path",
+        help="Gate decision (gate output folder or its JSON file); without it the version is a challenger only.",
+    )
+    parser.add_argument(
+        "--dataset", required=True, help="Dataset folder or its manifest file (records the dataset hash)."
     )
     parser.add_argument("--pipeline-run-id", required=True, help="Pipeline run id (makes registration idempotent).")
     _common(parser)

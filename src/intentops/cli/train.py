@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="Training stages: SFT warm-up, GRPO stage 1/2, hard-sample mining.",
-        description="Training stages of the recipe: SFT warm-up -> GRPO stage 1 -> mine hard samples -> GRPO stage 2.",
+        description="Training stages of the recipe: SFT warm-up -> GRPO stage 1 -> mine hard samples -> GRPO stage 2 "
+        "(each alone, or all of them with `chain`).",
     )
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
 
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Fine-tune a base model on DATASET/train.jsonl with prompts from the catalog (full or LoRA, DeepSpeed "
             "when sft.deepspeed is set), resuming from OUT/checkpoints when sft.resume is on. On the tiny profile "
             "with no base model, a tiny Qwen2 and its tokenizer are first built from the dataset. Writes a model "
-            "folder with intentops.json (stage sft) and catalog.yaml."
+            "folder with the IntentOps model card (stage sft) and the catalog."
         ),
     )
     sft.add_argument("--dataset", required=True, help="Validated dataset folder (train.jsonl, catalog.yaml) or s3://.")
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="GRPO from a model folder (stage 1 on the training set, stage 2 on the mined hard set).",
         description=(
             "TRL GRPOTrainer with the format/intent/params rewards; every rollout's rewards go to "
-            "OUT/rollouts.parquet. Stage grpo2 on an empty training file passes the model on unchanged. Stops "
+            "a parquet rollout log in OUT. Stage grpo2 on an empty training file passes the model on unchanged. Stops "
             "with exit status 1, writing no model, when the reward collapses (grpo.collapse_*)."
         ),
     )
@@ -105,6 +106,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_argument(mine)
     mine.set_defaults(handler=_mine)
 
+    chain = stages.add_parser(
+        "chain",
+        help="The whole training chain in one process: SFT -> GRPO stage 1 -> mine -> GRPO stage 2.",
+        description=(
+            "Run the pipeline's training stages one after the other on a validated dataset, each into its own "
+            "folder under OUT (sft, grpo1, rollouts1, hard_set, grpo2, rollouts2); the candidate is OUT/grpo2. "
+            "Prints each stage's summary as one JSON object."
+        ),
+    )
+    chain.add_argument("--dataset", required=True, help="Validated dataset folder (validate-dataset output).")
+    chain.add_argument("--out", required=True, help="Local work folder for the stage outputs.")
+    chain.add_argument("--pipeline-run-id", help="Nest the MLflow runs under this pipeline run's parent run.")
+    add_config_argument(chain)
+    chain.set_defaults(handler=_chain)
+
 
 def _fetch(uri: str, cfg: Any) -> Path:
     from intentops.storage import ensure_local
@@ -134,47 +150,42 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    from intentops.artifacts import ModelFolder
     from intentops.data.split import require_validated
-    from intentops.models import read_model_card
-    from intentops.training.sft import run_sft
+    from intentops.stages import sft_warmup
 
     cfg = config_from_args(args)
+    if args.base_model:
+        cfg.model.base_model = args.base_model
     dataset = _fetch(args.dataset, cfg)
     require_validated(dataset)
     with _output(args.out, [args.dataset, args.base_model]) as out:
-        model_dir = run_sft(dataset, args.base_model, cfg, out, pipeline_run_id=args.pipeline_run_id)
-        card = read_model_card(model_dir)
-    _print({"out": args.out, "stage": card.get("stage", "sft"), "training": card.get("training", {})})
+        meta = sft_warmup(cfg, dataset, out, args.pipeline_run_id)
+        training = ModelFolder(out).card().get("training", {})
+    _print({"out": args.out, **meta, "training": training})
     return 0
 
 
 def _grpo(args: argparse.Namespace) -> int:
-    from intentops.training.grpo import RewardCollapseError, run_grpo
+    from intentops.stages import grpo
+    from intentops.training.grpo import RewardCollapseError
 
     cfg = config_from_args(args)
     train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
     try:
         with _output(args.out, [args.train, args.model]) as out:
-            result = run_grpo(train, model, cfg, out, stage=args.stage, pipeline_run_id=args.pipeline_run_id)
+            # The rollout log stays in OUT next to the model, as the help says.
+            result = grpo(cfg, args.stage, train, model, out, out, args.pipeline_run_id)
     except RewardCollapseError as exc:
         print(f"intentops train grpo: {exc}", file=sys.stderr)
         return COLLAPSE_EXIT
-    _print(
-        {
-            "out": args.out,
-            "stage": result.stage,
-            "skipped": result.skipped,
-            "reason": result.reason,
-            "train_records": result.train_records,
-            "steps": result.steps,
-            "metrics": result.metrics,
-        }
-    )
+    _print({"out": args.out, **result.model, "reason": result.model.get("skip_reason", "")})
     return 0
 
 
 def _score(args: argparse.Namespace) -> int:
-    from intentops.training.scoring import SCORES_FILE, score_model
+    from intentops.artifacts import SCORES_FILE
+    from intentops.training.scoring import score_model
 
     cfg = config_from_args(args)
     train, model = _fetch(args.train, cfg), _fetch(args.model, cfg)
@@ -213,4 +224,20 @@ def _mine(args: argparse.Namespace) -> int:
             "coverage": report.coverage,
         }
     )
+    return 0
+
+
+def _chain(args: argparse.Namespace) -> int:
+    from intentops.io import check_output
+    from intentops.stages import train_chain
+    from intentops.training.grpo import RewardCollapseError
+
+    cfg = config_from_args(args)
+    check_output(args.out, [args.dataset], resume=True)  # never train into (or over) the dataset
+    try:
+        chain = train_chain(cfg, _fetch(args.dataset, cfg), args.out, args.pipeline_run_id)
+    except RewardCollapseError as exc:
+        print(f"intentops train chain: {exc}", file=sys.stderr)
+        return COLLAPSE_EXIT
+    _print({"out": args.out, "candidate": str(chain.candidate), "stages": chain.stages})
     return 0

@@ -35,6 +35,7 @@ from typing import IO, Any, NamedTuple
 import msgspec
 from tqdm import tqdm
 
+from intentops.artifacts import CONVERT_REPORT_FILE, QUICKSTART_FILE, RECORDS_FILE, REJECTS_FILE
 from intentops.grammar import GrammarError, parse_calls, render_calls
 from intentops.io import atomic_path, content_id, write_json
 from intentops.storage import is_s3, open_uri
@@ -142,9 +143,9 @@ class ConvertReport:
             "rejected_total": self.rejected_total,
             "reject_rate": round(self.reject_rate, 6),
             "outputs": {
-                "records.jsonl": self.converted,
-                "train.json": self.converted,
-                "rejects.jsonl": self.rejected_total,
+                RECORDS_FILE: self.converted,
+                QUICKSTART_FILE: self.converted,
+                REJECTS_FILE: self.rejected_total,
             },
         }
 
@@ -647,9 +648,9 @@ class _Writer:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True)
-        self.records = open(folder / "records.jsonl", "wb", buffering=1 << 20)  # noqa: SIM115
-        self.rejects = open(folder / "rejects.jsonl", "wb", buffering=1 << 20)  # noqa: SIM115
-        self.train = open(folder / "train.json", "wb", buffering=1 << 20)  # noqa: SIM115
+        self.records = open(folder / RECORDS_FILE, "wb", buffering=1 << 20)  # noqa: SIM115
+        self.rejects = open(folder / REJECTS_FILE, "wb", buffering=1 << 20)  # noqa: SIM115
+        self.train = open(folder / QUICKSTART_FILE, "wb", buffering=1 << 20)  # noqa: SIM115
         self.train.write(b"[")
         self._separator = b"\n"
 
@@ -733,6 +734,6 @@ def convert_manifest(
         report.manifest_bytes = chunker.bytes_read
         report.workers = processes
         report.seconds = round(time.perf_counter() - started, 3)
-        write_json(tmp / "report.json", report.to_dict())
+        write_json(tmp / CONVERT_REPORT_FILE, report.to_dict())
     (log.info if report.passed else log.error)("convert-itag %s -> %s: %s", uri, out_dir, report.message)
     return report

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.catalog import Catalog
 from intentops.config import DataConfig
 from intentops.data.records import SPLITS, annotate, complete_record, load_records, unseen_intents
@@ -144,7 +145,7 @@ def _write_split(
             "by_intent": {name: int(per_intent[name]) for name in catalog.names if name in per_intent},
             "by_lang": {str(lang): int(n) for lang, n in sorted(languages.items())},
         }
-    catalog.to_yaml(folder / "catalog.yaml")
+    catalog.to_yaml(folder / CATALOG_FILE)
     manifest = {
         "counts": counts,
         "dataset_hash": _dataset_hash(folder),
@@ -160,7 +161,7 @@ def _write_split(
         "files": files,
         "source": source,
     }
-    write_json(folder / "manifest.json", manifest)
+    write_json(folder / DATASET_MANIFEST, manifest)
     log.info(
         "split %s: train %d, val %d, test %d (%d unseen), dataset_hash %s",
         source.get("path"),
@@ -219,7 +220,7 @@ def prepare_dataset(
 
 def require_validated(dataset_dir: str | Path) -> None:
     """Refuse a dataset folder whose manifest says it was split without validation (`intentops split`)."""
-    manifest = Path(dataset_dir) / "manifest.json"
+    manifest = Path(dataset_dir) / DATASET_MANIFEST
     if not manifest.is_file():
         return  # a hand-made folder: its records are checked when training loads them
     from intentops.io import read_json

@@ -1,10 +1,7 @@
 """Evaluate a model folder on a dataset split, and decide whether it may be promoted.
 
-`evaluate_model` writes the evaluation artifact (metrics.json, predictions.jsonl, report.md, report.html,
-confusion_matrix.png) in one atomic step and logs the scalar metrics and the files to the stage's MLflow run.
-`run_gate` evaluates the current champion on the same test set in the same run (when one is given), applies the gate
-and writes gate.json + gate.md. Finding the champion in the registry is the CLI's job, so this module stays usable
-without a registry.
+`evaluate_model` writes the evaluation artifact (`intentops.artifacts.Evaluation`) in one atomic step and logs the
+scalar metrics and the files to the stage's MLflow run. Deciding over two evaluations is `intentops.stages.gate`.
 """
 
 from __future__ import annotations
@@ -14,38 +11,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import METRICS_FILE, PREDICTIONS_FILE, REPORT_HTML, REPORT_MD, Dataset, Evaluation
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
-from intentops.evaluation.gate import GATE_HTML, GATE_JSON, GATE_MD, EvaluationResult, GateDecision, decide, write_gate
-from intentops.io import atomic_path, atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from intentops.evaluation.gate import EvaluationResult, GateDecision, decide, write_gate
+from intentops.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.jsonl"
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-
-__all__ = [
-    "METRICS_FILE",
-    "PREDICTIONS_FILE",
-    "REPORT_HTML",
-    "REPORT_MD",
-    "EvaluationResult",
-    "GateDecision",
-    "decide",
-    "evaluate_model",
-    "load_split",
-    "run_gate",
-    "write_gate",
-]
+__all__ = ["EvaluationResult", "GateDecision", "decide", "evaluate_model", "load_split", "write_gate"]
 
 
 def load_split(dataset_dir: str | Path, split: str, max_samples: int = 0) -> list[dict[str, Any]]:
     """The records of one dataset split (the first `max_samples` when > 0, so repeated runs see the same ones)."""
-    path = Path(dataset_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: split {split!r} not found (expected a validated dataset folder)")
+    path = Dataset(dataset_dir).split(split)
     records = list(read_jsonl(path))
     if max_samples:
         records = records[:max_samples]
@@ -57,13 +36,8 @@ def load_split(dataset_dir: str | Path, split: str, max_samples: int = 0) -> lis
     return records
 
 
-def _manifest(dataset_dir: Path) -> dict[str, Any]:
-    path = dataset_dir / "manifest.json"
-    return read_json(path) if path.is_file() else {}
-
-
 def _dataset_info(dataset_dir: Path, split: str, n_evaluated: int, max_samples: int) -> dict[str, Any]:
-    manifest = _manifest(dataset_dir)
+    manifest = Dataset(dataset_dir).manifest()
     return {
         "dir": str(dataset_dir),
         "split": split,
@@ -97,12 +71,14 @@ def evaluate_model(
     split: str = "test",
     *,
     stage: str = "evaluate",
+    registry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict every record of `split` with the model, score it, write the evaluation artifact, log it to MLflow.
 
     The prompt is the one the model was trained with (`PromptBuilder.from_model_dir`); if the dataset's catalog has
     changed since training, the dataset's catalog is shown instead, since the tools are in the prompt, which is
-    how a catalog change is meant to work without retraining. Returns the metrics dict written to metrics.json.
+    how a catalog change is meant to work without retraining. `registry` (the model's registered version, if any)
+    is recorded under `model.registry`. Returns the metrics dict it writes.
     """
     import mlflow
 
@@ -125,7 +101,7 @@ def evaluate_model(
     eval_cfg = cfg.evaluation
     card = read_model_card(model_dir)
     records = load_split(dataset_dir, split, eval_cfg.max_samples)
-    dataset_catalog = load_catalog(dataset_dir / "catalog.yaml")
+    dataset_catalog = load_catalog(Dataset(dataset_dir).catalog_path)
     builder = PromptBuilder.from_model_dir(model_dir)
     catalog_changed = builder.catalog.content_hash != dataset_catalog.content_hash
     if catalog_changed:
@@ -172,6 +148,7 @@ def evaluate_model(
             "catalog_hash": card.get("catalog_hash"),
             "dataset_hash": card.get("dataset_hash"),
             "prompt_catalog_changed": catalog_changed,
+            **({"registry": registry} if registry else {}),
         }
         metrics["dataset"] = _dataset_info(dataset_dir, split, len(records), eval_cfg.max_samples)
         if eval_cfg.baselines:
@@ -196,8 +173,7 @@ def evaluate_model(
             for index, (record, prediction, outcome) in enumerate(zip(records, predictions, outcomes, strict=True))
         ]
         errors = sample_errors(records, rows)
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir(parents=True)
+        with Evaluation.writing(out_dir) as tmp:
             write_json(tmp / METRICS_FILE, metrics)
             write_jsonl(tmp / PREDICTIONS_FILE, rows)
             png = plot_confusion_matrix(metrics, tmp / CONFUSION_PNG)
@@ -217,73 +193,3 @@ def evaluate_model(
         metrics["latency"]["throughput_per_s"] or 0.0,
     )
     return metrics
-
-
-def run_gate(
-    candidate_eval_dir: str | Path,
-    dataset_dir: str | Path,
-    cfg: RunConfig,
-    out_dir: str | Path,
-    champion_model_dir: str | Path | None = None,
-    pipeline_run_id: str | None = None,
-    *,
-    champion_info: dict[str, Any] | None = None,
-) -> GateDecision:
-    """Gate a candidate's evaluation: evaluate the champion (if any) on the same test set now, decide, write.
-
-    The candidate's metrics must come from `dataset_dir` (same dataset hash); the champion is evaluated with the
-    candidate's split, sample limit and decoding, into `out_dir/champion/`. `champion_info` (e.g. its registry version) is recorded
-    in gate.json.
-    """
-    import mlflow
-
-    from intentops.evaluation.report import gate_scalar_metrics
-    from intentops.tracking import stage_run
-
-    candidate_path = Path(candidate_eval_dir) / METRICS_FILE
-    if not candidate_path.is_file():
-        raise FileNotFoundError(f"{candidate_path}: candidate evaluation not found (run `intentops evaluate` first)")
-    candidate = read_json(candidate_path)
-    dataset_dir = Path(dataset_dir)
-    candidate_set = candidate.get("dataset") or {}
-    split = candidate_set.get("split", "test")
-    dataset_hash = _manifest(dataset_dir).get("dataset_hash")
-    if candidate_set.get("hash") != dataset_hash:
-        raise ValueError(
-            f"{candidate_path}: candidate was evaluated on dataset {candidate_set.get('hash')!r}, "
-            f"not on {dataset_dir} ({dataset_hash!r}); the gate compares models on one test set"
-        )
-    out = Path(out_dir)
-    champion: dict[str, Any] | None = None
-    if champion_model_dir is not None and cfg.gate.mode == "disabled":
-        log.info("gate.mode=disabled: not evaluating the champion %s", champion_model_dir)
-    elif champion_model_dir is not None:
-        # Same records, same decoding as the candidate: the comparison must differ only in the weights.
-        champion_cfg = cfg.model_copy(deep=True)
-        champion_cfg.evaluation.max_samples = candidate_set.get("max_samples", cfg.evaluation.max_samples)
-        champion_cfg.evaluation.decoding = candidate.get("decoding", cfg.evaluation.decoding)
-        champion_cfg.evaluation.constrained = candidate.get("constrained", cfg.evaluation.constrained)
-        champion_cfg.evaluation.baselines = False  # same records: the candidate's report already has them
-        log.info("evaluating the champion %s on the candidate's test set", champion_model_dir)
-        champion = evaluate_model(
-            champion_model_dir,
-            dataset_dir,
-            champion_cfg,
-            out / "champion",
-            pipeline_run_id,
-            split,
-            stage="evaluate-champion",
-        )
-    catalog_path = dataset_dir / "catalog.yaml"
-    catalog = load_catalog(catalog_path) if catalog_path.is_file() else None
-    decision = decide(candidate_eval_dir, out / "champion" if champion is not None else None, cfg.gate, catalog)
-    if champion is not None and champion_info:
-        decision.champion = {**(decision.champion or {}), "registry": champion_info}
-    with stage_run("gate", cfg, pipeline_run_id, params={"mode": cfg.gate.mode}):
-        write_gate(decision, out)
-        mlflow.log_metrics(gate_scalar_metrics(decision))
-        for name in (GATE_JSON, GATE_MD, GATE_HTML):
-            mlflow.log_artifact(str(out / name), artifact_path="gate")
-        mlflow.set_tag("intentops.gate_passed", str(decision.passed).lower())
-    log.info("gate (%s): %s; %s", decision.mode, "passed" if decision.passed else "FAILED", "; ".join(decision.reasons))
-    return decision

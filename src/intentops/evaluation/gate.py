@@ -28,15 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from intentops.artifacts import GATE_HTML, GATE_JSON, GATE_MD, METRICS_FILE, PREDICTIONS_FILE
 from intentops.catalog import Catalog
 from intentops.config import GateConfig
 from intentops.evaluation.metrics import Outcome, metrics_from_outcomes, score_all
 from intentops.evaluation.paired import ACCURACY_METRICS, OVERALL, Comparison, PairedOutcomes, compare
 from intentops.io import atomic_write_text, read_json, read_jsonl, write_json
 
-GATE_JSON = "gate.json"
-GATE_MD = "gate.md"
-GATE_HTML = "gate.html"
 POWER = 0.8
 """Power at which the gate reports the smallest detectable drop."""
 _SEED = 2002
@@ -106,7 +104,7 @@ class EvaluationResult:
     def from_dir(cls, path: str | Path) -> EvaluationResult:
         """Read an evaluation folder (metrics.json + predictions.jsonl, as `evaluate_model` writes it)."""
         folder = Path(path)
-        predictions, metrics_path = folder / "predictions.jsonl", folder / "metrics.json"
+        predictions, metrics_path = folder / PREDICTIONS_FILE, folder / METRICS_FILE
         for required in (predictions, metrics_path):
             if not required.is_file():
                 raise FileNotFoundError(f"{required}: not found; the gate needs an evaluation folder from `evaluate`")

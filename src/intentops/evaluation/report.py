@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from intentops.artifacts import CONFUSION_PNG
 from intentops.io import atomic_path
 
 if TYPE_CHECKING:
     from intentops.evaluation.gate import GateDecision
 
-CONFUSION_PNG = "confusion_matrix.png"
 _HEADLINE = (
     ("intent_accuracy", "Intent accuracy (normalised)"),
     ("param_accuracy", "Parameter accuracy (normalised)"),

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import MINING_REPORT_JSON, MINING_REPORT_MD, TRAIN_FILE
 from intentops.config import MiningConfig
 from intentops.io import atomic_write_text, write_json, write_jsonl
 from intentops.rewards import REWARD_WEIGHTS_METADATA
@@ -35,6 +36,7 @@ from intentops.training.sft import load_split
 
 log = logging.getLogger(__name__)
 
+# Mining needs the sample id and the reward components of the scoring pass, not the generated text.
 REQUIRED_COLUMNS = ("sample_id", "reward_format", "reward_intent", "reward_params", "reward_total")
 HISTOGRAM_BINS = 10
 _EPS = 1e-6
@@ -208,10 +210,10 @@ def mine_hard_samples(
         skipped_ids=sorted(skipped & set(by_id)),
         message=message,
     )
-    write_jsonl(out / "train.jsonl", subset)
-    write_json(out / "mining_report.json", report.to_dict())
-    atomic_write_text(out / "mining_report.md", render_markdown(report))
-    log.info("mining: %s; %d records written to %s", message, len(subset), out / "train.jsonl")
+    write_jsonl(out / TRAIN_FILE, subset)
+    write_json(out / MINING_REPORT_JSON, report.to_dict())
+    atomic_write_text(out / MINING_REPORT_MD, render_markdown(report))
+    log.info("mining: %s; %d records written to %s", message, len(subset), out / TRAIN_FILE)
     return report
 
 

@@ -23,6 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from intentops import tracking
+from intentops.artifacts import (
+    CATALOG_FILE,
+    COLLAPSED_ROLLOUTS_FILE,
+    REJECTED_PROMPTS_FILE,
+    ROLLOUTS_FILE,
+    SCORES_FILE,
+)
 from intentops.config import RunConfig
 from intentops.io import write_jsonl
 from intentops.models import (
@@ -45,7 +52,7 @@ from intentops.training.callbacks import (
     RewardCollapseError,
 )
 from intentops.training.rollouts import RolloutLog, train_set_hash
-from intentops.training.scoring import SCORES_FILE, prompt_length, score_training_set
+from intentops.training.scoring import prompt_length, score_training_set
 from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
 from intentops.training.trainer import make_trainer
 
@@ -56,9 +63,6 @@ log = logging.getLogger(__name__)
 
 Stage = Literal["grpo1", "grpo2"]
 STAGES: tuple[str, ...] = ("grpo1", "grpo2")
-ROLLOUTS_FILE = "rollouts.parquet"
-COLLAPSED_ROLLOUTS_FILE = "rollouts.collapsed.parquet"
-REJECTS_FILE = "rejected_prompts.jsonl"
 
 
 @dataclass
@@ -208,13 +212,13 @@ def run_grpo(
     rows, rejects = _prompt_rows(records, builder, tokenizer, cfg.grpo.max_prompt_length)
     n_records = len(rows)
     rows = _fill_one_batch(rows, cfg)
-    write_jsonl(out / REJECTS_FILE, rejects)
+    write_jsonl(out / REJECTED_PROMPTS_FILE, rejects)
     if rejects:
         log.warning(
             "%d of %d prompts are longer than grpo.max_prompt_length; listed in %s",
             len(rejects),
             len(records),
-            out / REJECTS_FILE,
+            out / REJECTED_PROMPTS_FILE,
         )
     if not rows:
         raise ValueError(
@@ -344,7 +348,7 @@ def _prompt_builder(
     from intentops.catalog import load_catalog
     from intentops.storage import ensure_local
 
-    catalog = train_path.parent / "catalog.yaml"
+    catalog = train_path.parent / CATALOG_FILE
     if not catalog.is_file():
         catalog = ensure_local(cfg.data.catalog, cfg.model.cache_dir or None)
     log.info("%s has no IntentOps model card: prompts from the configuration and %s", model_dir, catalog)

@@ -16,18 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import ROLLOUT_COLUMNS
 from intentops.rewards import REWARD_WEIGHTS_METADATA
 
-ROLLOUT_COLUMNS = (
-    "sample_id",
-    "step",
-    "generation",
-    "completion",
-    "reward_format",
-    "reward_intent",
-    "reward_params",
-    "reward_total",
-)
 KIND_METADATA = "intentops.rollout_kind"  # "training" (GRPO's own rollouts) or "scoring" (the RCS pass)
 TRAIN_SET_HASH_METADATA = "intentops.train_set_hash"
 SKIPPED_METADATA = "intentops.skipped_ids"

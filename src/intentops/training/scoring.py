@@ -33,8 +33,6 @@ from intentops.training.rollouts import (
 
 log = logging.getLogger(__name__)
 
-SCORES_FILE = "rollouts.scoring.parquet"
-
 
 @dataclass
 class ScoringResult:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intentops import tracking
+from intentops.artifacts import CATALOG_FILE, MODEL_CARD, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
 from intentops.io import read_json, read_jsonl, sha256_file, write_json
 from intentops.models import (
-    CARD_FILE,
     base_card,
     bf16_available,
     dataset_hash,
@@ -116,8 +116,8 @@ def _resolve_base(dataset_dir: Path, base_model: str, cfg: RunConfig, out: Path)
     if cfg.model.profile != "tiny":
         raise ValueError("model.profile is 'pretrained' but neither --base-model nor model.base_model is set")
     tiny_dir = out / CHECKPOINTS / TINY_BASE
-    catalog = load_catalog(dataset_dir / "catalog.yaml")
-    if (tiny_dir / CARD_FILE).exists() and read_model_card(tiny_dir).get("catalog_hash") == catalog.content_hash:
+    catalog = load_catalog(dataset_dir / CATALOG_FILE)
+    if (tiny_dir / MODEL_CARD).exists() and read_model_card(tiny_dir).get("catalog_hash") == catalog.content_hash:
         log.info("reusing the tiny base model in %s", tiny_dir)
         return tiny_dir
     return create_tiny_model(dataset_dir, catalog, cfg.model, tiny_dir, cfg.prompt)
@@ -279,8 +279,8 @@ def run_sft(
 
     _one_progress_bar()
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
-    records = load_split(dataset_dir / "train.jsonl")
-    catalog = load_catalog(dataset_dir / "catalog.yaml")
+    records = load_split(dataset_dir / TRAIN_FILE)
+    catalog = load_catalog(dataset_dir / CATALOG_FILE)
     out.mkdir(parents=True, exist_ok=True)
     invalidate_model_dir(out)
     base_dir = _resolve_base(dataset_dir, base_model, cfg, out)
@@ -289,7 +289,7 @@ def run_sft(
     dataset = Dataset.from_list(sft_rows(records, builder))
     checkpoints = out / CHECKPOINTS
     resume_key = {
-        "train_sha256": sha256_file(dataset_dir / "train.jsonl"),
+        "train_sha256": sha256_file(dataset_dir / TRAIN_FILE),
         "base_model": str(base_model or cfg.model.base_model or "tiny"),
         "sft": cfg.sft.model_dump(exclude={"resume"}),
         "model": cfg.model.model_dump(),
@@ -390,7 +390,7 @@ def _log_final(result: Any, check: dict[str, float], out: Path) -> None:
     metrics = {f"train_check_{k}": float(v) for k, v in check.items()}
     metrics.update({k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)})
     mlflow.log_metrics(metrics)
-    mlflow.log_artifact(str(out / CARD_FILE))
+    mlflow.log_artifact(str(out / MODEL_CARD))
 
 
 def _free_accelerator_memory() -> None:

@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 from intentops import tracking
+from intentops.artifacts import CATALOG_FILE, MODEL_CARD, NOT_MODEL_FILES, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
-from intentops.models import NOT_MODEL_FILES, base_card, dataset_hash, invalidate_model_dir, publish_model_dir
-from intentops.prompting import CATALOG_FILE, FEWSHOT_FILE, MODEL_CARD, PromptBuilder
+from intentops.models import base_card, dataset_hash, invalidate_model_dir, publish_model_dir
+from intentops.prompting import FEWSHOT_FILE, PromptBuilder
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ def hand_on_base(
     from intentops.training.sft import _resolve_base, load_split
 
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
-    records = load_split(dataset_dir / "train.jsonl")
-    catalog = load_catalog(dataset_dir / "catalog.yaml")
+    records = load_split(dataset_dir / TRAIN_FILE)
+    catalog = load_catalog(dataset_dir / CATALOG_FILE)
     out.mkdir(parents=True, exist_ok=True)
     invalidate_model_dir(out)
     with (

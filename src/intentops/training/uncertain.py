@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from intentops.artifacts import TRAIN_FILE
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.data.records import complete_record
 from intentops.grammar import Call, render_call
@@ -160,10 +161,10 @@ def relabel_uncertain(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "train.jsonl", relabelled)
+    write_jsonl(out / TRAIN_FILE, relabelled)
     write_json(out / REPORT_FILE, report.to_dict())
     log.info("relabelled %d of %d training records uncertain()", report.relabelled, report.train_records)
-    return out / "train.jsonl", report
+    return out / TRAIN_FILE, report
 
 
 def uncertain_report(predictions: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,370 @@
+"""The artifacts the pipeline stages hand each other: file names, reading, writing, and what the UI shows.
+
+Every folder one stage writes and another reads is described here once: its file names, the stage that writes it
+(so a missing file is reported as "the <stage> stage should have written it"), and the metadata a person sees on
+the artifact in the Kubeflow UI. Folders are written through `intentops.io` (`Artifact.writing` renames a complete
+folder into place), so a crash never leaves a complete-looking result. Evaluation metrics are a typed object,
+`EvaluationMetrics`, read the same way by the gate, the registry, the CLI and the run summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from intentops.io import atomic_path, read_json, write_json
+
+# records (convert-itag)
+RECORDS_FILE = "records.jsonl"
+QUICKSTART_FILE = "train.json"
+REJECTS_FILE = "rejects.jsonl"
+CONVERT_REPORT_FILE = "report.json"
+# dataset (validate-dataset); a hard set reuses TRAIN_FILE for the records GRPO stage 2 trains on
+SPLITS = ("train", "val", "test")
+TRAIN_FILE = "train.jsonl"
+CATALOG_FILE = "catalog.yaml"
+DATASET_MANIFEST = "manifest.json"
+VALIDATION_REPORT_MD = "validation/report.md"
+# model folder (sft-warmup, grpo-stage1, grpo-stage2): Hugging Face files plus these two
+MODEL_CARD = "intentops.json"
+# rollouts (grpo-stage1, grpo-stage2): GRPO's own training rollouts, and (grpo-stage1) the scoring pass over every
+# training record, the only log hard-sample mining reads
+ROLLOUTS_FILE = "rollouts.parquet"
+SCORES_FILE = "rollouts.scoring.parquet"
+COLLAPSED_ROLLOUTS_FILE = "rollouts.collapsed.parquet"
+REJECTED_PROMPTS_FILE = "rejected_prompts.jsonl"
+ROLLOUT_COLUMNS = (
+    "sample_id",
+    "step",
+    "generation",
+    "completion",
+    "reward_format",
+    "reward_intent",
+    "reward_params",
+    "reward_total",
+)
+# Training leftovers that live next to a model's weights but are not part of the model (never copied or registered).
+NOT_MODEL_FILES = (
+    "checkpoints",
+    "rollouts*.parquet",
+    REJECTED_PROMPTS_FILE,
+    "runs",
+    ".staging-*",
+    ".*.partial",
+    "*.tmp",
+)
+# hard set (mine-hard-samples)
+MINING_REPORT_JSON = "mining_report.json"
+MINING_REPORT_MD = "mining_report.md"
+# evaluation (evaluate, evaluate-champion)
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+CONFUSION_PNG = "confusion_matrix.png"
+NO_MODEL_FILE = "no_model.json"
+# gate decision (gate)
+GATE_JSON = "gate.json"
+GATE_MD = "gate.md"
+GATE_HTML = "gate.html"
+
+
+class ArtifactMissingError(FileNotFoundError):
+    """A file an artifact must contain is not there; the message names the file and the stage that writes it."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A folder written by one stage; subclasses name the stage and the files."""
+
+    path: Path
+    KIND: ClassVar[str] = "artifact"
+    WRITTEN_BY: ClassVar[str] = ""
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def file(self, name: str) -> Path:
+        """The path of `name` in the folder; an error naming the file and its stage when it is not there."""
+        path = self.path / name
+        if not path.exists():
+            raise ArtifactMissingError(
+                f"{path}: no {name} in the {self.KIND} folder {self.path}; the {self.WRITTEN_BY} stage writes it "
+                "(did it run to the end, and is this the right folder?)"
+            )
+        return path
+
+    def exists(self) -> bool:
+        """Whether every required file is there (a finished folder)."""
+        return all((self.path / name).exists() for name in self.REQUIRED)
+
+    def check(self) -> None:
+        """Raise `ArtifactMissingError` for the first missing required file."""
+        for name in self.REQUIRED:
+            self.file(name)
+
+    def read_json(self, name: str) -> Any:
+        path = self.file(name)
+        try:
+            return read_json(path)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg}); the {self.WRITTEN_BY} stage writes it") from None
+
+    @classmethod
+    @contextmanager
+    def writing(cls, path: str | Path) -> Iterator[Path]:
+        """A temporary folder renamed onto `path` when the block succeeds (replacing an older one)."""
+        with atomic_path(path) as tmp:
+            tmp.mkdir(parents=True)
+            yield tmp
+
+    def metadata(self) -> dict[str, Any]:
+        """What the Kubeflow UI shows on this artifact (scalars only)."""
+        return {}
+
+
+class Records(Artifact):
+    KIND, WRITTEN_BY = "records", "convert-itag"
+    REQUIRED = (RECORDS_FILE, CONVERT_REPORT_FILE)
+
+    @property
+    def records(self) -> Path:
+        return self.file(RECORDS_FILE)
+
+
+class Dataset(Artifact):
+    KIND, WRITTEN_BY = "dataset", "validate-dataset"
+    REQUIRED = (*(f"{split}.jsonl" for split in SPLITS), CATALOG_FILE, DATASET_MANIFEST)
+
+    def split(self, name: str) -> Path:
+        return self.file(f"{name}.jsonl")
+
+    @property
+    def train(self) -> Path:
+        return self.file(TRAIN_FILE)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.file(CATALOG_FILE)
+
+    @property
+    def validation_report(self) -> Path:
+        return self.file(VALIDATION_REPORT_MD)
+
+    def manifest(self) -> dict[str, Any]:
+        """manifest.json: counts per split and intent, `dataset_hash`, `catalog_hash`, unseen intents."""
+        manifest = self.read_json(DATASET_MANIFEST)
+        if not isinstance(manifest, dict) or not manifest.get("dataset_hash"):
+            raise ValueError(f"{self.path / DATASET_MANIFEST}: no 'dataset_hash' field")
+        return manifest
+
+    @property
+    def dataset_hash(self) -> str:
+        return str(self.manifest()["dataset_hash"])
+
+    def metadata(self) -> dict[str, Any]:
+        manifest = self.manifest()
+        counts = manifest.get("counts", {})
+        return {
+            "dataset_hash": manifest.get("dataset_hash", ""),
+            "catalog_hash": manifest.get("catalog_hash", ""),
+            **{f"{split}_records": counts[split]["total"] for split in SPLITS if split in counts},
+            "unseen_intents": len(manifest.get("unseen_intents", [])),
+        }
+
+
+class ModelFolder(Artifact):
+    """A Hugging Face folder plus the model card and the catalog it was trained with."""
+
+    KIND, WRITTEN_BY = "model", "sft-warmup / grpo-stage1 / grpo-stage2"
+    REQUIRED = (MODEL_CARD, CATALOG_FILE)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.file(CATALOG_FILE)
+
+    def card(self) -> dict[str, Any]:
+        card = self.read_json(MODEL_CARD)
+        if not isinstance(card, dict) or "stage" not in card:
+            raise ValueError(f"{self.path / MODEL_CARD}: not a model card (no 'stage')")
+        return card
+
+    def metadata(self) -> dict[str, Any]:
+        card = self.card()
+        return {
+            "stage": card.get("stage", ""),
+            "base_model": str(card.get("base_model", "")),
+            "catalog_hash": card.get("catalog_hash", ""),
+            "dataset_hash": card.get("dataset_hash", ""),
+        }
+
+
+class Rollouts(Artifact):
+    """The stage-1 scoring pass (one row per scored completion of every training record): what mining reads."""
+
+    KIND, WRITTEN_BY = "rollouts", "grpo-stage1"
+    REQUIRED = (SCORES_FILE,)
+
+    @property
+    def table(self) -> Path:
+        return self.file(SCORES_FILE)
+
+    def metadata(self) -> dict[str, Any]:
+        import pyarrow.parquet as pq
+
+        def rows(name: str) -> int:
+            path = self.path / name
+            return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
+
+        return {"rows": rows(ROLLOUTS_FILE), "scoring_rows": rows(SCORES_FILE)}
+
+
+class HardSet(Artifact):
+    KIND, WRITTEN_BY = "hard set", "mine-hard-samples"
+    REQUIRED = (TRAIN_FILE, MINING_REPORT_JSON, MINING_REPORT_MD)
+
+    @property
+    def train(self) -> Path:
+        return self.file(TRAIN_FILE)
+
+    @property
+    def report_md(self) -> Path:
+        return self.file(MINING_REPORT_MD)
+
+
+class EvaluatedDataset(BaseModel):
+    """Which records an evaluation scored: two evaluations are comparable only when these agree."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dir: str = ""
+    split: str = "test"
+    hash: str | None = None
+    catalog_hash: str | None = None
+    max_samples: int = 0
+    n: int = 0
+
+
+class EvaluationMetrics(BaseModel):
+    """metrics.json: the headline figures as fields, every other block (per intent, by language, ...) kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n: int
+    intent_accuracy: float
+    param_accuracy: float
+    format_error_rate: float | None = None
+    macro_f1: float | None = None
+    exact_match: float | None = None
+    decoding: str = ""
+    constrained: bool | None = None
+    dataset: EvaluatedDataset = Field(default_factory=EvaluatedDataset)
+    model: dict[str, Any] = Field(default_factory=dict)
+    mlflow_run_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def headline(self) -> dict[str, Any]:
+        """The figures a one-line summary (CLI output, run summary) shows."""
+        keys = ("n", "intent_accuracy", "param_accuracy", "macro_f1", "format_error_rate")
+        return {key: getattr(self, key) for key in keys}
+
+
+class Evaluation(Artifact):
+    """metrics.json, predictions.jsonl and the reports; or only no_model.json when there was no model to score."""
+
+    KIND, WRITTEN_BY = "evaluation", "evaluate"
+    REQUIRED = (METRICS_FILE, PREDICTIONS_FILE)
+
+    @property
+    def evaluated(self) -> bool:
+        """False for the evaluation of a model that does not exist (e.g. no champion registered yet)."""
+        return not (self.path / NO_MODEL_FILE).is_file()
+
+    def no_model_reason(self) -> str:
+        return str(self.read_json(NO_MODEL_FILE).get("reason", ""))
+
+    @classmethod
+    def write_no_model(cls, path: str | Path, reason: str) -> None:
+        """Record that there was nothing to evaluate, so the reader decides without a model instead of failing."""
+        with cls.writing(path) as tmp:
+            write_json(tmp / NO_MODEL_FILE, {"reason": reason})
+
+    def metrics(self) -> EvaluationMetrics:
+        from pydantic import ValidationError
+
+        data = self.read_json(METRICS_FILE)
+        try:
+            return EvaluationMetrics.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(f"{self.path / METRICS_FILE}: not evaluation metrics: {exc}") from None
+
+    @property
+    def report_md(self) -> Path:
+        return self.file(REPORT_MD)
+
+    @property
+    def report_html(self) -> Path:
+        return self.file(REPORT_HTML)
+
+    def metadata(self) -> dict[str, Any]:
+        if not self.evaluated:
+            return {"evaluated": False, "reason": self.no_model_reason()}
+        metrics = self.metrics()
+        return {
+            "evaluated": True,
+            "intent_accuracy": metrics.intent_accuracy,
+            "param_accuracy": metrics.param_accuracy,
+            "format_error_rate": metrics.format_error_rate,
+            "n": metrics.n,
+            "decoding": metrics.decoding,
+            "dataset_hash": metrics.dataset.hash or "",
+            "mlflow_run_id": metrics.mlflow_run_id,
+        }
+
+
+class GateResult(Artifact):
+    """gate.json (passed, mode, reasons, candidate, champion, checks) and gate.md."""
+
+    KIND, WRITTEN_BY = "gate decision", "gate"
+    REQUIRED = (GATE_JSON, GATE_MD)
+
+    @property
+    def json_path(self) -> Path:
+        return self.file(GATE_JSON)
+
+    @property
+    def report_md(self) -> Path:
+        return self.file(GATE_MD)
+
+    def decision(self) -> dict[str, Any]:
+        return self.read_decision(self.file(GATE_JSON))
+
+    @staticmethod
+    def read_decision(path: str | Path) -> dict[str, Any]:
+        """A gate decision file (gate.json, or a copy under another name), checked for its `passed` flag."""
+        if not Path(path).is_file():
+            raise ArtifactMissingError(f"{path}: gate decision not found; the gate stage writes it")
+        decision = read_json(path)
+        if not isinstance(decision, dict) or not isinstance(decision.get("passed"), bool):
+            raise ValueError(f"{path}: expected a gate decision with a boolean 'passed' field")
+        return decision
+
+    def metadata(self) -> dict[str, Any]:
+        decision = self.decision()
+        champion = decision.get("champion") or {}
+        return {
+            "passed": decision["passed"],
+            "mode": decision.get("mode", ""),
+            "failed_checks": len(decision.get("failed") or []),
+            "reasons": "; ".join(str(reason) for reason in decision.get("reasons") or []),
+            "champion_version": str((champion.get("registry") or {}).get("version") or ""),
+        }

@@ -1,0 +1,154 @@
+"""Training stages: SFT warm-up, GRPO (both stages), hard-sample mining, and the chain of all four."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intentops.artifacts import (
+    Dataset,
+    HardSet,
+    ModelFolder,
+    Rollouts,
+)
+from intentops.config import RunConfig
+from intentops.stages._timing import timed as _timed
+
+log = logging.getLogger(__name__)
+
+
+def sft_warmup(
+    cfg: RunConfig, dataset_dir: str | Path, model_dir: str | Path, pipeline_run_id: str | None = None
+) -> dict[str, Any]:
+    """Supervised warm-up from `model.base_model` (or the tiny profile's model) on the training split."""
+    from intentops.training.sft import run_sft
+
+    with _timed({}) as meta:
+        run_sft(dataset_dir, cfg.model.base_model, cfg, model_dir, pipeline_run_id)
+        meta.update(ModelFolder(model_dir).metadata(), lora=cfg.model.lora)
+    return meta
+
+
+@dataclass
+class GrpoOutputs:
+    """Metadata of the two artifacts a GRPO stage writes."""
+
+    model: dict[str, Any]
+    rollouts: dict[str, Any]
+
+
+def grpo(
+    cfg: RunConfig,
+    stage: str,
+    train_path: str | Path,
+    start_model_dir: str | Path,
+    model_dir: str | Path,
+    rollouts_dir: str | Path,
+    pipeline_run_id: str | None = None,
+) -> GrpoOutputs:
+    """One GRPO stage (grpo1 on the training split, grpo2 on the hard set); the rollout log becomes its own artifact.
+
+    After stage 1, `run_grpo` runs the scoring pass over every training record (`intentops.training.scoring`); it
+    moves into the rollouts artifact with the training rollouts, and hard-sample mining reads only it. Stage 2 on an
+    empty hard set passes the stage-1 model on unchanged and says so in the metadata.
+    """
+    from intentops.training.grpo import run_grpo
+
+    with _timed({}) as meta:
+        result = run_grpo(train_path, start_model_dir, cfg, model_dir, stage, pipeline_run_id)
+        result.move_rollouts(rollouts_dir)
+        meta.update(result.summary())
+    rollouts = {"rows": int(result.metrics.get("rollouts", 0)), "stage": result.stage}
+    if "scored_records" in result.metrics:
+        rollouts["scored_records"] = int(result.metrics["scored_records"])
+    return GrpoOutputs(model=meta, rollouts=rollouts)
+
+
+def mine_hard_samples(
+    cfg: RunConfig,
+    rollouts_dir: str | Path,
+    dataset_dir: str | Path,
+    hard_set_dir: str | Path,
+    pipeline_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Stage-1 scoring pass + training split -> the hard set GRPO stage 2 trains on.
+
+    Mining reads only the scoring pass (`Rollouts.table`), never GRPO's training rollouts; the curriculum refuses a
+    pass made from another training set.
+    """
+    import mlflow
+
+    from intentops.tracking import stage_run
+    from intentops.training.curriculum import mine_hard_samples as mine
+
+    with _timed({}) as meta:
+        with stage_run("mine-hard-samples", cfg, pipeline_run_id, params=cfg.mining.model_dump()):
+            report = mine(Rollouts(rollouts_dir).table, Dataset(dataset_dir).train, cfg.mining, hard_set_dir)
+            mlflow.log_metrics(
+                {"hard": report.hard, "easy": report.easy, "selected": report.selected, "coverage": report.coverage}
+            )
+            mlflow.log_artifacts(str(hard_set_dir), artifact_path="mining")
+        HardSet(hard_set_dir).check()
+        meta.update(report.ui_metadata())
+    return meta
+
+
+@dataclass
+class ChainResult:
+    """The folders of one SFT -> GRPO 1 -> mining -> GRPO 2 chain and each stage's metadata."""
+
+    sft: Path
+    grpo1: Path
+    rollouts1: Path
+    hard_set: Path
+    grpo2: Path
+    rollouts2: Path
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def candidate(self) -> Path:
+        return self.grpo2
+
+
+def train_chain(
+    cfg: RunConfig,
+    dataset_dir: str | Path,
+    work_dir: str | Path,
+    pipeline_run_id: str | None = None,
+    on_stage: Callable[[str, Callable[[], Any]], Any] | None = None,
+) -> ChainResult:
+    """The training chain of the pipeline in one process: SFT -> GRPO 1 -> mine -> GRPO 2, into `work_dir`.
+
+    `on_stage(name, run)` wraps each stage (the benchmark times them); by default a stage is simply run.
+    """
+    work = Path(work_dir)
+    chain = ChainResult(
+        sft=work / "sft",
+        grpo1=work / "grpo1",
+        rollouts1=work / "rollouts1",
+        hard_set=work / "hard_set",
+        grpo2=work / "grpo2",
+        rollouts2=work / "rollouts2",
+    )
+    wrap = on_stage or (lambda _name, run: run())
+    dataset = Dataset(dataset_dir)
+    chain.stages["sft"] = wrap("sft", lambda: sft_warmup(cfg, dataset.path, chain.sft, pipeline_run_id))
+    g1 = wrap(
+        "grpo1",
+        lambda: grpo(cfg, "grpo1", dataset.train, chain.sft, chain.grpo1, chain.rollouts1, pipeline_run_id),
+    )
+    chain.stages["grpo1"], chain.stages["rollouts1"] = g1.model, g1.rollouts
+    chain.stages["mine"] = wrap(
+        "mine", lambda: mine_hard_samples(cfg, chain.rollouts1, dataset.path, chain.hard_set, pipeline_run_id)
+    )
+    g2 = wrap(
+        "grpo2",
+        lambda: grpo(
+            cfg, "grpo2", HardSet(chain.hard_set).train, chain.grpo1, chain.grpo2, chain.rollouts2, pipeline_run_id
+        ),
+    )
+    chain.stages["grpo2"], chain.stages["rollouts2"] = g2.model, g2.rollouts
+    return chain
