@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from bench.gate_simulation import block_rate as _block_rate
 from intentops.evaluation.paired import (
-    PairedOutcomes,
     bootstrap_accuracy_diffs,
     bootstrap_macro_f1_diffs,
     bootstrap_p_value,
-    compare,
     family_verdicts,
     macro_f1_from_counts,
     minimum_detectable_drop,
@@ -83,44 +82,6 @@ def test_minimum_detectable_drop_near_the_normal_formula() -> None:
     assert minimum_detectable_drop(400, 0.06, 0.05) == pytest.approx(approx, rel=0.01)
     assert minimum_detectable_drop(400, 0.0, 0.05) == pytest.approx((1.6449 + 0.8416) * np.sqrt(1 / 400) / 20, rel=0.01)
     assert minimum_detectable_drop(100, 0.06, 0.05) > minimum_detectable_drop(400, 0.06, 0.05)
-
-
-def _simulated(rng: np.random.Generator, drop: float, unseen_drop: float = 0.0, n: int = 400) -> PairedOutcomes:
-    """Paired outcomes of two models on n records, champion accuracy 0.9.
-
-    The candidate disagrees with the champion on a small share of records, as two fine-tunes of one pipeline do:
-    it fixes 30% of the champion's errors and breaks enough of its right answers for the requested drop (on all
-    records, or extra on the 80 unseen-intent records only). They disagree on 6% of records at equal accuracy
-    and on 11% under a 5-point drop. Over 1,000 trials (seeds 101/102) the gate blocked 1.3% of equal models and
-    81.3% of 5-point regressions: the power requirement is met with little room at this disagreement.
-    """
-    champion = rng.random(n) < 0.9
-    breaks = (drop + 0.1 * 0.3) / 0.9
-    draw = rng.random(n)
-    candidate = np.where(champion, draw >= breaks, draw < 0.3)
-    unseen = np.arange(n) < 80
-    candidate &= ~(unseen & champion & (rng.random(n) < unseen_drop / 0.9))
-    args_ok, other_calls_ok = rng.random(n) < 0.95, rng.random(n) < 0.8
-    multi, english = rng.random(n) < 0.1, rng.random(n) < 0.5
-
-    def metrics(ok: np.ndarray) -> dict[str, np.ndarray]:
-        params = ok & args_ok
-        return {"intent_accuracy": ok, "param_accuracy": params, "exact_match": params & (~multi | other_calls_ok)}
-
-    slices = {"seen": ~unseen, "unseen": unseen, "lang:en": english, "lang:zh": ~english, "multi_intent": multi}
-    return PairedOutcomes(metrics(candidate), metrics(champion), slices)
-
-
-def _block_rate(seed: int, trials: int, **kwargs: float) -> tuple[float, set[str]]:
-    rng = np.random.default_rng(seed)
-    blocked_names: set[str] = set()
-    blocks = 0
-    for _ in range(trials):
-        comparisons = compare(_simulated(rng, **kwargs), tolerance=0.01, alpha=0.05, n_resamples=1000, seed=seed)
-        names = {c.name for c in comparisons if c.blocked}
-        blocks += bool(names)
-        blocked_names |= names
-    return blocks / trials, blocked_names
 
 
 @pytest.fixture(scope="module", autouse=True)
