@@ -473,8 +473,9 @@ class _Kind(NamedTuple):
 
 
 @lru_cache(maxsize=1 << 14)
-def _record_tail(kind: _Kind) -> tuple[bytes, bytes]:
-    """(record bytes after the text up to the line number, train.json output) for one kind, encoded once."""
+def _record_tail(kind: _Kind) -> tuple[bytes, bytes, str]:
+    """(record bytes after the text up to the line number, train.json output, canonical call string) for one
+    kind, encoded once."""
     parsed = _parse_output(kind.output)
     reviewed = b"true" if kind.reviewed else b"false"
     tail = b',%b%b%d,"reviewed":%b,"source_line":' % (
@@ -483,7 +484,7 @@ def _record_tail(kind: _Kind) -> tuple[bytes, bytes]:
         kind.turns,
         reviewed,
     )
-    return tail, parsed.train_output
+    return tail, parsed.train_output, parsed.canonical
 
 
 def _count_kinds(batch: _Batch, kinds: list[_Kind]) -> None:
@@ -550,12 +551,12 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
             overrides += overridden
         kind = _Kind(output, "zh" if han(text) else "en", turns, reviewed)  # detect_lang, inlined
         try:
-            tail, train_output = _record_tail(kind)
+            tail, train_output, canonical = _record_tail(kind)
         except GrammarError as exc:
             batch.reject(number, "unparseable_output", line, exc.reason)
             continue
         text_json = encode(text)
-        record_id = content_id(text, _parse_output(output).canonical).encode()  # stable across files and orders
+        record_id = content_id(text, canonical).encode()  # stable across files and orders
         records.append(b'{"id":"%b","text":%b%b%d}\n' % (record_id, text_json, tail, number))
         train.append(b'{"instruction":%b,"output":%b}' % (text_json, train_output))
         kinds.append(kind)
