@@ -7,27 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from intentops.artifacts import DATASET_MANIFEST, METRICS_FILE
+from intentops.artifacts import DATASET_MANIFEST, METRICS_FILE, ModelFolder
 from intentops.cli import main
 from intentops.io import read_json, write_json
 
 
-def _gate(path: Path, passed: bool) -> Path:
+def _gate(path: Path, passed: bool, model_hash: str) -> Path:
     write_json(
         path,
         {
             "passed": passed,
             "mode": "enabled",
             "reasons": [] if passed else ["intent_accuracy: 0.4000 >= 0.8000 -> FAILED"],
-            "candidate": {"intent_accuracy": 0.9 if passed else 0.4},
+            "candidate": {"intent_accuracy": 0.9 if passed else 0.4, "model": {"content_hash": model_hash}},
             "champion": None,
         },
     )
     return path
 
 
-def _eval_dir(root: Path, accuracy: float) -> Path:
-    write_json(root / METRICS_FILE, {"intent_accuracy": accuracy, "param_accuracy": accuracy, "n": 46})
+def _eval_dir(root: Path, accuracy: float, model_hash: str) -> Path:
+    metrics = {"intent_accuracy": accuracy, "param_accuracy": accuracy, "n": 46, "model": {"content_hash": model_hash}}
+    write_json(root / METRICS_FILE, metrics)
     return root
 
 
@@ -50,6 +51,7 @@ def test_register_promote_rollback_champion(
 
     code, out, _ = run("champion")
     assert code == 1 and "no champion yet" in out
+    model_hash = ModelFolder(tiny_model_dir).content_hash()
 
     register = [
         "register",
@@ -64,9 +66,9 @@ def test_register_promote_rollback_champion(
     code, out, _ = run(
         *register,
         "--eval",
-        str(_eval_dir(tmp_path / "eval-1", 0.9)),
+        str(_eval_dir(tmp_path / "eval-1", 0.9, model_hash)),
         "--gate",
-        str(_gate(tmp_path / "gate-1.json", True)),
+        str(_gate(tmp_path / "gate-1.json", True, model_hash)),
         "--pipeline-run-id",
         "cli-1",
     )
@@ -76,9 +78,9 @@ def test_register_promote_rollback_champion(
     code, out, _ = run(
         *register,
         "--eval",
-        str(_eval_dir(tmp_path / "eval-2", 0.4)),
+        str(_eval_dir(tmp_path / "eval-2", 0.4, model_hash)),
         "--gate",
-        str(_gate(tmp_path / "gate-2.json", False)),
+        str(_gate(tmp_path / "gate-2.json", False, model_hash)),
         "--pipeline-run-id",
         "cli-2",
     )

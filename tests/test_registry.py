@@ -22,6 +22,7 @@ from intentops.artifacts import (
     METRICS_FILE,
     MODEL_CARD,
     PREDICTIONS_FILE,
+    ModelFolder,
 )
 from intentops.catalog import load_catalog
 from intentops.config import GateConfig
@@ -53,7 +54,9 @@ UTTERANCES = ["帮我查一下明天杭州的天气", "turn on the light in the 
 MAX_NEW_TOKENS = 12
 
 
-def _metrics(intent_accuracy: float, param_accuracy: float, dataset_hash: str, intents: list[str]) -> dict[str, Any]:
+def _metrics(
+    intent_accuracy: float, param_accuracy: float, dataset_hash: str, intents: list[str], model_hash: str = ""
+) -> dict[str, Any]:
     """An evaluation's metrics in the shape intentops.evaluation writes (the fields the registry reads)."""
     block = {"n": 100, "intent_accuracy": intent_accuracy, "param_accuracy": param_accuracy}
     return {
@@ -65,6 +68,7 @@ def _metrics(intent_accuracy: float, param_accuracy: float, dataset_hash: str, i
         "by_seen": {"seen": block},
         "confusion": {"labels": intents, "matrix": [[0] * len(intents) for _ in intents]},
         "dataset": {"hash": dataset_hash, "split": "test"},
+        **({"model": {"content_hash": model_hash}} if model_hash else {}),
     }
 
 
@@ -120,9 +124,10 @@ def registered(mlflow_module_tracking, tiny_model_dir: Path, small_dataset_dir: 
     dataset_hash = read_json(small_dataset_dir / DATASET_MANIFEST)["dataset_hash"]
     intents = load_catalog(model_dir / CATALOG_FILE).names
 
-    good = _metrics(0.92, 0.85, dataset_hash, intents)
-    bad = _metrics(0.50, 0.40, dataset_hash, intents)
-    regressing = _metrics(0.85, 0.80, dataset_hash, intents)
+    model_hash = ModelFolder(model_dir).content_hash()
+    good = _metrics(0.92, 0.85, dataset_hash, intents, model_hash)
+    bad = _metrics(0.50, 0.40, dataset_hash, intents, model_hash)
+    regressing = _metrics(0.85, 0.80, dataset_hash, intents, model_hash)
     runs = {
         "pass": _evaluation(root / "pass", good, _predictions(8, 7, intents), None),
         "fail": _evaluation(root / "fail", bad, _predictions(50, 10, intents), None),
@@ -415,3 +420,40 @@ def test_git_commit_prefers_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("GIT_COMMIT")
     commit = git_commit()
     assert commit == "unknown" or len(commit.removesuffix("-dirty")) == 40
+
+
+def test_evaluation_and_gate_must_have_judged_this_model(
+    tiny_model_dir: Path, small_dataset_dir: Path, tmp_path: Path
+) -> None:
+    """A gate decision and metrics made on another model cannot make this model a champion (issue 2/7, item 5)."""
+    from intentops.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.registry.tracking_uri = "http://127.0.0.1:9"  # nothing listens: the refusal must come before any contact
+    judged = tmp_path / "judged"
+    shutil.copytree(tiny_model_dir, judged)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    weights = next(other.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # different weights, same file names
+    judged_hash = ModelFolder(judged).content_hash()
+    assert judged_hash != ModelFolder(other).content_hash()
+    # Leftovers the registry never ships do not change the model's hash.
+    (judged / "checkpoints").mkdir()
+    (judged / "checkpoints" / "optimizer.pt").write_bytes(b"x")
+    assert ModelFolder(judged).content_hash() == judged_hash
+
+    dataset_hash = read_json(small_dataset_dir / DATASET_MANIFEST)["dataset_hash"]
+    intents = load_catalog(judged / CATALOG_FILE).names
+    metrics = _metrics(0.92, 0.85, dataset_hash, intents, judged_hash)
+    eval_dir, gate_path, decision = _evaluation(tmp_path / "run", metrics, _predictions(8, 7, intents), None)
+    assert decision.passed
+    with pytest.raises(RegistryError, match=r"evaluation .* judged model .*" + judged_hash[:12]):
+        register_model(other, cfg, pipeline_run_id="r", eval_dir=eval_dir, gate_path=gate_path)
+    with pytest.raises(RegistryError, match=r"gate decision .* judged model .*" + judged_hash[:12]):
+        register_model(other, cfg, pipeline_run_id="r", gate_path=gate_path)
+
+    unbound = {key: value for key, value in metrics.items() if key != "model"}
+    eval_dir, gate_path, _ = _evaluation(tmp_path / "unbound", unbound, _predictions(8, 7, intents), None)
+    with pytest.raises(RegistryError, match="does not say which model it judged"):
+        register_model(judged, cfg, pipeline_run_id="r", eval_dir=eval_dir, gate_path=gate_path)

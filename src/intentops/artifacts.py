@@ -196,6 +196,28 @@ class ModelFolder(Artifact):
             raise ValueError(f"{self.path / MODEL_CARD}: not a model card (no 'stage')")
         return card
 
+    def files(self) -> list[Path]:
+        """The files that make up the model (what the registry ships), training leftovers left out, sorted."""
+        from fnmatch import fnmatch
+
+        def shipped(path: Path) -> bool:
+            parts = path.relative_to(self.path).parts
+            return not any(fnmatch(part, pattern) for part in parts for pattern in NOT_MODEL_FILES)
+
+        return sorted(path for path in self.path.rglob("*") if path.is_file() and shipped(path))
+
+    def content_hash(self) -> str:
+        """sha256 over every shipped file's relative path and bytes: which model an evaluation or gate judged."""
+        import hashlib
+
+        self.check()
+        digest = hashlib.sha256()
+        for path in self.files():
+            with path.open("rb") as handle:
+                file_digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            digest.update(f"{path.relative_to(self.path).as_posix()}\0{file_digest}\n".encode())
+        return digest.hexdigest()
+
     def metadata(self) -> dict[str, Any]:
         card = self.card()
         return {

@@ -133,6 +133,7 @@ def read_candidate(
         raise
     except ValueError as exc:
         raise RegistryError(str(exc)) from None
+    _check_judged_this_model(model, metrics, evaluation, gate, gate_path)
     if card.get("catalog_hash") and card["catalog_hash"] != catalog.content_hash:
         log.warning(
             "registry: %s says catalog_hash %s but its catalog hashes to %s; tagging the catalog actually shipped",
@@ -157,6 +158,37 @@ def read_candidate(
         gate_path=gate_path,
         examples=_input_examples(catalog),
     )
+
+
+def _check_judged_this_model(
+    model: ModelFolder,
+    metrics: EvaluationMetrics | None,
+    evaluation: Evaluation | None,
+    gate: dict[str, Any] | None,
+    gate_path: Path | None,
+) -> None:
+    """Refuse metrics or a gate decision made on another model: they would promote a model nobody evaluated."""
+    judged = []
+    if metrics is not None and evaluation is not None:
+        judged.append((f"evaluation {evaluation.path}", metrics.model.get("content_hash")))
+    if gate is not None:
+        judged.append(
+            (f"gate decision {gate_path}", ((gate.get("candidate") or {}).get("model") or {}).get("content_hash"))
+        )
+    if not judged:
+        return
+    actual = model.content_hash()
+    for what, content_hash in judged:
+        if not content_hash:
+            raise RegistryError(
+                f"{what} does not say which model it judged (no model content_hash); re-run `intentops evaluate` "
+                f"and the gate on {model.path} so the decision is bound to it"
+            )
+        if content_hash != actual:
+            raise RegistryError(
+                f"{what} judged model {content_hash[:12]}, but {model.path} is model {actual[:12]}: "
+                "register the model that was evaluated, or evaluate and gate this one"
+            )
 
 
 def _input_examples(catalog: Any) -> list[str]:

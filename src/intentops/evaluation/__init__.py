@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from intentops.artifacts import METRICS_FILE, PREDICTIONS_FILE, REPORT_HTML, REPORT_MD, Dataset, Evaluation
+from intentops.artifacts import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    Dataset,
+    Evaluation,
+    ModelFolder,
+)
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
 from intentops.evaluation.gate import EvaluationResult, GateDecision, decide, write_gate
@@ -143,6 +151,7 @@ def evaluate_model(
             metrics["unconstrained"] = _unconstrained_figures(predictor, records, builder.labels)
         metrics["model"] = {
             "dir": str(model_dir),
+            "content_hash": ModelFolder(model_dir).content_hash(),
             "stage": card.get("stage"),
             "base_model": card.get("base_model"),
             "catalog_hash": card.get("catalog_hash"),
