@@ -370,6 +370,12 @@ class ClusterConfig(_Section):
     gpu_node_selector_value: str = Field("true", description="Value of that label.")
     gpu_toleration_key: str = Field("nvidia.com/gpu", description="Taint key tolerated by GPU stages.")
     gpus_per_training_stage: int = Field(1, ge=0, description="nvidia.com/gpu per training/eval stage.")
+    training_processes: int = Field(
+        0,
+        ge=0,
+        description="Training processes per SFT/GRPO stage, one per GPU, started with torchrun (DeepSpeed ZeRO "
+        "shards across them); 0: one per GPU the pod sees, 1 on a CPU.",
+    )
     s3_secret: str = Field("intentops-s3", description="Secret with AWS_ACCESS_KEY_ID/SECRET and endpoint.")
     mlflow_secret: str = Field("intentops-mlflow", description="Secret with MLFLOW_TRACKING_URI and credentials.")
 

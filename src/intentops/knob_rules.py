@@ -27,7 +27,20 @@ def problems(cfg: RunConfig) -> list[str]:
         *_lengths(cfg),
         *_vllm(cfg),
         *_prompt(cfg),
+        *_processes(cfg),
     ]
+
+
+def _processes(cfg: RunConfig) -> list[str]:
+    # One training process drives one GPU (NCCL refuses two processes on one device).
+    cluster = cfg.cluster
+    if cluster.gpus_per_training_stage and cluster.training_processes > cluster.gpus_per_training_stage:
+        return [
+            f"cluster__training_processes: {cluster.training_processes} processes on "
+            f"cluster__gpus_per_training_stage={cluster.gpus_per_training_stage} GPUs; use at most one per GPU "
+            "(0 starts one per GPU)"
+        ]
+    return []
 
 
 def _grpo_batch(cfg: RunConfig) -> list[str]:

@@ -24,10 +24,23 @@ def sft_warmup(
     cfg: RunConfig, dataset_dir: str | Path, model_dir: str | Path, pipeline_run_id: str | None = None
 ) -> dict[str, Any]:
     """Supervised warm-up from `model.base_model` (or the tiny profile's model) on the training split."""
+    from intentops.training.launch import in_worker, processes_for, run_in_processes
     from intentops.training.sft import run_sft
 
     with _timed({}) as meta:
-        run_sft(dataset_dir, cfg.model.base_model, cfg, model_dir, pipeline_run_id)
+        processes = processes_for(cfg)
+        if processes > 1 and not in_worker() and cfg.sft.enabled:
+            run_in_processes(
+                "sft",
+                cfg,
+                processes,
+                dataset_dir=str(dataset_dir),
+                base_model=cfg.model.base_model,
+                out_dir=str(model_dir),
+                pipeline_run_id=pipeline_run_id,
+            )
+        else:
+            run_sft(dataset_dir, cfg.model.base_model, cfg, model_dir, pipeline_run_id)
         meta.update(ModelFolder(model_dir).metadata(), lora=cfg.model.lora)
     return meta
 
@@ -55,10 +68,25 @@ def grpo(
     moves into the rollouts artifact with the training rollouts, and hard-sample mining reads only it. Stage 2 on an
     empty hard set passes the stage-1 model on unchanged and says so in the metadata.
     """
-    from intentops.training.grpo import run_grpo
+    from intentops.training.grpo import GrpoResult, run_grpo
+    from intentops.training.launch import in_worker, processes_for, run_in_processes
 
     with _timed({}) as meta:
-        result = run_grpo(train_path, start_model_dir, cfg, model_dir, stage, pipeline_run_id)
+        processes = processes_for(cfg)
+        if processes > 1 and not in_worker():
+            reported = run_in_processes(
+                "grpo",
+                cfg,
+                processes,
+                train_path=str(train_path),
+                model_dir=str(start_model_dir),
+                out_dir=str(model_dir),
+                stage=stage,
+                pipeline_run_id=pipeline_run_id,
+            )
+            result = GrpoResult.from_dict(reported)
+        else:
+            result = run_grpo(train_path, start_model_dir, cfg, model_dir, stage, pipeline_run_id)
         result.move_rollouts(rollouts_dir)
         meta.update(result.summary())
     rollouts = {"rows": int(result.metrics.get("rollouts", 0)), "stage": result.stage}

@@ -18,7 +18,7 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,6 +88,15 @@ class GrpoResult:
             **{key: round(value, 4) for key, value in self.metrics.items() if value == value},  # drop NaN
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (a stage run in several processes hands its result back this way)."""
+        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GrpoResult:
+        paths = ("model_dir", "rollouts_path", "scores_path")
+        return cls(**{key: Path(value) if key in paths and value is not None else value for key, value in data.items()})
+
     def move_rollouts(self, dest_dir: str | Path) -> None:
         """Hand the rollout log and the scoring pass on as their own artifact (mine-hard-samples reads the
         scoring pass); the model folder keeps the weights."""
@@ -129,11 +138,11 @@ def _fill_one_batch(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str
 
     TRL's sampler drops incomplete prompt batches, so such a set would otherwise train for zero steps.
     """
-    from accelerate import PartialState
+    from intentops.training.launch import distributed_state
 
     if not rows:
         return rows
-    needed = cfg.grpo.prompts_per_step(PartialState().num_processes)
+    needed = cfg.grpo.prompts_per_step(distributed_state().num_processes)
     if len(rows) >= needed:
         return rows
     log.warning("%d prompts are fewer than the %d one GRPO step needs; cycling them", len(rows), needed)
@@ -143,6 +152,7 @@ def _fill_one_batch(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str
 def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights: list[float]) -> Any:
     """TRL `GRPOConfig` (`RLOOConfig` for grpo.algorithm=rloo) from the run configuration (bf16 only where the
     hardware has it; DeepSpeed passed through; the algorithm's options from `advantages.trainer_options`)."""
+    import torch
     from trl import GRPOConfig, RLOOConfig
 
     grpo = cfg.grpo
@@ -173,6 +183,8 @@ def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights
         report_to="none",
         log_completions=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory only helps copies to a GPU
+        use_cpu=not torch.cuda.is_available(),  # CPU workers under torchrun then form a gloo group
     )
 
 
@@ -225,8 +237,9 @@ def run_grpo(
             f"{train_path}: every prompt is longer than grpo.max_prompt_length={cfg.grpo.max_prompt_length}"
         )
 
-    from accelerate import PartialState
     from datasets import Dataset
+
+    from intentops.training.launch import distributed_state
 
     grpo = cfg.grpo
     weights = RewardWeights.from_config(grpo)
@@ -243,7 +256,8 @@ def run_grpo(
         "model__lora": cfg.model.lora,
     }
     guard = CollapseGuard(CollapseRules.from_config(grpo, weights.total))
-    main = PartialState().is_main_process
+    state = distributed_state()
+    main = state.is_main_process
     stage_run = tracking.stage_run(stage, cfg, pipeline_run_id, params=params) if main else nullcontext(None)
     with stage_run as run:
         trainer = make_trainer(
@@ -308,6 +322,7 @@ def run_grpo(
                 "reward_weights": reward_weights,
                 "strict_format": grpo.strict_format,
                 "algorithm": grpo.algorithm,
+                "processes": state.num_processes,
                 "rollouts": rollouts.rows,
                 "metrics": metrics,
                 "mlflow_run_id": run.info.run_id if run is not None else None,
@@ -357,7 +372,11 @@ def _prompt_builder(
 
 def _pass_on(model_dir: Path, out: Path, cfg: RunConfig, pipeline_run_id: str | None, train_path: Path) -> GrpoResult:
     """Stage 2 with nothing to learn from: say so, and hand the stage-1 model on unchanged."""
+    from intentops.training.launch import distributed_state
+
     reason = f"skipped: no hard samples in {train_path}"
+    if not distributed_state().is_main_process:
+        return GrpoResult("grpo2", out, None, 0, skipped=True, reason=reason)
     log.info("grpo2 %s; passing %s on unchanged", reason, model_dir)
     with tracking.stage_run("grpo2", cfg, pipeline_run_id, params={"skipped": reason, "model_dir": str(model_dir)}):
         import mlflow

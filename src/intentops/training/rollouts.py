@@ -66,10 +66,11 @@ class RolloutLog:
     def __call__(self, rows: list[dict[str, Any]]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        from accelerate import PartialState
         from accelerate.utils import gather_object
 
-        state = PartialState()
+        from intentops.training.launch import distributed_state
+
+        state = distributed_state()
         if state.num_processes > 1:
             rows = gather_object(rows)
             if not state.is_main_process:

@@ -233,6 +233,7 @@ def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory only helps copies to a GPU
+        use_cpu=not torch.cuda.is_available(),  # CPU workers under torchrun then form a gloo group
         **version_dependent_args(SFTConfig, cfg.sft.warmup_ratio, cfg.sft.gradient_checkpointing),
     )
 
@@ -271,10 +272,10 @@ def run_sft(
         from intentops.training.start import hand_on_base
 
         return hand_on_base(dataset_dir, base_model, cfg, out_dir, pipeline_run_id)
-    from accelerate import PartialState
     from datasets import Dataset
 
     from intentops.training.callbacks import MlflowStepMetrics, ProgressLog
+    from intentops.training.launch import distributed_state
     from intentops.training.shared_prefix import SharedPrefixSFTTrainer
 
     _one_progress_bar()
@@ -283,7 +284,9 @@ def run_sft(
     catalog = load_catalog(dataset_dir / CATALOG_FILE)
     out.mkdir(parents=True, exist_ok=True)
     invalidate_model_dir(out)
-    base_dir = _resolve_base(dataset_dir, base_model, cfg, out)
+    state = distributed_state()
+    with state.main_process_first():  # rank 0 builds or downloads the base model; the others then read it
+        base_dir = _resolve_base(dataset_dir, base_model, cfg, out)
     builder = PromptBuilder(catalog, cfg.prompt, examples=records)
     tokenizer = load_tokenizer(base_dir)
     dataset = Dataset.from_list(sft_rows(records, builder))
@@ -311,7 +314,7 @@ def run_sft(
         **{f"model__{k}": v for k, v in cfg.model.model_dump().items()},
         **{f"prompt__{k}": v for k, v in cfg.prompt.model_dump().items() if k != "system_prompt"},
     }
-    main = PartialState().is_main_process
+    main = state.is_main_process
     stage_run = tracking.stage_run("sft", cfg, pipeline_run_id, params=params) if main else nullcontext(None)
     with stage_run as run:
         model, _ = load_model_and_tokenizer(base_dir, cfg.model)
@@ -348,6 +351,7 @@ def run_sft(
                 "steps": result.global_step,
                 "train_loss": result.training_loss,
                 "lora": cfg.model.lora,
+                "processes": state.num_processes,
                 "resumed_from": resume_from,
                 "mlflow_run_id": run.info.run_id,
                 "train_check": check,
