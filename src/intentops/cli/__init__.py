@@ -7,6 +7,7 @@ Each command group lives in its own module exposing `register(subparsers)`; hand
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -18,6 +19,8 @@ from intentops.grammar import GrammarError
 
 COMMAND_MODULES = ("data", "train", "evaluate", "registry", "pipeline", "serve")
 USER_ERRORS = (CatalogError, ConfigError, GrammarError, FileNotFoundError, ValueError)
+# Failures to write (disk or quota full, read-only file system, no permission): one line, not a traceback.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"intentops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS or args.verbose:
+            raise
+        print(
+            f"intentops {args.command}: error: cannot write {exc.filename}: {exc.strerror}; outputs are written "
+            "aside and renamed into place, so nothing half-written was published",
+            file=sys.stderr,
+        )
         return 2
 
 
