@@ -138,8 +138,18 @@ def test_gate_exit_code_3_when_blocked(
     assert gate["passed"] is False and gate["champion"] is None
     assert any(reason.startswith("intent_accuracy: 0.0000 >= 0.5000") for reason in gate["reasons"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["passed"] is False
-    # the same candidate in dry_run: recorded, not blocked
-    assert main([*args, "--out", str(tmp_path / "dry"), "--set", "gate__mode=dry_run"]) == 0
+    # the same candidate in dry_run: recorded, not blocked; the gate's own folder may be replaced
+    assert main([*args, "--out", str(tmp_path / "gate"), "--set", "gate__mode=dry_run"]) == 0
+    assert json.loads((tmp_path / "gate" / GATE_JSON).read_text(encoding="utf-8"))["mode"] == "dry_run"
+    # --out never deletes what the gate did not write, nor its inputs
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep", encoding="utf-8")
+    capsys.readouterr()
+    assert main([*args, "--out", str(foreign)]) == 2
+    assert "--force" in capsys.readouterr().err and (foreign / "mine.txt").read_text(encoding="utf-8") == "keep"
+    assert main([*args, "--out", str(weak)]) == 2
+    assert (weak / PREDICTIONS_FILE).is_file()
 
 
 def test_gate_compares_with_the_registry_champion_on_the_same_test_set(

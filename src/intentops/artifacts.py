@@ -73,6 +73,8 @@ NO_MODEL_FILE = "no_model.json"
 GATE_JSON = "gate.json"
 GATE_MD = "gate.md"
 GATE_HTML = "gate.html"
+# `intentops gate --out DIR` keeps the champion's evaluation beside the decision
+CHAMPION_EVALUATION_DIR = "champion"
 
 
 class ArtifactMissingError(FileNotFoundError):

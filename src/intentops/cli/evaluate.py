@@ -59,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gate.add_argument("--dataset", required=True, help="The dataset folder the candidate was evaluated on.")
     gate.add_argument("--out", required=True, help="Output folder for the gate decision and the champion's evaluation.")
+    gate.add_argument("--force", action="store_true", help="Replace --out even if intentops did not write it.")
     source = gate.add_mutually_exclusive_group()
     source.add_argument("--champion-model", help="Compare with this local champion model folder.")
     source.add_argument("--no-champion-lookup", action="store_true", help="Do not look up a champion in the registry.")
@@ -84,22 +85,26 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from intentops.artifacts import GateResult
+    from intentops.artifacts import CHAMPION_EVALUATION_DIR, GateResult
     from intentops.stages import evaluate_champion, gate
 
+    from intentops.io import replace_output
+
     cfg = config_from_args(args)
-    champion_dir = None
-    if not args.no_champion_lookup:
-        champion_dir = Path(args.out) / "champion"
-        evaluate_champion(
-            cfg,
-            args.candidate,
-            args.dataset,
-            champion_dir,
-            args.pipeline_run_id,
-            champion_model_dir=args.champion_model,
-        )
-    passed = gate(cfg, args.candidate, champion_dir, args.out, args.pipeline_run_id, args.dataset).passed
+    inputs = [args.candidate, args.dataset, args.champion_model]
+    with replace_output(args.out, inputs, args.force, "gate") as out:
+        champion_dir = None
+        if not args.no_champion_lookup:
+            champion_dir = out / CHAMPION_EVALUATION_DIR
+            evaluate_champion(
+                cfg,
+                args.candidate,
+                args.dataset,
+                champion_dir,
+                args.pipeline_run_id,
+                champion_model_dir=args.champion_model,
+            )
+        passed = gate(cfg, args.candidate, champion_dir, out, args.pipeline_run_id, args.dataset).passed
     decision = GateResult(args.out).decision()
     print(json.dumps({"passed": passed, "mode": decision["mode"], "reasons": decision["reasons"]}, ensure_ascii=False))
     return 0 if passed else GATE_FAILED_EXIT
