@@ -86,9 +86,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _gate(args: argparse.Namespace) -> int:
     from intentops.artifacts import CHAMPION_EVALUATION_DIR, GateResult
-    from intentops.stages import evaluate_champion, gate
-
     from intentops.io import replace_output
+    from intentops.stages import evaluate_champion, gate
 
     cfg = config_from_args(args)
     inputs = [args.candidate, args.dataset, args.champion_model]
