@@ -381,3 +381,16 @@ def test_s3_manifest_is_streamed(tmp_path: Path, s3_bucket: str, monkeypatch: py
     assert report.converted == 80 and report.rejected == {"not_json": 1} and report.workers == 2
     assert report.manifest_uri == uri and report.manifest_sha256 == local.manifest_sha256
     assert (tmp_path / "out" / "records.jsonl").read_bytes() == (tmp_path / "local" / "records.jsonl").read_bytes()
+
+
+def test_a_rejected_line_is_not_counted_as_a_human_override(tmp_path: Path) -> None:
+    """A reviewer's label that does not parse rejects the line; it must not also count as an override (the
+    benchmark's generator truth caught the double count: 5,120 overrides reported for 4,731 real ones)."""
+    lines = [
+        itag_line("我想去杭州玩", "weather_search(杭州", system_output="weather_search(杭州)"),  # broken: rejected
+        itag_line("太吵了", "volume_down()", system_output="volume_up()"),  # a real override
+        itag_line("我想聽音樂", "play_music()"),
+    ]
+    report = convert_manifest(write_manifest(tmp_path / "m.jsonl", lines), tmp_path / "out", workers=1)
+    assert report.rejected == {"unparseable_output": 1}
+    assert report.converted == 2 and report.human_overrides == 1

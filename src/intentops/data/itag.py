@@ -528,7 +528,7 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
         regular = _regular(line, decoder) if decoder is not None else None
         if regular is not None:
             text, output = regular
-            turns, reviewed = 1, True
+            turns, reviewed, overridden = 1, True, False
         else:
             try:
                 item = _decode(line)
@@ -548,13 +548,13 @@ def _convert_chunk(first_line: int, chunk: bytes) -> _Batch:
                     batch.reject(number, labelled.reason, line, labelled.detail)
                 continue
             text, turns, output, reviewed, overridden = labelled
-            overrides += overridden
         kind = _Kind(output, "zh" if han(text) else "en", turns, reviewed)  # detect_lang, inlined
         try:
             tail, train_output, canonical = _record_tail(kind)
         except GrammarError as exc:
             batch.reject(number, "unparseable_output", line, exc.reason)
             continue
+        overrides += overridden  # only lines that become records count (a rejected line is no override)
         text_json = encode(text)
         record_id = content_id(text, canonical).encode()  # stable across files and orders
         records.append(b'{"id":"%b","text":%b%b%d}\n' % (record_id, text_json, tail, number))
