@@ -158,6 +158,15 @@ def test_confidence_summary() -> None:
     assert m["confidence"] == pytest.approx({"mean": 0.75, "mean_when_right": 0.9, "mean_when_wrong": 0.6})
 
 
+def test_uncertain_answers_are_counted_by_hand(case_metrics: dict) -> None:
+    # gold: 3 in-scope records and 1 out-of-scope (uncertain); the model abstains on 1 in-scope and on the oos one
+    golds = ["a()", "b()", "a()", "uncertain()"]
+    preds = ["uncertain()", "b()", "a()", "uncertain()"]
+    m = compute_metrics([_record(g, rid=f"r{i}") for i, g in enumerate(golds)], preds)
+    assert m["uncertain"] == pytest.approx({"rate": 0.5, "rate_on_in_scope": 1 / 3, "recall_out_of_scope": 1.0})
+    assert "uncertain" not in case_metrics  # no uncertain() anywhere: no block
+
+
 def test_metrics_are_json_ready(case_metrics: dict) -> None:
     assert json.loads(json.dumps(case_metrics)) == case_metrics
 

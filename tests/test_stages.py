@@ -21,7 +21,7 @@ from intentops.artifacts import (
     ModelFolder,
 )
 from intentops.config import GateConfig, RunConfig
-from intentops.io import write_json, write_jsonl
+from intentops.io import read_jsonl, write_json, write_jsonl
 from intentops.stages import decide_gate, evaluate_champion
 
 
@@ -129,6 +129,9 @@ def test_train_chain_hands_each_stage_the_previous_artifact(
             "grpo__batch_size": 4,
             "grpo__num_generations": 2,
             "registry__tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            # the uncertain label taught: stage 1 relabels the least-confident quarter and trains on that copy
+            "prompt__uncertain_label": True,
+            "sft__uncertain_share": 0.25,
         },
         base=training_config,
     )
@@ -147,6 +150,12 @@ def test_train_chain_hands_each_stage_the_previous_artifact(
     # mining read the stage-1 scoring pass (every training record), not GRPO's training rollouts
     assert Rollouts(chain.rollouts1).metadata()["scoring_rows"] > 0
     assert chain.stages["mine"]["coverage"] == 1.0
+    relabelled = [
+        r for r in read_jsonl(Rollouts(chain.rollouts1).trained_on(Path("-"))) if r["output"] == "uncertain()"
+    ]
+    train_records = len(list(read_jsonl(Dataset(small_dataset_dir).train)))
+    assert len(relabelled) == round(0.25 * train_records) == chain.stages["rollouts1"]["uncertain_relabelled"]
+    assert Rollouts(chain.rollouts1).metadata()["uncertain_relabelled"] == len(relabelled)
     HardSet(chain.hard_set).check()
     assert all("stage_seconds" in chain.stages[name] for name in ("sft", "grpo1", "mine", "grpo2"))
 

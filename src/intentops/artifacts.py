@@ -38,6 +38,8 @@ MODEL_CARD = "intentops.json"
 ROLLOUTS_FILE = "rollouts.parquet"
 SCORES_FILE = "rollouts.scoring.parquet"
 COLLAPSED_ROLLOUTS_FILE = "rollouts.collapsed.parquet"
+# grpo-stage1 with the uncertain label taught: the relabelled training records it trained on, and the relabel report
+UNCERTAIN_REPORT = "uncertain.json"
 REJECTED_PROMPTS_FILE = "rejected_prompts.jsonl"
 ROLLOUT_COLUMNS = (
     "sample_id",
@@ -231,7 +233,11 @@ class ModelFolder(Artifact):
 
 
 class Rollouts(Artifact):
-    """The stage-1 scoring pass (one row per scored completion of every training record): what mining reads."""
+    """The stage-1 scoring pass (one row per scored completion of every training record): what mining reads.
+
+    When stage 1 relabelled its least-confident records `uncertain()`, the records it trained on (`train.jsonl`) and
+    the relabel report (`uncertain.json`) come with it: mining joins the scores to those records, not the dataset's.
+    """
 
     KIND, WRITTEN_BY = "rollouts", "grpo-stage1"
     REQUIRED = (SCORES_FILE,)
@@ -240,6 +246,15 @@ class Rollouts(Artifact):
     def table(self) -> Path:
         return self.file(SCORES_FILE)
 
+    def trained_on(self, dataset_train: Path) -> Path:
+        """The training records stage 1 rolled out: its relabelled copy when there is one, else the dataset's."""
+        relabelled = self.path / TRAIN_FILE
+        return relabelled if relabelled.is_file() else dataset_train
+
+    def relabel_report(self) -> dict[str, Any] | None:
+        path = self.path / UNCERTAIN_REPORT
+        return read_json(path) if path.is_file() else None
+
     def metadata(self) -> dict[str, Any]:
         import pyarrow.parquet as pq
 
@@ -247,7 +262,12 @@ class Rollouts(Artifact):
             path = self.path / name
             return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
 
-        return {"rows": rows(ROLLOUTS_FILE), "scoring_rows": rows(SCORES_FILE)}
+        relabel = self.relabel_report() or {}
+        return {
+            "rows": rows(ROLLOUTS_FILE),
+            "scoring_rows": rows(SCORES_FILE),
+            **({"uncertain_relabelled": relabel["relabelled"]} if relabel else {}),
+        }
 
 
 class HardSet(Artifact):

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from intentops.catalog import UNCERTAIN_INTENT
 from intentops.grammar import Call, GrammarError, parse_calls
 
 INVALID_LABEL = "<invalid>"
@@ -322,6 +323,15 @@ def metrics_from_outcomes(
             "mean": float(present.mean()) if present.size else None,
             "mean_when_right": float(np.mean(right)) if right else None,
             "mean_when_wrong": float(np.mean(wrong)) if wrong else None,
+        }
+    abstained = [o.pred_intent == UNCERTAIN_INTENT for o in outcomes]
+    if any(abstained) or any(o.gold_intent == UNCERTAIN_INTENT for o in outcomes):
+        in_scope = [a for a, o in zip(abstained, outcomes, strict=True) if o.gold_intent != UNCERTAIN_INTENT]
+        out_of_scope = [a for a, o in zip(abstained, outcomes, strict=True) if o.gold_intent == UNCERTAIN_INTENT]
+        metrics["uncertain"] = {
+            "rate": _rate(abstained),  # how often the model answers uncertain()
+            "rate_on_in_scope": _rate(in_scope) if in_scope else None,  # abstentions on records it could answer
+            "recall_out_of_scope": _rate(out_of_scope) if out_of_scope else None,
         }
     return metrics
 

@@ -66,12 +66,19 @@ def grpo(
 
     After stage 1, `run_grpo` runs the scoring pass over every training record (`intentops.training.scoring`); it
     moves into the rollouts artifact with the training rollouts, and hard-sample mining reads only it. Stage 2 on an
-    empty hard set passes the stage-1 model on unchanged and says so in the metadata.
+    empty hard set passes the stage-1 model on unchanged and says so in the metadata. With the uncertain label
+    taught (`prompt.uncertain_label`, `sft.uncertain_share` > 0), stage 1 first relabels the training records the
+    warmed-up model is least sure of `uncertain()` and trains on that copy, which joins the rollouts artifact.
     """
     from intentops.training.grpo import GrpoResult, run_grpo
     from intentops.training.launch import in_worker, processes_for, run_in_processes
 
     with _timed({}) as meta:
+        if stage == "grpo1" and cfg.prompt.uncertain_label and cfg.sft.uncertain_share > 0:
+            from intentops.training.uncertain import relabel_uncertain
+
+            train_path, report = relabel_uncertain(start_model_dir, train_path, cfg, rollouts_dir)
+            meta["uncertain_relabelled"] = report.relabelled
         processes = processes_for(cfg)
         if processes > 1 and not in_worker():
             reported = run_in_processes(
@@ -92,6 +99,8 @@ def grpo(
     rollouts = {"rows": int(result.metrics.get("rollouts", 0)), "stage": result.stage}
     if "scored_records" in result.metrics:
         rollouts["scored_records"] = int(result.metrics["scored_records"])
+    if "uncertain_relabelled" in meta:
+        rollouts["uncertain_relabelled"] = meta["uncertain_relabelled"]
     return GrpoOutputs(model=meta, rollouts=rollouts)
 
 
@@ -104,8 +113,9 @@ def mine_hard_samples(
 ) -> dict[str, Any]:
     """Stage-1 scoring pass + training split -> the hard set GRPO stage 2 trains on.
 
-    Mining reads only the scoring pass (`Rollouts.table`), never GRPO's training rollouts; the curriculum refuses a
-    pass made from another training set.
+    Mining reads only the scoring pass (`Rollouts.table`), never GRPO's training rollouts, joined to the records
+    stage 1 trained on (`Rollouts.trained_on`: its uncertain-relabelled copy, if any); the curriculum refuses a pass
+    made from another training set.
     """
     import mlflow
 
@@ -114,7 +124,9 @@ def mine_hard_samples(
 
     with _timed({}) as meta:
         with stage_run("mine-hard-samples", cfg, pipeline_run_id, params=cfg.mining.model_dump()):
-            report = mine(Rollouts(rollouts_dir).table, Dataset(dataset_dir).train, cfg.mining, hard_set_dir)
+            rollouts = Rollouts(rollouts_dir)
+            train = rollouts.trained_on(Dataset(dataset_dir).train)
+            report = mine(rollouts.table, train, cfg.mining, hard_set_dir)
             mlflow.log_metrics(
                 {"hard": report.hard, "easy": report.easy, "selected": report.selected, "coverage": report.coverage}
             )

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from intentops.artifacts import TRAIN_FILE
+from intentops.artifacts import TRAIN_FILE, UNCERTAIN_REPORT
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.data.records import complete_record
 from intentops.grammar import Call, render_call
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 UNCERTAIN_OUTPUT = render_call(Call(UNCERTAIN_INTENT))
 RELABELLED_FROM = "relabelled_from"  # the record's original output, kept for the report and for audits
-REPORT_FILE = "uncertain.json"
 
 
 class UncertainLabelError(ValueError):
@@ -162,7 +161,7 @@ def relabel_uncertain(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / TRAIN_FILE, relabelled)
-    write_json(out / REPORT_FILE, report.to_dict())
+    write_json(out / UNCERTAIN_REPORT, report.to_dict())
     log.info("relabelled %d of %d training records uncertain()", report.relabelled, report.train_records)
     return out / TRAIN_FILE, report
 
