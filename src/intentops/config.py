@@ -384,6 +384,17 @@ class ClusterConfig(_Section):
         return [{"key": self.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
 
 
+class StorageConfig(_Section):
+    checkpoint_uri: str = Field(
+        "",
+        description=(
+            "Run-scoped checkpoint location (s3:// prefix or a local/PVC folder): SFT and GRPO upload every checkpoint "
+            "to <uri>/<pipeline_run_id>/<stage>/ and a retried pod resumes from the newest complete one; "
+            "empty = checkpoints stay in the pod's scratch and a retry starts over."
+        ),
+    )
+
+
 class RunConfig(_Section):
     """Everything a run needs; YAML files under configs/ are instances of it."""
 
@@ -398,6 +409,7 @@ class RunConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     def flat(self) -> dict[str, Any]:
         """`{section__field: value}` for every knob: the pipeline's parameter set."""
