@@ -214,3 +214,49 @@ def test_a_killed_sft_stage_resumes_in_a_fresh_pod_from_s3(
     assert card["training"]["steps"] == total
     assert card["stage"] == "sft" and (second_pod / "model.safetensors").is_file()
     assert not list(second_pod.glob(".staging*"))
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+class _CrashAfterFirstSave(TrainerCallback):
+    """Runs after UploadCheckpoints (extra callbacks come last), so the checkpoint is uploaded when it fires."""
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        raise _Interrupt(f"simulated crash after saving step {state.global_step}")
+
+
+def test_a_crashed_grpo_stage_resumes_and_says_the_rollout_log_restarts(
+    tmp_path: Path, s3_bucket: str, sft_model_dir: Path, small_dataset_dir: Path, training_config: RunConfig, caplog
+) -> None:
+    import pandas as pd
+
+    from intentops.io import write_jsonl
+    from intentops.training.grpo import run_grpo
+    from intentops.training.sft import load_split
+
+    train = tmp_path / "hard" / "train.jsonl"
+    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    cfg = RunConfig.from_flat(
+        {
+            "grpo__stage2_max_steps": 4,
+            "grpo__save_steps": 2,
+            "grpo__batch_size": 8,
+            "grpo__num_generations": 4,
+            "grpo__logging_steps": 1,
+            "storage__checkpoint_uri": f"s3://{s3_bucket}/ckpt",
+        },
+        base=training_config,
+    )
+    with pytest.raises(_Interrupt):
+        run_grpo(train, sft_model_dir, cfg, tmp_path / "pod1", "grpo2", "run-9", callbacks=[_CrashAfterFirstSave()])
+    steps = _RecordSteps()
+    with caplog.at_level(logging.INFO):
+        result = run_grpo(train, sft_model_dir, cfg, tmp_path / "pod2", "grpo2", "run-9", callbacks=[steps])
+    assert f"resuming from s3://{s3_bucket}/ckpt/run-9/grpo2/checkpoint-2 (step 2)" in _lines(caplog)
+    assert any("the rollout log holds only the steps after it" in r.getMessage() for r in caplog.records)
+    assert steps.steps == [3, 4] and result.steps == 4
+    card = read_model_card(tmp_path / "pod2")
+    assert card["training"]["resumed_from"] == str(tmp_path / "pod2" / "checkpoints" / "checkpoint-2")
+    assert set(pd.read_parquet(result.rollouts_path)["step"]) == {2, 3}
