@@ -393,6 +393,14 @@ class StorageConfig(_Section):
             "empty = checkpoints stay in the pod's scratch and a retry starts over."
         ),
     )
+    models_uri: str = Field(
+        "",
+        description=(
+            "Models by reference (s3:// prefix or a local/PVC folder): SFT and GRPO write their model to "
+            "<uri>/<pipeline_run_id>/<stage>/ and the pipeline's model artifact holds only model-ref.json (uri, size, "
+            "content hash), which readers download once into model.cache_dir; empty = the whole folder is the artifact."
+        ),
+    )
 
 
 class RunConfig(_Section):
