@@ -260,3 +260,32 @@ def test_a_crashed_grpo_stage_resumes_and_says_the_rollout_log_restarts(
     card = read_model_card(tmp_path / "pod2")
     assert card["training"]["resumed_from"] == str(tmp_path / "pod2" / "checkpoints" / "checkpoint-2")
     assert set(pd.read_parquet(result.rollouts_path)["step"]) == {2, 3}
+
+
+def test_a_start_model_with_truncated_weights_is_named(
+    tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, training_config: RunConfig
+) -> None:
+    import shutil
+
+    from intentops.training.grpo import run_grpo
+
+    start = tmp_path / "start"
+    shutil.copytree(sft_model_dir, start, ignore=shutil.ignore_patterns("checkpoints"))
+    weights = start / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{weights}: truncated or corrupted safetensors file"):
+        run_grpo(small_dataset_dir / "train.jsonl", start, training_config, tmp_path / "out", "grpo1")
+
+
+def test_a_failed_upload_does_not_stop_training(tmp_path: Path, s3_server: str, caplog) -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from intentops.training.callbacks import UploadCheckpoints
+
+    remote = RemoteCheckpoints.from_config("s3://no-such-bucket-here/ckpt", "r", "sft", KEY)
+    _checkpoint(tmp_path, 4)
+    state = TrainerState(global_step=4)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    with caplog.at_level(logging.WARNING, logger="intentops.training.callbacks"):
+        UploadCheckpoints(remote, keep=2).on_save(args, state, TrainerControl())
+    assert any("checkpoint-4 was not uploaded" in r.getMessage() for r in caplog.records)

@@ -86,15 +86,21 @@ class ProgressLog(TrainerCallback):
 
 class UploadCheckpoints(TrainerCallback):
     """After the trainer saves `checkpoint-N`, upload it to the run-scoped location (main process only), so a
-    retried pod resumes from it; the `keep` newest uploads are kept."""
+    retried pod resumes from it; the `keep` newest uploads are kept. A failed upload is logged, not fatal."""
 
     def __init__(self, remote: RemoteCheckpoints, keep: int) -> None:
         self.remote = remote
         self.keep = keep
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
+        if not state.is_world_process_zero:
+            return
+        from intentops.storage import StorageError
+
+        try:
             self.remote.save(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.keep)
+        except StorageError as exc:  # the local checkpoint is intact: training goes on, a retry resumes earlier
+            log.warning("checkpoint-%d was not uploaded (%s); training goes on", state.global_step, exc)
 
 
 class RewardCollapseError(RuntimeError):
