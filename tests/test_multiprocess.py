@@ -75,6 +75,7 @@ def test_sft_and_grpo_in_two_processes_make_one_model_one_log_one_run(
 
     cfg = training_config.model_copy(deep=True)
     cfg.registry.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg.cluster.gpus_per_training_stage = 0  # CPU processes: more than one per (absent) GPU is allowed
     cfg.cluster.training_processes = 2
     cfg.sft.epochs = 1
     cfg.sft.check_samples = 0

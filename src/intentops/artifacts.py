@@ -9,7 +9,9 @@ folder into place), so a crash never leaves a complete-looking result. Evaluatio
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from intentops.io import atomic_path, read_json, write_json
+from intentops.io import atomic_path, read_json, sha256_file, write_json
 
 # records (convert-itag)
 RECORDS_FILE = "records.jsonl"
@@ -33,6 +35,8 @@ DATASET_MANIFEST = "manifest.json"
 VALIDATION_REPORT_MD = "validation/report.md"
 # model folder (sft-warmup, grpo-stage1, grpo-stage2): Hugging Face files plus these two
 MODEL_CARD = "intentops.json"
+# a model folder by reference (storage.models_uri): the artifact holds only this file (uri, size, content hash)
+MODEL_REF_FILE = "model-ref.json"
 # rollouts (grpo-stage1, grpo-stage2): GRPO's own training rollouts, and (grpo-stage1) the scoring pass over every
 # training record, the only log hard-sample mining reads
 ROLLOUTS_FILE = "rollouts.parquet"
@@ -230,6 +234,68 @@ class ModelFolder(Artifact):
             "catalog_hash": card.get("catalog_hash", ""),
             "dataset_hash": card.get("dataset_hash", ""),
         }
+
+    def reference(self) -> dict[str, Any] | None:
+        """The model-ref.json of a folder published by reference (`uri`, `size`, `sha256`), None for a plain one."""
+        if not (self.path / MODEL_REF_FILE).is_file():
+            return None
+        ref = self.read_json(MODEL_REF_FILE)
+        if not isinstance(ref, dict) or not all(key in ref for key in ("uri", "size", "sha256")):
+            raise ValueError(f"{self.path / MODEL_REF_FILE}: not a model reference (needs uri, size and sha256)")
+        return ref
+
+    def resolved(self, cache_dir: str | Path | None = None) -> ModelFolder:
+        """This folder, or the one its reference names, downloaded once into the cache and checked against the
+        reference's content hash; readers call it so a model by reference reads like a plain folder."""
+        ref = self.reference()
+        if ref is None:
+            return self
+        from intentops.storage import ensure_local
+
+        local = ensure_local(ref["uri"], cache_dir)
+        found = model_content_hash(local)
+        if found != ref["sha256"]:
+            raise ValueError(
+                f"{ref['uri']}: content hash {found[:16]} differs from {self.path / MODEL_REF_FILE} "
+                f"({str(ref['sha256'])[:16]}); the referenced model changed after this run wrote it"
+            )
+        return ModelFolder(local)
+
+    def publish_by_reference(self, uri: str) -> dict[str, Any]:
+        """Upload this finished folder's model files to `uri`, then leave only model-ref.json (and the non-model
+        leftovers such as rejected prompts) in it; the training checkpoints are dropped. Returns the reference."""
+        from intentops.storage import upload
+
+        card = self.card()  # only a finished model is published
+        staging = self.path.parent / f".{self.path.name}.by-reference"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(self.path, staging, ignore=shutil.ignore_patterns(*NOT_MODEL_FILES))
+        try:
+            files = [path for path in staging.rglob("*") if path.is_file()]
+            ref = {
+                "uri": upload(staging, uri),
+                "size": sum(path.stat().st_size for path in files),
+                "sha256": model_content_hash(staging),
+                "stage": card.get("stage", ""),
+            }
+            for path in files:
+                (self.path / path.relative_to(staging)).unlink()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+        for folder in sorted((p for p in self.path.rglob("*") if p.is_dir()), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        write_json(self.path / MODEL_REF_FILE, ref)
+        return ref
+
+
+def model_content_hash(folder: Path) -> str:
+    """sha256 over every file's relative path and sha256: equal for equal content, wherever the folder lies."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\t{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 class Rollouts(Artifact):

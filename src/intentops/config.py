@@ -390,6 +390,25 @@ class ClusterConfig(_Section):
         return [{"key": self.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
 
 
+class StorageConfig(_Section):
+    checkpoint_uri: str = Field(
+        "",
+        description=(
+            "Run-scoped checkpoint location (s3:// prefix or a local/PVC folder): SFT and GRPO upload every checkpoint "
+            "to <uri>/<pipeline_run_id>/<stage>/ and a retried pod resumes from the newest complete one; "
+            "empty = checkpoints stay in the pod's scratch and a retry starts over."
+        ),
+    )
+    models_uri: str = Field(
+        "",
+        description=(
+            "Models by reference (s3:// prefix or a local/PVC folder): SFT and GRPO write their model to "
+            "<uri>/<pipeline_run_id>/<stage>/ and the pipeline's model artifact holds only model-ref.json (uri, size, "
+            "content hash), which readers download once into model.cache_dir; empty = the whole folder is the artifact."
+        ),
+    )
+
+
 class RunConfig(_Section):
     """Everything a run needs; YAML files under configs/ are instances of it."""
 
@@ -404,6 +423,7 @@ class RunConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     def flat(self) -> dict[str, Any]:
         """`{section__field: value}` for every knob: the pipeline's parameter set."""

@@ -401,3 +401,46 @@ def ensure_local(uri: str | Path, cache_dir: str | Path | None = None, endpoint:
         return target
     _fetch(client, text_uri, target)
     return target
+
+
+def list_folders(uri: str | Path, endpoint: str | None = None) -> list[str]:
+    """Names of the folders (S3: sub-prefixes) directly under `uri`, sorted; none when `uri` does not exist."""
+    if not is_s3(uri):
+        path = Path(uri)
+        return sorted(child.name for child in path.iterdir() if child.is_dir()) if path.is_dir() else []
+    text_uri = str(uri)
+    bucket, key = split_s3(text_uri)
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    names: set[str] = set()
+    with _s3_errors(text_uri):
+        pages = (
+            s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        )
+        for page in pages:
+            names.update(common["Prefix"][len(prefix) :].rstrip("/") for common in page.get("CommonPrefixes", []))
+    return sorted(names)
+
+
+def upload_finished(uri: str | Path, endpoint: str | None = None) -> bool:
+    """True when a folder `upload` to `uri` finished: its manifest says complete (a local copy is atomic, so a
+    local folder that exists is finished)."""
+    if not is_s3(uri):
+        return Path(uri).is_dir()
+    try:
+        manifest = _manifest_document(s3_client(endpoint), str(uri))
+    except StorageError:
+        return False
+    return manifest is not None and manifest.get("complete") is True
+
+
+def remove_upload(uri: str | Path, endpoint: str | None = None) -> None:
+    """Delete a folder this code uploaded: the manifest goes first, so readers never take the rest for finished."""
+    if not is_s3(uri):
+        shutil.rmtree(Path(uri), ignore_errors=True)
+        return
+    client = s3_client(endpoint)
+    bucket, _ = split_s3(str(uri))
+    keys = sorted((obj["Key"] for obj in _list_prefix(client, str(uri))), key=lambda k: not k.endswith(UPLOAD_MANIFEST))
+    with _s3_errors(str(uri)):
+        for key in keys:
+            client.delete_object(Bucket=bucket, Key=key)

@@ -161,7 +161,7 @@ def _sft(args: argparse.Namespace) -> int:
     require_validated(dataset)
     with _output(args.out, [args.dataset, args.base_model]) as out:
         meta = sft_warmup(cfg, dataset, out, args.pipeline_run_id)
-        training = ModelFolder(out).card().get("training", {})
+        training = ModelFolder(out).resolved(cfg.model.cache_dir or None).card().get("training", {})
     _print({"out": args.out, **meta, "training": training})
     return 0
 

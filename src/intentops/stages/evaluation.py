@@ -66,8 +66,10 @@ def evaluate(
 ) -> EvaluateOutputs:
     """Score a model on a dataset split: metrics, per-record predictions, reports, confusion matrix."""
     from intentops.evaluation import evaluate_model
+    from intentops.stages.training import resolved_model
 
     with _timed({}) as meta:
+        model_dir = resolved_model(cfg, model_dir)
         evaluate_model(model_dir, dataset_dir, cfg, evaluation_dir, pipeline_run_id, split)
     return _evaluate_outputs(Evaluation(evaluation_dir), meta)
 

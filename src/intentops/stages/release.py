@@ -25,10 +25,11 @@ def register_model(
 ) -> tuple[Any, dict[str, Any]]:
     """Register the candidate (@challenger; @champion when the gate passed); returns (version, UI metadata)."""
     from intentops.registry import register_model as register
+    from intentops.stages.training import resolved_model
 
     with _timed({}) as meta:
         version = register(
-            model_dir,
+            resolved_model(cfg, model_dir),
             cfg,
             pipeline_run_id=pipeline_run_id,
             eval_dir=evaluation_dir,

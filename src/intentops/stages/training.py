@@ -20,6 +20,22 @@ from intentops.stages._timing import timed as _timed
 log = logging.getLogger(__name__)
 
 
+def _by_reference(cfg: RunConfig, model_dir: str | Path, stage: str, pipeline_run_id: str | None) -> dict[str, Any]:
+    """With `storage.models_uri`, move the finished model to `<uri>/<run>/<stage>/` and leave its reference in
+    `model_dir`; the UI metadata gains the URI and size. Nothing changes when the knob is empty."""
+    if not cfg.storage.models_uri:
+        return {}
+    uri = "/".join([cfg.storage.models_uri.rstrip("/"), pipeline_run_id or "local", stage])
+    ref = ModelFolder(model_dir).publish_by_reference(uri)
+    log.info("%s model published by reference to %s (%d bytes)", stage, ref["uri"], ref["size"])
+    return {"model_uri": ref["uri"], "model_bytes": ref["size"]}
+
+
+def resolved_model(cfg: RunConfig, model_dir: str | Path) -> Path:
+    """A local folder for a model artifact: the folder itself, or the model its reference names (cached)."""
+    return ModelFolder(model_dir).resolved(cfg.model.cache_dir or None).path
+
+
 def sft_warmup(
     cfg: RunConfig, dataset_dir: str | Path, model_dir: str | Path, pipeline_run_id: str | None = None
 ) -> dict[str, Any]:
@@ -42,6 +58,7 @@ def sft_warmup(
         else:
             run_sft(dataset_dir, cfg.model.base_model, cfg, model_dir, pipeline_run_id)
         meta.update(ModelFolder(model_dir).metadata(), lora=cfg.model.lora)
+        meta.update(_by_reference(cfg, model_dir, "sft", pipeline_run_id))
     return meta
 
 
@@ -74,10 +91,11 @@ def grpo(
     from intentops.training.launch import in_worker, processes_for, run_in_processes
 
     with _timed({}) as meta:
+        start = resolved_model(cfg, start_model_dir)
         if stage == "grpo1" and cfg.prompt.uncertain_label and cfg.sft.uncertain_share > 0:
             from intentops.training.uncertain import relabel_uncertain
 
-            train_path, report = relabel_uncertain(start_model_dir, train_path, cfg, rollouts_dir)
+            train_path, report = relabel_uncertain(start, train_path, cfg, rollouts_dir)
             meta["uncertain_relabelled"] = report.relabelled
         processes = processes_for(cfg)
         if processes > 1 and not in_worker():
@@ -86,16 +104,17 @@ def grpo(
                 cfg,
                 processes,
                 train_path=str(train_path),
-                model_dir=str(start_model_dir),
+                model_dir=str(start),
                 out_dir=str(model_dir),
                 stage=stage,
                 pipeline_run_id=pipeline_run_id,
             )
             result = GrpoResult.from_dict(reported)
         else:
-            result = run_grpo(train_path, start_model_dir, cfg, model_dir, stage, pipeline_run_id)
+            result = run_grpo(train_path, start, cfg, model_dir, stage, pipeline_run_id)
         result.move_rollouts(rollouts_dir)
         meta.update(result.summary())
+        meta.update(_by_reference(cfg, model_dir, stage, pipeline_run_id))
     rollouts = {"rows": int(result.metrics.get("rollouts", 0)), "stage": result.stage}
     if "scored_records" in result.metrics:
         rollouts["scored_records"] = int(result.metrics["scored_records"])

@@ -3,6 +3,7 @@ GRPO collapse guard.
 
 The metrics go to whatever MLflow run is active (the stage's nested run from `intentops.tracking.stage_run`), with
 the optimizer step as the MLflow step, so SFT loss and GRPO reward curves line up with the rollout log.
+`UploadCheckpoints` copies each saved checkpoint to the run-scoped location (`intentops.training.checkpoints`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+if TYPE_CHECKING:
+    from intentops.training.checkpoints import RemoteCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,25 @@ class ProgressLog(TrainerCallback):
         shown = " ".join(f"{key}={logs[key]:.4g}" for key in self.keys if isinstance(logs.get(key), numbers.Number))
         if shown:
             log.info("%s step %d/%d: %s", self.stage, state.global_step, state.max_steps, shown)
+
+
+class UploadCheckpoints(TrainerCallback):
+    """After the trainer saves `checkpoint-N`, upload it to the run-scoped location (main process only), so a
+    retried pod resumes from it; the `keep` newest uploads are kept. A failed upload is logged, not fatal."""
+
+    def __init__(self, remote: RemoteCheckpoints, keep: int) -> None:
+        self.remote = remote
+        self.keep = keep
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        from intentops.storage import StorageError
+
+        try:
+            self.remote.save(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.keep)
+        except StorageError as exc:  # the local checkpoint is intact: training goes on, a retry resumes earlier
+            log.warning("checkpoint-%d was not uploaded (%s); training goes on", state.global_step, exc)
 
 
 class RewardCollapseError(RuntimeError):

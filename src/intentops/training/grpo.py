@@ -50,7 +50,9 @@ from intentops.training.callbacks import (
     MlflowStepMetrics,
     ProgressLog,
     RewardCollapseError,
+    UploadCheckpoints,
 )
+from intentops.training.checkpoints import RemoteCheckpoints, check_model_weights, restore_once
 from intentops.training.rollouts import RolloutLog, train_set_hash
 from intentops.training.scoring import prompt_length, score_training_set
 from intentops.training.sft import CHECKPOINTS, deepspeed_config, load_split, lora_config, stage_trained_model
@@ -220,6 +222,7 @@ def run_grpo(
     builder = _prompt_builder(model_dir, parent_card, train_path, records, cfg)
     out.mkdir(parents=True, exist_ok=True)
     invalidate_model_dir(out)
+    check_model_weights(model_dir)
     model, tokenizer = load_model_and_tokenizer(model_dir, cfg.model)
     rows, rejects = _prompt_rows(records, builder, tokenizer, cfg.grpo.max_prompt_length)
     n_records = len(rows)
@@ -246,6 +249,21 @@ def run_grpo(
     rollouts = RolloutLog(out / ROLLOUTS_FILE, weights.as_list(), train_set_hash(records))
     reward_funcs, reward_weights = make_reward_funcs(builder, grpo, rollouts)
     args = grpo_training_args(cfg, out, max_steps, reward_weights)
+    resume_key = {
+        "train": train_set_hash(records),
+        "start_model": parent_card,
+        "grpo": grpo.model_dump(),
+        "model": cfg.model.model_dump(),
+        "max_steps": max_steps,
+    }
+    remote = RemoteCheckpoints.from_config(cfg.storage.checkpoint_uri, pipeline_run_id, stage, resume_key)
+    resume_from = restore_once(remote, out / CHECKPOINTS) if remote else None
+    if resume_from:
+        log.warning(
+            "%s resumes from %s: the rollout log holds only the steps after it; the collapse guard starts anew",
+            stage,
+            resume_from,
+        )
     params = {
         "stage": stage,
         "model_dir": str(model_dir),
@@ -273,12 +291,13 @@ def run_grpo(
                 MlflowStepMetrics(),
                 ProgressLog(stage, ("reward", "rewards/format/mean", "rewards/intent/mean", "rewards/params/mean")),
                 guard,
+                *([UploadCheckpoints(remote, grpo.save_total_limit)] if remote else []),
                 *callbacks,
             ],
         )
         log.info("%s: %d steps on %d prompts x %d generations", stage, max_steps, n_records, grpo.num_generations)
         try:
-            train_result = trainer.train()
+            train_result = trainer.train(resume_from_checkpoint=resume_from)
         except RewardCollapseError as exc:
             kept = rollouts.close(out / COLLAPSED_ROLLOUTS_FILE)
             if run is not None:
@@ -318,6 +337,7 @@ def run_grpo(
                 "train_path": str(train_path),
                 "records": n_records,
                 "steps": train_result.global_step,
+                "resumed_from": resume_from,
                 "num_generations": grpo.num_generations,
                 "reward_weights": reward_weights,
                 "strict_format": grpo.strict_format,

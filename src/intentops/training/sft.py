@@ -41,6 +41,7 @@ from intentops.models import (
 from intentops.prompting import PromptBuilder
 from intentops.rewards import intent_reward, params_reward
 from intentops.tiny_model import create_tiny_model
+from intentops.training.checkpoints import RemoteCheckpoints, check_model_weights, newest_usable, restore_once
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -171,12 +172,6 @@ def stage_trained_model(
     return staging
 
 
-def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
-
-
 def deepspeed_config(path: str, knob: str) -> str | None:
     """The DeepSpeed JSON to hand the trainer (bundled `configs/deepspeed/...` names are resolved by the config)."""
     if not path:
@@ -195,7 +190,7 @@ def resumable_checkpoint(checkpoints: Path, key: dict[str, Any]) -> str | None:
     key = json.loads(json.dumps(key, default=str))
     key_file = checkpoints / RESUME_KEY
     stored = read_json(key_file) if key_file.is_file() else None
-    last = last_checkpoint(checkpoints)
+    last = newest_usable(checkpoints)
     if last and stored == key:
         return last
     if last:
@@ -274,7 +269,7 @@ def run_sft(
         return hand_on_base(dataset_dir, base_model, cfg, out_dir, pipeline_run_id)
     from datasets import Dataset
 
-    from intentops.training.callbacks import MlflowStepMetrics, ProgressLog
+    from intentops.training.callbacks import MlflowStepMetrics, ProgressLog, UploadCheckpoints
     from intentops.training.launch import distributed_state
     from intentops.training.shared_prefix import SharedPrefixSFTTrainer
 
@@ -301,8 +296,12 @@ def run_sft(
     resume_from = resumable_checkpoint(checkpoints, resume_key) if cfg.sft.resume else None
     if not cfg.sft.resume:  # checkpoints of this run must not pass for the recorded key's later
         (checkpoints / RESUME_KEY).unlink(missing_ok=True)
+    remote = RemoteCheckpoints.from_config(cfg.storage.checkpoint_uri, pipeline_run_id, "sft", resume_key)
+    if remote and cfg.sft.resume and not resume_from:
+        resume_from = restore_once(remote, checkpoints)
     if resume_from:
         log.info("resuming SFT from %s", resume_from)
+    check_model_weights(base_dir)
 
     args = sft_training_args(cfg, checkpoints)
     params = {
@@ -327,6 +326,7 @@ def run_sft(
             callbacks=[
                 MlflowStepMetrics(),
                 ProgressLog("sft", ("loss", "learning_rate", "mean_token_accuracy")),
+                *([UploadCheckpoints(remote, cfg.sft.save_total_limit)] if remote else []),
                 *callbacks,
             ],
         )
