@@ -77,7 +77,7 @@ def test_markdown_report(evaluation) -> None:
     text = render_markdown(metrics, errors)
     assert text.startswith("# Evaluation report")
     assert f"| Intent accuracy (normalised) | {100 * metrics['intent_accuracy']:.1f}% |" in text
-    assert f"| Parameter accuracy (seed 002 script, exact) | {100 * metrics['seed002_param_accuracy']:.1f}% |" in text
+    assert f"| Parameter accuracy (strict string rule) | {100 * metrics['strict_param_accuracy']:.1f}% |" in text
     assert "## Baselines (same test records)" in text and "| majority class |" in text
     assert "## Seen vs unseen intents" in text and "| unseen |" in text
     assert "| play_music | volume_down | 1 |" in text  # worst confusions
