@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE
+from intentops.artifacts import CATALOG_FILE, RECORDS_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, load_config
 
@@ -76,7 +76,7 @@ def small_inputs(tmp_path_factory) -> dict[str, str]:
     convert_manifest(EXAMPLE_DIR / "manifest.jsonl", folder / "records", 1.0)
     keep: set[int] = set()
     taken: Counter[str] = Counter()
-    with open(folder / "records" / "records.jsonl", encoding="utf-8") as handle:
+    with open(folder / "records" / RECORDS_FILE, encoding="utf-8") as handle:
         for record in map(json.loads, handle):
             names = {call["name"] for call in record["calls"]}
             if names <= set(INTENTS) and taken[record["intent"]] < PER_INTENT:

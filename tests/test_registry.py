@@ -22,6 +22,7 @@ from intentops.artifacts import (
     METRICS_FILE,
     MODEL_CARD,
     PREDICTIONS_FILE,
+    REPORT_MD,
 )
 from intentops.catalog import load_catalog
 from intentops.config import GateConfig
@@ -89,7 +90,7 @@ def _evaluation(
     eval_dir = root / "evaluation"
     write_json(eval_dir / METRICS_FILE, metrics)
     write_jsonl(eval_dir / PREDICTIONS_FILE, rows)
-    (eval_dir / "report.md").write_text("# Evaluation\n", encoding="utf-8")
+    (eval_dir / REPORT_MD).write_text("# Evaluation\n", encoding="utf-8")
     decision = decide(eval_dir, champion, GateConfig())
     return eval_dir, write_gate(decision, root / "gate"), decision
 
