@@ -24,6 +24,8 @@ from pathlib import Path
 
 import msgspec
 
+from intentops.artifacts import CONVERT_REPORT_FILE, RECORDS_FILE
+
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "seed002_convert.py"
 LABEL_ID = "1947839552568066048"
@@ -240,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 size,
             ),
         ]
-        report = json.loads((work / "out" / "report.json").read_text(encoding="utf-8"))
-        identical = (work / "out" / "records.jsonl").read_bytes() == (work / "out-1" / "records.jsonl").read_bytes()
+        report = json.loads((work / "out" / CONVERT_REPORT_FILE).read_text(encoding="utf-8"))
+        identical = (work / "out" / RECORDS_FILE).read_bytes() == (work / "out-1" / RECORDS_FILE).read_bytes()
         with open(work / "seed-train.json", encoding="utf-8") as handle:
             seed_pairs = sum(1 for line in handle if '"instruction"' in line)
 

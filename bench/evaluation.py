@@ -47,7 +47,7 @@ from intentops.config import EXAMPLE_DIR, RunConfig
 from intentops.evaluation import load_split
 from intentops.evaluation.generation import GenerationPredictor
 from intentops.evaluation.label_scoring import LabelScoringPredictor
-from intentops.evaluation.metrics import compute_metrics, gold_calls, seed002_accuracy
+from intentops.evaluation.metrics import compute_metrics, gold_calls, strict_accuracy
 from intentops.evaluation.predictors import Prediction, chat_prompts, prediction_from_completion
 from intentops.io import write_json
 from intentops.models import load_model_and_tokenizer, read_model_card
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         else []
     )
     seed_predictions, seed_wall = results["seed 002 loop"]
-    seed_intent, seed_params = seed002_accuracy([r["output"] for r in records], [p.raw for p in seed_predictions])
+    seed_intent, seed_params = strict_accuracy([r["output"] for r in records], [p.raw for p in seed_predictions])
     rows = []
     gold_intents = [gold_calls(record)[0].name for record in records]
     for name, (predictions, wall) in results.items():

@@ -3,9 +3,10 @@
     resolve-config -> convert-itag -> validate-dataset -> check-changes -> dsl.If(changed): the training
     pipeline's stages from sft-warmup on, on that very dataset
 
-The configuration is resolved and the data converted and validated once: check-changes compares the dataset's
-`catalog_hash` / `dataset_hash` with the tags of the registry's `@champion`, and training (when something changed)
-starts from the same dataset artifact. A run with nothing new ends after check-changes.
+The configuration is resolved and the data converted and validated once: check-changes looks for a registered
+version (champion or failed challenger) tagged with the dataset's `catalog_hash` / `dataset_hash`, and training (when
+none exists, or `registry.force_retrain`) starts from the same dataset artifact. A run with nothing new ends after
+check-changes.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pipelines.parameters import Knobs, knob_pipeline
 
 NAME = "intentops-retrain-if-changed"
 DESCRIPTION = (
-    "IntentOps scheduled retraining: converts and validates the inputs, compares the catalog and data hashes of "
-    "the dataset with the @champion's registry tags and trains, gates, registers and deploys only when either "
-    "changed (or there is no champion)."
+    "IntentOps scheduled retraining: converts and validates the inputs and trains, gates, registers and deploys "
+    "only when no registered version (champion or a challenger that failed the gate) was trained on this catalog "
+    "and data, or registry__force_retrain is set."
 )
 
 

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, RECORDS_FILE, VALIDATION_DIR, VALIDATION_JSON
 from intentops.catalog import load_catalog
 from intentops.grammar import parse_call
 
@@ -131,7 +131,7 @@ def test_in_domain_layout_records_and_rejects(prep: ModuleType, tmp_path: Path) 
         "test": 40,
     }
     assert manifest["catalog_hash"] == catalog.content_hash
-    assert (out / "validation" / "report.json").is_file()
+    assert (out / VALIDATION_DIR / VALIDATION_JSON).is_file()
     assert report.validation.get("duplicate_text", 0) == 0  # every synthetic utterance is distinct
 
 
@@ -312,12 +312,12 @@ def variants() -> ModuleType:
 def test_bundled_cross_lingual_split(variants: ModuleType, tmp_path: Path) -> None:
     example = ROOT / "examples" / "assistant"
     info = variants.prepare_bundled(
-        example / "records.jsonl", example / "catalog.yaml", tmp_path, max_intents=4, max_train_per_intent=6,
+        example / RECORDS_FILE, example / CATALOG_FILE, tmp_path, max_intents=4, max_train_per_intent=6,
         max_test_per_intent=2,
     )  # fmt: skip
     assert (info["train_lang"], info["test_lang"], info["intents"]) == ("zh", "en", 4)
     same, cross = (tmp_path / "same", tmp_path / "cross")
-    catalog = load_catalog(same / "catalog.yaml")
+    catalog = load_catalog(same / CATALOG_FILE)
     assert {"music_pause", "music_resume"} <= set(catalog.names), "the replaces group is always kept"
     assert read_split(same, "train") == read_split(cross, "train")
     assert {r["lang"] for r in read_split(same, "train") + read_split(same, "test")} == {"zh"}
@@ -330,7 +330,7 @@ def test_bundled_cross_lingual_split(variants: ModuleType, tmp_path: Path) -> No
 def test_merge_and_split_through_replaces(variants: ModuleType, prep: ModuleType, tmp_path: Path) -> None:
     source = write_normalised(tmp_path / "toy.jsonl", n_intents=4, oos=False, bad_lines=False)
     prep.prepare(source, tmp_path / "ds", "in_domain")
-    catalog = load_catalog(tmp_path / "ds" / "catalog.yaml")
+    catalog = load_catalog(tmp_path / "ds" / CATALOG_FILE)
     group, merged = variants.pick_merge_group(catalog, seed=42)
     assert len(group) == 2 and merged == f"{group[0]}_or_{group[1]}"  # no replaces group: a seeded pair
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import (
+    CATALOG_FILE,
+    DATASET_MANIFEST,
+    RECORDS_FILE,
+    REJECTS_FILE,
+    TRAIN_FILE,
+    VALIDATION_REPORT_MD,
+)
 from intentops.cli import main
 from intentops.io import write_jsonl
 from tests.test_itag import SEED_PAIRS, itag_line, write_manifest
@@ -24,8 +31,8 @@ def catalog_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def records_file(tmp_path: Path) -> Path:
-    write_jsonl(tmp_path / "records.jsonl", _records())
-    return tmp_path / "records.jsonl"
+    write_jsonl(tmp_path / RECORDS_FILE, _records())
+    return tmp_path / RECORDS_FILE
 
 
 def _stdout_json(capsys: pytest.CaptureFixture[str]) -> dict:
@@ -42,7 +49,7 @@ def test_convert_itag_exit_status_follows_reject_rate(tmp_path: Path, capsys: py
     assert main(["convert", "itag", str(manifest), "--out", str(tmp_path / "strict")]) == 1
     captured = capsys.readouterr()
     assert "reject rate 20.00% exceeds the maximum 5.00%" in captured.err
-    assert (tmp_path / "strict" / "records.jsonl").exists() and (tmp_path / "strict" / "rejects.jsonl").exists()
+    assert (tmp_path / "strict" / RECORDS_FILE).exists() and (tmp_path / "strict" / REJECTS_FILE).exists()
 
 
 def test_convert_itag_reads_s3_and_reports_missing_input(
@@ -113,7 +120,7 @@ def test_split_and_prepare(
     summary = _stdout_json(capsys)
     assert summary["unseen_intents"] == ["find_nearby"]
     assert summary["dataset_hash"] == json.loads((tmp_path / "p" / DATASET_MANIFEST).read_text())["dataset_hash"]
-    assert (tmp_path / "p" / "validation" / "report.md").exists()
+    assert (tmp_path / "p" / VALIDATION_REPORT_MD).exists()
 
     assert main(["prepare", str(records_file), "--out", str(tmp_path / "f"), "--catalog", str(catalog_file)]) == 1
     assert "dataset validation failed: min_examples_per_intent" in capsys.readouterr().err
@@ -160,7 +167,7 @@ def test_out_never_deletes_inputs_or_foreign_folders(
     assert main(["split", str(records_file), "--out", str(tmp_path / "s"), *common]) == 0
     assert main(["split", str(records_file), "--out", str(tmp_path / "s"), *common]) == 0  # its own output
     assert main(["split", str(records_file), "--out", str(foreign), "--force", *common]) == 0
-    assert not (foreign / "notes.txt").exists() and (foreign / "train.jsonl").exists()
+    assert not (foreign / "notes.txt").exists() and (foreign / TRAIN_FILE).exists()
 
 
 @pytest.mark.parametrize(

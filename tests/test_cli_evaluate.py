@@ -97,7 +97,7 @@ def test_evaluate_writes_the_artifact_and_logs_it(candidate_eval: Path, mlflow_s
     rows = list(read_jsonl(candidate_eval / PREDICTIONS_FILE))
     assert len(rows) == N_SAMPLES
     assert sum(r["intent_ok"] for r in rows) / N_SAMPLES == pytest.approx(metrics["intent_accuracy"])
-    assert "<table id='per-intent'>" in (candidate_eval / "report.html").read_text(encoding="utf-8")
+    assert "<table id='per-intent'>" in (candidate_eval / REPORT_HTML).read_text(encoding="utf-8")
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(metrics["mlflow_run_id"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE
+from intentops.artifacts import CATALOG_FILE, RECORDS_FILE
 from intentops.config import (
     DEFAULT_CONFIG,
     EXAMPLE_DIR,
@@ -210,7 +210,7 @@ def test_ui_descriptions_say_what_the_knob_does():
 
 @pytest.mark.parametrize(
     "command",
-    [["compile", "--out", "{tmp}/compiled"], ["split", str(EXAMPLE_DIR / "records.jsonl"), "--out", "{tmp}/split"]],
+    [["compile", "--out", "{tmp}/compiled"], ["split", str(EXAMPLE_DIR / RECORDS_FILE), "--out", "{tmp}/split"]],
     ids=["compile", "split"],
 )
 def test_a_bad_combination_fails_the_cli_in_seconds_naming_the_knob(tmp_path, command):

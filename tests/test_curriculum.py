@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from intentops.artifacts import MINING_REPORT_JSON, MINING_REPORT_MD, TRAIN_FILE
 from intentops.config import MiningConfig
 from intentops.io import read_jsonl, write_jsonl
 from intentops.training.curriculum import mine_hard_samples
@@ -36,7 +37,7 @@ def records() -> list[dict]:
 
 @pytest.fixture
 def train_path(tmp_path: Path, records: list[dict]) -> Path:
-    path = tmp_path / "train.jsonl"
+    path = tmp_path / TRAIN_FILE
     write_jsonl(path, records)
     return path
 
@@ -85,7 +86,7 @@ def test_selects_exactly_the_samples_with_an_imperfect_completion(tmp_path: Path
     }
     scores = _scores(tmp_path / "s.parquet", per_sample, records)
     report = mine_hard_samples(scores, train_path, MiningConfig(), tmp_path / "out")
-    selected = list(read_jsonl(tmp_path / "out" / "train.jsonl"))
+    selected = list(read_jsonl(tmp_path / "out" / TRAIN_FILE))
     assert [r["id"] for r in selected] == ["s1", "s2", "s4"]  # training-file order
     assert selected[0] == records[1]  # every field kept
     assert (report.hard, report.easy, report.selected, report.scored, report.coverage) == (3, 3, 3, 6, 1.0)
@@ -98,8 +99,8 @@ def test_selects_exactly_the_samples_with_an_imperfect_completion(tmp_path: Path
     assert sum(report.reward_histogram["counts"]) == 6 and report.max_reward == 3.0
     ui = report.ui_metadata()
     assert ui["coverage"] == 1.0 and ui["hard_share"] == 0.5 and ui["hard_share/weather_search"] == 1.0
-    assert json.loads((tmp_path / "out" / "mining_report.json").read_text())["hard_ids"] == ["s1", "s2", "s4"]
-    markdown = (tmp_path / "out" / "mining_report.md").read_text()
+    assert json.loads((tmp_path / "out" / MINING_REPORT_JSON).read_text())["hard_ids"] == ["s1", "s2", "s4"]
+    markdown = (tmp_path / "out" / MINING_REPORT_MD).read_text()
     assert "3 hard of 6 scored samples" in markdown and "| weather_search | 2 | 2 | 100.0% | 2 |" in markdown
 
     strict = mine_hard_samples(scores, train_path, MiningConfig(hard_includes_params=True), tmp_path / "p")
@@ -115,10 +116,10 @@ def test_threshold_and_mix_ratio(tmp_path: Path, train_path: Path, records) -> N
     assert mine_hard_samples(scores, train_path, MiningConfig(hard_threshold=0.75), tmp_path / "t").hard_ids == ["s1"]
 
     mixed = mine_hard_samples(scores, train_path, MiningConfig(easy_per_hard=1.5, seed=3), tmp_path / "b")
-    ids = [r["id"] for r in read_jsonl(tmp_path / "b" / "train.jsonl")]
+    ids = [r["id"] for r in read_jsonl(tmp_path / "b" / TRAIN_FILE)]
     assert mixed.hard == 2 and mixed.easy_selected == 3 and len(ids) == 5 and {"s0", "s1"} <= set(ids)
     mine_hard_samples(scores, train_path, MiningConfig(easy_per_hard=1.5, seed=3), tmp_path / "c")
-    assert [r["id"] for r in read_jsonl(tmp_path / "c" / "train.jsonl")] == ids  # seeded
+    assert [r["id"] for r in read_jsonl(tmp_path / "c" / TRAIN_FILE)] == ids  # seeded
 
 
 def test_a_record_without_a_score_is_an_error_naming_it(tmp_path: Path, train_path: Path, records) -> None:
@@ -156,8 +157,8 @@ def test_nothing_hard_writes_an_empty_set_and_says_so(tmp_path: Path, train_path
     scores = _scores(tmp_path / "s.parquet", {f"s{i}": [PERFECT] * 2 for i in range(6)}, records)
     report = mine_hard_samples(scores, train_path, MiningConfig(), tmp_path / "out")
     assert report.hard == 0 and report.selected == 0
-    assert (tmp_path / "out" / "train.jsonl").read_text() == ""
-    assert "no hard samples" in (tmp_path / "out" / "mining_report.md").read_text()
+    assert (tmp_path / "out" / TRAIN_FILE).read_text() == ""
+    assert "no hard samples" in (tmp_path / "out" / MINING_REPORT_MD).read_text()
 
 
 def test_cli_mine(tmp_path: Path, train_path: Path, records, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE
+from intentops.artifacts import CATALOG_FILE, MODEL_CARD
 from intentops.catalog import Catalog, load_catalog
 from intentops.config import EXAMPLE_DIR, PromptConfig, RunConfig
 from intentops.grammar import Call, render_call
@@ -440,8 +440,8 @@ def test_predict_checks_an_mlflow_endpoints_answer_against_the_catalog(
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    catalog.to_yaml(model_dir / "catalog.yaml")
-    (model_dir / "intentops.json").write_text(json.dumps({"prompt": PromptConfig().model_dump()}), encoding="utf-8")
+    catalog.to_yaml(model_dir / CATALOG_FILE)
+    (model_dir / MODEL_CARD).write_text(json.dumps({"prompt": PromptConfig().model_dump()}), encoding="utf-8")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _MlflowHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, RECORDS_FILE
 from intentops.catalog import Catalog
 from intentops.grammar import parse_calls, render_calls
 from intentops.io import read_jsonl
@@ -140,7 +140,7 @@ def test_generator_reproduces_the_committed_files(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes() == (EXAMPLE_DIR / name).read_bytes(), (
             f"{name} is stale: rerun generate.py"
         )
-    assert counts["records"] == sum(1 for _ in read_jsonl(tmp_path / "records.jsonl"))
+    assert counts["records"] == sum(1 for _ in read_jsonl(tmp_path / RECORDS_FILE))
 
 
 def test_small_dataset_fixture_layout(small_dataset_dir: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from intentops.artifacts import METRICS_FILE, PREDICTIONS_FILE
+from intentops.artifacts import GATE_HTML, GATE_MD, METRICS_FILE, PREDICTIONS_FILE
 from intentops.catalog import Catalog, Intent
 from intentops.config import GateConfig
 from intentops.evaluation.gate import EvaluationResult, decide, write_gate
@@ -223,11 +223,11 @@ def test_write_gate_files_and_kfp_scalars(tmp_path: Path) -> None:
     row = next(c for c in data["comparisons"] if c["name"] == "intent_accuracy[overall]_vs_champion")
     assert {"candidate", "champion", "diff", "ci_low", "ci_high", "p_adjusted", "mcnemar_p", "blocked"} <= set(row)
     assert (row["champion"], row["diff"], row["blocked"]) == (1.0, pytest.approx(-0.1), True)
-    markdown = (tmp_path / "gate" / "gate.md").read_text(encoding="utf-8")
+    markdown = (tmp_path / "gate" / GATE_MD).read_text(encoding="utf-8")
     assert markdown.startswith("# Promotion gate: FAILED")
     assert "| intent_accuracy | overall | 100 | 90.0% | 100.0% | -10.0 pt | [" in markdown
     assert "**BLOCKED**" in markdown and "What this test set can detect" in markdown
-    page = (tmp_path / "gate" / "gate.html").read_text(encoding="utf-8")
+    page = (tmp_path / "gate" / GATE_HTML).read_text(encoding="utf-8")
     assert "<td>intent_accuracy</td><td>overall</td><td>100</td>" in page
     scalars = gate_scalar_metrics(decision)
     assert scalars["gate_passed"] == 0.0

@@ -8,7 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from intentops.artifacts import MODEL_CARD, ROLLOUT_COLUMNS, ROLLOUTS_FILE, SCORES_FILE
+from intentops.artifacts import (
+    CATALOG_FILE,
+    COLLAPSED_ROLLOUTS_FILE,
+    MODEL_CARD,
+    REJECTED_PROMPTS_FILE,
+    ROLLOUT_COLUMNS,
+    ROLLOUTS_FILE,
+    SCORES_FILE,
+    TRAIN_FILE,
+)
 from intentops.config import RunConfig
 from intentops.io import write_jsonl
 from intentops.models import read_model_card
@@ -39,7 +48,7 @@ def grpo_config(training_config: RunConfig) -> RunConfig:
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory: pytest.TempPathFactory, sft_model_dir: Path, small_dataset_dir: Path, grpo_config):
     out = tmp_path_factory.mktemp("grpo") / "grpo1"
-    return run_grpo(small_dataset_dir / "train.jsonl", sft_model_dir, grpo_config, out, stage="grpo1")
+    return run_grpo(small_dataset_dir / TRAIN_FILE, sft_model_dir, grpo_config, out, stage="grpo1")
 
 
 def test_stage1_logs_exactly_one_reward_row_per_rollout(stage1, small_dataset_dir: Path) -> None:
@@ -50,13 +59,13 @@ def test_stage1_logs_exactly_one_reward_row_per_rollout(stage1, small_dataset_di
     for _, group in rollouts.groupby(["step", "sample_id"]):
         assert sorted(group["generation"]) == list(range(GENERATIONS))  # a full group per prompt
     assert (rollouts.groupby("step")["sample_id"].nunique() == BATCH // GENERATIONS).all()
-    train_ids = {r["id"] for r in load_split(small_dataset_dir / "train.jsonl")}
+    train_ids = {r["id"] for r in load_split(small_dataset_dir / TRAIN_FILE)}
     assert set(rollouts["sample_id"]) <= train_ids
 
 
 def test_stage1_rollout_rewards_match_the_reward_functions(stage1, small_dataset_dir: Path, grpo_config) -> None:
     rollouts = pd.read_parquet(stage1.rollouts_path)
-    reference = {r["id"]: r["output"] for r in load_split(small_dataset_dir / "train.jsonl")}
+    reference = {r["id"]: r["output"] for r in load_split(small_dataset_dir / TRAIN_FILE)}
     builder = PromptBuilder.from_model_dir(stage1.model_dir)
     weights = RewardWeights.from_config(grpo_config.grpo)
     for row in rollouts.itertuples():
@@ -77,7 +86,7 @@ def test_stage1_scores_every_training_record_in_one_complete_pass(stage1, small_
 
     from intentops.training.rollouts import KIND_METADATA, TRAIN_SET_HASH_METADATA, train_set_hash
 
-    records = load_split(small_dataset_dir / "train.jsonl")
+    records = load_split(small_dataset_dir / TRAIN_FILE)
     table = pq.read_table(stage1.scores_path)
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     assert meta[KIND_METADATA] == "scoring"
@@ -131,9 +140,9 @@ def test_stage1_writes_a_model_card_and_mlflow_metrics(stage1, sft_model_dir: Pa
 
 
 def test_stage2_trains_on_the_mined_hard_samples_only(tmp_path: Path, stage1, small_dataset_dir: Path, grpo_config):
-    mined = mine_hard_samples(stage1.scores_path, small_dataset_dir / "train.jsonl", grpo_config.mining, tmp_path / "m")
+    mined = mine_hard_samples(stage1.scores_path, small_dataset_dir / TRAIN_FILE, grpo_config.mining, tmp_path / "m")
     assert mined.hard > 0, "a 3-step tiny policy should not be perfect on every sample"
-    result = run_grpo(tmp_path / "m" / "train.jsonl", stage1.model_dir, grpo_config, tmp_path / "g2", stage="grpo2")
+    result = run_grpo(tmp_path / "m" / TRAIN_FILE, stage1.model_dir, grpo_config, tmp_path / "g2", stage="grpo2")
     assert not result.skipped and result.train_records == mined.hard
     stage2 = pd.read_parquet(result.rollouts_path)
     assert len(stage2) == 2 * BATCH
@@ -143,7 +152,7 @@ def test_stage2_trains_on_the_mined_hard_samples_only(tmp_path: Path, stage1, sm
 
 
 def test_stage2_passes_the_model_on_when_nothing_is_hard(tmp_path: Path, stage1, grpo_config) -> None:
-    empty = tmp_path / "train.jsonl"
+    empty = tmp_path / TRAIN_FILE
     write_jsonl(empty, [])
     result = run_grpo(empty, stage1.model_dir, grpo_config, tmp_path / "g2", stage="grpo2")
     assert result.skipped and "no hard samples" in result.reason and result.rollouts_path is None
@@ -156,7 +165,7 @@ def test_stage2_passes_the_model_on_when_nothing_is_hard(tmp_path: Path, stage1,
 
 
 def test_stage1_refuses_an_empty_training_set(tmp_path: Path, sft_model_dir: Path, grpo_config) -> None:
-    empty = tmp_path / "train.jsonl"
+    empty = tmp_path / TRAIN_FILE
     write_jsonl(empty, [])
     with pytest.raises(ValueError, match="no training records"):
         run_grpo(empty, sft_model_dir, grpo_config, tmp_path / "out", stage="grpo1")
@@ -172,9 +181,9 @@ def test_collapse_guard_stops_a_broken_policy(
     out = tmp_path / "collapsed"
     # the random-init model never produces a parseable call: reward and format validity stay at 0
     with pytest.raises(RewardCollapseError, match="collapse_patience=2"):
-        run_grpo(small_dataset_dir / "train.jsonl", tiny_model_dir, cfg, out, stage="grpo1")
+        run_grpo(small_dataset_dir / TRAIN_FILE, tiny_model_dir, cfg, out, stage="grpo1")
     assert not (out / MODEL_CARD).exists()  # no model handed on
-    kept = pd.read_parquet(out / "rollouts.collapsed.parquet")
+    kept = pd.read_parquet(out / COLLAPSED_ROLLOUTS_FILE)
     assert len(kept) == 2 * BATCH and kept["reward_total"].max() == 0.0
 
 
@@ -187,7 +196,7 @@ def test_use_vllm_without_vllm_is_a_clear_error(
         pytest.skip("vllm is installed here")
     cfg = RunConfig.from_flat({"grpo__use_vllm": True}, base=grpo_config)
     with pytest.raises(ValueError, match="vllm is not importable"):
-        run_grpo(small_dataset_dir / "train.jsonl", sft_model_dir, cfg, tmp_path / "out")
+        run_grpo(small_dataset_dir / TRAIN_FILE, sft_model_dir, cfg, tmp_path / "out")
 
 
 def test_batch_must_hold_whole_groups(grpo_config):
@@ -199,13 +208,13 @@ def test_batch_must_hold_whole_groups(grpo_config):
 def test_overlong_prompts_are_reported_not_truncated(
     tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config
 ):
-    records = load_split(small_dataset_dir / "train.jsonl")[:3]
+    records = load_split(small_dataset_dir / TRAIN_FILE)[:3]
     records[0] = {**records[0], "text": "很长的句子" * 200}
-    train = tmp_path / "train.jsonl"
+    train = tmp_path / TRAIN_FILE
     write_jsonl(train, records)
     cfg = RunConfig.from_flat({"grpo__stage1_max_steps": 1, "grpo__max_prompt_length": 256}, base=grpo_config)
     result = run_grpo(train, sft_model_dir, cfg, tmp_path / "out")
-    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejected_prompts.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (tmp_path / "out" / REJECTED_PROMPTS_FILE).read_text().splitlines()]
     assert [r["id"] for r in rejects] == [records[0]["id"]] and "max_prompt_length=256" in rejects[0]["reason"]
     assert set(pd.read_parquet(result.rollouts_path)["sample_id"]) == {records[1]["id"], records[2]["id"]}
 
@@ -213,8 +222,8 @@ def test_overlong_prompts_are_reported_not_truncated(
 def test_a_set_smaller_than_one_step_is_cycled(
     tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config
 ):
-    train = tmp_path / "train.jsonl"
-    one = load_split(small_dataset_dir / "train.jsonl")[:1]
+    train = tmp_path / TRAIN_FILE
+    one = load_split(small_dataset_dir / TRAIN_FILE)[:1]
     write_jsonl(train, one)
     result = run_grpo(train, sft_model_dir, grpo_config, tmp_path / "out", stage="grpo2")
     rollouts = pd.read_parquet(result.rollouts_path)
@@ -225,7 +234,7 @@ def test_a_set_smaller_than_one_step_is_cycled(
 def test_cli_grpo_stage2_pass_on(tmp_path: Path, stage1, grpo_config, capsys: pytest.CaptureFixture[str]) -> None:
     from intentops.cli import main
 
-    empty = tmp_path / "train.jsonl"
+    empty = tmp_path / TRAIN_FILE
     write_jsonl(empty, [])
     uri = grpo_config.registry.tracking_uri
     argv = ["train", "grpo", "--train", str(empty), "--model", str(stage1.model_dir), "--out", str(tmp_path / "g2")]
@@ -262,8 +271,8 @@ def test_sft_disabled_hands_the_base_on_and_grpo_starts_from_it(
     assert main([*argv, "--set", "sft__enabled=false", "--set", f"registry__tracking_uri={uri}"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stage"] == "base"
 
-    train = tmp_path / "train.jsonl"
-    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    train = tmp_path / TRAIN_FILE
+    write_jsonl(train, load_split(small_dataset_dir / TRAIN_FILE)[:4])
     cfg = RunConfig.from_flat({"grpo__stage1_max_steps": 1}, base=grpo_config)
     result = run_grpo(train, tmp_path / "base", cfg, tmp_path / "g1")
     assert read_model_card(result.model_dir)["parent"]["stage"] == "base" and result.steps == 1
@@ -275,13 +284,13 @@ def test_grpo_runs_from_a_plain_hugging_face_folder_without_a_model_card(
     import shutil
 
     plain = tmp_path / "plain"
-    shutil.copytree(tiny_model_dir, plain, ignore=shutil.ignore_patterns("intentops.json", "catalog.yaml"))
+    shutil.copytree(tiny_model_dir, plain, ignore=shutil.ignore_patterns(MODEL_CARD, CATALOG_FILE))
     dataset = tmp_path / "dataset"  # the prompt's catalog comes from the training file's dataset folder
     dataset.mkdir()
-    shutil.copy(small_dataset_dir / "catalog.yaml", dataset / "catalog.yaml")
-    write_jsonl(dataset / "train.jsonl", load_split(small_dataset_dir / "train.jsonl")[:4])
+    shutil.copy(small_dataset_dir / CATALOG_FILE, dataset / CATALOG_FILE)
+    write_jsonl(dataset / TRAIN_FILE, load_split(small_dataset_dir / TRAIN_FILE)[:4])
     cfg = RunConfig.from_flat({"grpo__stage1_max_steps": 1, "prompt__few_shot": "none"}, base=grpo_config)
-    result = run_grpo(dataset / "train.jsonl", plain, cfg, tmp_path / "g1")
+    result = run_grpo(dataset / TRAIN_FILE, plain, cfg, tmp_path / "g1")
     card = read_model_card(result.model_dir)
     assert card["stage"] == "grpo1" and card["parent"] == {"stage": "pretrained", "base_model": str(plain)}
     assert card["catalog_hash"] == read_model_card(tiny_model_dir)["catalog_hash"]
@@ -374,8 +383,8 @@ def test_trainer_advantages_follow_the_algorithm(
         {"grpo__stage1_max_steps": 1, "grpo__algorithm": algorithm, "grpo__beta": 0.0, "grpo__temperature": 1.5},
         base=grpo_config,
     )
-    train = tmp_path / "train.jsonl"
-    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    train = tmp_path / TRAIN_FILE
+    write_jsonl(train, load_split(small_dataset_dir / TRAIN_FILE)[:4])
     result = run_grpo(train, sft_model_dir, cfg, tmp_path / "out")
     rewards = torch.tensor(pd.read_parquet(result.rollouts_path)["reward_total"].tolist())
     groups = rewards.view(-1, GENERATIONS)
@@ -426,8 +435,8 @@ def test_reinforce_pp_puts_the_kl_in_the_reward(
         },
         base=grpo_config,
     )
-    train = tmp_path / "train.jsonl"
-    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    train = tmp_path / TRAIN_FILE
+    write_jsonl(train, load_split(small_dataset_dir / TRAIN_FILE)[:4])
     result = run_grpo(train, sft_model_dir, cfg, tmp_path / "out")
     rollouts = pd.read_parquet(result.rollouts_path)
     assert len(kls) == 2 and any(abs(v) > 1e-6 for v in kls[1])  # the policy moved away from the reference
@@ -576,8 +585,8 @@ def test_online_filtering_drops_uniform_groups_and_refills_the_batch(
         },
         base=grpo_config,
     )
-    train = tmp_path / "train.jsonl"
-    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:8])
+    train = tmp_path / TRAIN_FILE
+    write_jsonl(train, load_split(small_dataset_dir / TRAIN_FILE)[:8])
     result = run_grpo(train, sft_model_dir, cfg, tmp_path / "out")
     assert len(batches) == 2
     for advantages, rounds in batches:
@@ -641,7 +650,7 @@ def test_filtering_keeps_varied_groups_and_refills_from_new_prompts_on_a_hand_ba
 def test_cli_score_then_mine(tmp_path: Path, stage1, small_dataset_dir: Path, grpo_config, capsys) -> None:
     from intentops.cli import main
 
-    train = small_dataset_dir / "train.jsonl"
+    train = small_dataset_dir / TRAIN_FILE
     uri = ["--set", f"registry__tracking_uri={grpo_config.registry.tracking_uri}"]
     argv = ["train", "score", "--model", str(stage1.model_dir), "--train", str(train), "--out", str(tmp_path / "s")]
     assert main([*argv, "--set", "mining__score_generations=2", *uri]) == 0
@@ -689,7 +698,7 @@ def test_scoring_pass_through_the_vllm_backend(
     fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
     fake.LLM, fake.SamplingParams = LLM, SamplingParams
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    records = load_split(small_dataset_dir / "train.jsonl")[:3]
+    records = load_split(small_dataset_dir / TRAIN_FILE)[:3]
     builder = PromptBuilder.from_model_dir(sft_model_dir)
     cfg = RunConfig.from_flat({"mining__score_backend": "vllm", "mining__score_generations": 2}, base=grpo_config)
     result = score_training_set(

@@ -1,5 +1,6 @@
 import pytest
 
+from intentops.artifacts import RECORDS_FILE
 from intentops.io import atomic_path, read_jsonl, write_json, write_jsonl
 
 
@@ -39,12 +40,12 @@ def test_replace_output_refuses_inputs_and_foreign_folders(tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    (data / "records.jsonl").write_text("{}\n", encoding="utf-8")
-    records = data / "records.jsonl"
+    (data / RECORDS_FILE).write_text("{}\n", encoding="utf-8")
+    records = data / RECORDS_FILE
     for out, source in ((data, records), (tmp_path, records), (records, records), (data / "sub", data)):
         with pytest.raises(UnsafeOutputError, match="input"), replace_output(out, inputs=[source]):
             pass
-    assert (data / "records.jsonl").exists()
+    assert (data / RECORDS_FILE).exists()
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()

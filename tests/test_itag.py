@@ -11,6 +11,7 @@ import boto3
 import msgspec
 import pytest
 
+from intentops.artifacts import CONVERT_REPORT_FILE, QUICKSTART_FILE, RECORDS_FILE, REJECTS_FILE
 from intentops.data import itag
 from intentops.data.itag import RejectRateError, convert_manifest, detect_lang, join_turns
 
@@ -83,19 +84,19 @@ def test_seed_example_converts_to_records_and_quickstart_format(tmp_path: Path) 
 
     out = tmp_path / "out"
     assert report.passed and report.converted == 4 and report.total_lines == 4
-    records = _jsonl(out / "records.jsonl")
+    records = _jsonl(out / RECORDS_FILE)
     assert [(r["text"], r["output"]) for r in records] == SEED_PAIRS
     weather = records[3]
     assert weather["intent"] == "weather_search" and weather["params"] == ["杭州"]
     assert weather["calls"] == [{"name": "weather_search", "args": ["杭州"]}]
     assert weather["lang"] == "zh" and weather["source_line"] == 4 and weather["id"].startswith("r-")
-    assert json.loads((out / "train.json").read_text(encoding="utf-8")) == [
+    assert json.loads((out / QUICKSTART_FILE).read_text(encoding="utf-8")) == [
         {"instruction": t, "output": o} for t, o in SEED_PAIRS
     ]
-    saved = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    saved = json.loads((out / CONVERT_REPORT_FILE).read_text(encoding="utf-8"))
     assert saved["total_lines"] == 4 and saved["converted"] == 4 and saved["rejected"] == {}
     assert saved["manifest"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
-    assert (out / "rejects.jsonl").read_text() == ""
+    assert (out / REJECTS_FILE).read_text() == ""
 
 
 def test_reviewed_label_wins_and_differences_count_as_human_overrides(tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_reviewed_label_wins_and_differences_count_as_human_overrides(tmp_path: 
     ]
     report = convert_manifest(write_manifest(tmp_path / "m.jsonl", lines), tmp_path / "out")
 
-    records = _jsonl(tmp_path / "out" / "records.jsonl")
+    records = _jsonl(tmp_path / "out" / RECORDS_FILE)
     assert [r["output"] for r in records] == ["play_music()", "weather_search(杭州)", "music_exit()", "volume_down()"]
     assert [r["reviewed"] for r in records] == [True, True, True, False]
     assert report.human_overrides == 1
@@ -118,7 +119,7 @@ def test_system_label_listed_first_still_loses_to_the_reviewed_one(tmp_path: Pat
     line = itag_line("放首歌", "play_music()", system_output="music_exit()")
     assert list(line)[1].endswith("-system")  # the order iTAG exports, which fools the seed script
     convert_manifest(write_manifest(tmp_path / "m.jsonl", [line]), tmp_path / "out")
-    assert _jsonl(tmp_path / "out" / "records.jsonl")[0]["output"] == "play_music()"
+    assert _jsonl(tmp_path / "out" / RECORDS_FILE)[0]["output"] == "play_music()"
 
 
 def test_abandoned_lines_are_excluded_and_counted(tmp_path: Path) -> None:
@@ -134,7 +135,7 @@ def test_abandoned_lines_are_excluded_and_counted(tmp_path: Path) -> None:
     ]
     report = convert_manifest(write_manifest(tmp_path / "m.jsonl", lines), tmp_path / "out")
     assert report.abandoned == 3 and report.converted == 1 and report.rejected == {}
-    assert _jsonl(tmp_path / "out" / "records.jsonl")[0]["text"] == "放首歌"
+    assert _jsonl(tmp_path / "out" / RECORDS_FILE)[0]["text"] == "放首歌"
 
 
 def test_every_reject_reason_is_written_with_line_and_raw(tmp_path: Path) -> None:
@@ -159,7 +160,7 @@ def test_every_reject_reason_is_written_with_line_and_raw(tmp_path: Path) -> Non
     ]
     report = convert_manifest(write_manifest(tmp_path / "m.jsonl", lines), tmp_path / "out", max_reject_rate=1.0)
 
-    rejects = _jsonl(tmp_path / "out" / "rejects.jsonl")
+    rejects = _jsonl(tmp_path / "out" / REJECTS_FILE)
     assert [(r["line"], r["reason"]) for r in rejects] == [
         (2, "not_json"),
         (3, "not_utf8"),
@@ -194,7 +195,7 @@ def test_bom_crlf_and_empty_lines(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", lines, newline=b"\r\n", bom=True)
     report = convert_manifest(manifest, tmp_path / "out")
 
-    records = _jsonl(tmp_path / "out" / "records.jsonl")
+    records = _jsonl(tmp_path / "out" / RECORDS_FILE)
     assert [(r["text"], r["source_line"], r["lang"]) for r in records] == [
         ("第一行", 1, "zh"),
         ("play some music", 4, "en"),
@@ -209,7 +210,7 @@ def test_last_line_without_newline_and_empty_file(tmp_path: Path, monkeypatch: p
     (tmp_path / "m.jsonl").write_bytes(body)
     report = convert_manifest(tmp_path / "m.jsonl", tmp_path / "out")
     assert (report.total_lines, report.empty_lines, report.converted) == (3, 1, 2)
-    assert [r["source_line"] for r in _jsonl(tmp_path / "out" / "records.jsonl")] == [1, 3]
+    assert [r["source_line"] for r in _jsonl(tmp_path / "out" / RECORDS_FILE)] == [1, 3]
 
     (tmp_path / "empty.jsonl").write_bytes(b"")
     report = convert_manifest(tmp_path / "empty.jsonl", tmp_path / "empty")
@@ -230,7 +231,7 @@ def test_multi_turn_instructions_join_user_turns(tmp_path: Path) -> None:
         itag_line(None, "volume_down()", turns=[{"role": "user", "content": "太吵了"}, "再小一点"]),
     ]
     report = convert_manifest(write_manifest(tmp_path / "m.jsonl", lines), tmp_path / "out")
-    records = _jsonl(tmp_path / "out" / "records.jsonl")
+    records = _jsonl(tmp_path / "out" / RECORDS_FILE)
     assert [(r["text"], r["turns"]) for r in records] == [
         ("我想聽音樂。給我放個周杰倫的音樂吧。", 2),
         ("I want music play Adele", 2),
@@ -242,7 +243,7 @@ def test_multi_turn_instructions_join_user_turns(tmp_path: Path) -> None:
 def test_multi_intent_output_keeps_every_call(tmp_path: Path) -> None:
     line = itag_line("放周杰伦的歌，声音小一点", "play_music(周杰伦)；volume_down（）")
     report = convert_manifest(write_manifest(tmp_path / "m.jsonl", [line]), tmp_path / "out")
-    record = _jsonl(tmp_path / "out" / "records.jsonl")[0]
+    record = _jsonl(tmp_path / "out" / RECORDS_FILE)[0]
     assert record["output"] == "play_music(周杰伦);volume_down()"
     assert record["intent"] == "play_music" and record["params"] == ["周杰伦"]
     assert [c["name"] for c in record["calls"]] == ["play_music", "volume_down"]
@@ -263,16 +264,16 @@ def test_reject_rate_above_maximum_fails_but_keeps_every_output(tmp_path: Path) 
     assert "exceeds the maximum" in report.message and "not_json=1" in report.message
     with pytest.raises(RejectRateError, match=r"reject rate 33\.33%"):
         report.raise_for_status()
-    saved = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    saved = json.loads((tmp_path / "out" / CONVERT_REPORT_FILE).read_text(encoding="utf-8"))
     assert saved["passed"] is False and saved["reject_rate"] == pytest.approx(1 / 3, abs=1e-6)
-    assert len(_jsonl(tmp_path / "out" / "records.jsonl")) == 2
-    assert len(_jsonl(tmp_path / "out" / "rejects.jsonl")) == 1
+    assert len(_jsonl(tmp_path / "out" / RECORDS_FILE)) == 2
+    assert len(_jsonl(tmp_path / "out" / REJECTS_FILE)) == 1
 
 
 def test_manifest_without_any_usable_record_does_not_pass(tmp_path: Path) -> None:
     report = convert_manifest(write_manifest(tmp_path / "m.jsonl", [""]), tmp_path / "out")
     assert not report.passed and "no usable record" in report.message
-    assert json.loads((tmp_path / "out" / "train.json").read_text()) == []
+    assert json.loads((tmp_path / "out" / QUICKSTART_FILE).read_text()) == []
 
 
 def test_failure_midway_leaves_previous_output_and_no_partial_one(
@@ -281,7 +282,7 @@ def test_failure_midway_leaves_previous_output_and_no_partial_one(
     manifest = write_manifest(tmp_path / "m.jsonl", [itag_line(f"放第{i}首歌") for i in range(40)])
     out = tmp_path / "out"
     convert_manifest(manifest, out)
-    before = (out / "records.jsonl").read_bytes()
+    before = (out / RECORDS_FILE).read_bytes()
 
     real = itag._convert_chunk
     calls = {"n": 0}
@@ -296,7 +297,7 @@ def test_failure_midway_leaves_previous_output_and_no_partial_one(
     monkeypatch.setattr(itag, "_convert_chunk", failing)
     with pytest.raises(OSError, match="disk full"):
         convert_manifest(manifest, out, workers=1)
-    assert (out / "records.jsonl").read_bytes() == before
+    assert (out / RECORDS_FILE).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "out"]
 
     calls["n"] = 0
@@ -380,7 +381,7 @@ def test_s3_manifest_is_streamed(tmp_path: Path, s3_bucket: str, monkeypatch: py
     local = convert_manifest(manifest, tmp_path / "local", max_reject_rate=0.5)
     assert report.converted == 80 and report.rejected == {"not_json": 1} and report.workers == 2
     assert report.manifest_uri == uri and report.manifest_sha256 == local.manifest_sha256
-    assert (tmp_path / "out" / "records.jsonl").read_bytes() == (tmp_path / "local" / "records.jsonl").read_bytes()
+    assert (tmp_path / "out" / RECORDS_FILE).read_bytes() == (tmp_path / "local" / RECORDS_FILE).read_bytes()
 
 
 def test_a_rejected_line_is_not_counted_as_a_human_override(tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ within a few minutes on two cores; what they check is the orchestration, not mod
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE
+from intentops.artifacts import CATALOG_FILE, RECORDS_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, load_config
 
@@ -75,7 +76,7 @@ def small_inputs(tmp_path_factory) -> dict[str, str]:
     convert_manifest(EXAMPLE_DIR / "manifest.jsonl", folder / "records", 1.0)
     keep: set[int] = set()
     taken: Counter[str] = Counter()
-    with open(folder / "records" / "records.jsonl", encoding="utf-8") as handle:
+    with open(folder / "records" / RECORDS_FILE, encoding="utf-8") as handle:
         for record in map(json.loads, handle):
             names = {call["name"] for call in record["calls"]}
             if names <= set(INTENTS) and taken[record["intent"]] < PER_INTENT:
@@ -202,8 +203,13 @@ def test_retrain_if_changed_stops_when_nothing_changed(passed_run, small_inputs,
     run_dir = execute_local(RETRAIN, cfg, workdir).run_dir
     check = json.loads((run_dir / "check-changes" / "executor_output.json").read_text())
     assert check["parameterValues"]["Output"] is False
-    reason = check["artifacts"]["changes"]["artifacts"][0]["metadata"]["reason"]
-    assert reason == "catalog and data unchanged since champion version 1"
+    meta = check["artifacts"]["changes"]["artifacts"][0]["metadata"]
+    # The newest version trained on these inputs is named: 2 (gate failed) after the gate-fail test, else 1.
+    version = meta["last_trained_version"]
+    outcome = "gate passed, the champion" if version == "1" else "gate failed: .+"
+    hashes = f"data {meta['dataset_hash'][:12]} and catalog {meta['catalog_hash'][:12]}"
+    expected = rf"{hashes} were already trained by version {version} \(pipeline run [^,]+, {outcome}\); nothing changed"
+    assert re.fullmatch(expected, meta["reason"]), meta["reason"]
     assert not (run_dir / "sft-warmup").exists()
 
 

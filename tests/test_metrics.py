@@ -13,8 +13,8 @@ from intentops.evaluation.metrics import (
     INVALID_LABEL,
     compute_metrics,
     score_one,
-    seed002_accuracy,
-    seed002_outcome,
+    strict_accuracy,
+    strict_outcome,
 )
 
 
@@ -57,12 +57,12 @@ def test_headline_metrics_match_hand_computation(case_metrics: dict) -> None:
 def test_metrics_agree_with_the_seed_002_script_on_well_formed_answers() -> None:
     golds = [gold for gold, _, _, _ in CASES]
     raws = [pred if pred is not None else "" for _, pred, _, _ in CASES]
-    seed_intent, seed_params = seed002_accuracy(golds, raws)
+    seed_intent, seed_params = strict_accuracy(golds, raws)
     ours = compute_metrics([_record(g) for g in golds], [pred for _, pred, _, _ in CASES])
     assert (ours["intent_accuracy"], ours["param_accuracy"]) == pytest.approx((seed_intent, seed_params))
 
 
-def test_seed002_figure_is_reported_exactly_beside_the_normalised_one() -> None:
+def test_strict_figure_is_reported_exactly_beside_the_normalised_one() -> None:
     # The probe from the issue: the seed 002 script takes the prediction's text up to its last character, so a
     # full multi-intent answer and a space after a comma make its parameter check fail.
     probe = [
@@ -73,9 +73,9 @@ def test_seed002_figure_is_reported_exactly_beside_the_normalised_one() -> None:
     records = [_record(gold, rid=f"p{i}") for i, (gold, _) in enumerate(probe)]
     raws = [raw for _, raw in probe]
     m = compute_metrics(records, raws, raws=raws)
-    assert (m["seed002_intent_accuracy"], m["seed002_param_accuracy"]) == pytest.approx((1.0, 1 / 3))
+    assert (m["strict_intent_accuracy"], m["strict_param_accuracy"]) == pytest.approx((1.0, 1 / 3))
     assert (m["intent_accuracy"], m["param_accuracy"], m["exact_match"]) == (1.0, 1.0, 1.0)
-    assert seed002_accuracy([g for g, _ in probe], raws) == pytest.approx((1.0, 1 / 3))
+    assert strict_accuracy([g for g, _ in probe], raws) == pytest.approx((1.0, 1 / 3))
 
 
 @pytest.mark.parametrize(
@@ -91,14 +91,14 @@ def test_seed002_figure_is_reported_exactly_beside_the_normalised_one() -> None:
         ("play_music(周杰伦)", "weather_search(周杰伦)", (False, False)),
     ],
 )
-def test_seed002_rule_by_hand(gold: str, pred: str, expected: tuple[bool, bool]) -> None:
-    assert seed002_outcome(gold, pred) == expected
+def test_strict_rule_by_hand(gold: str, pred: str, expected: tuple[bool, bool]) -> None:
+    assert strict_outcome(gold, pred) == expected
 
 
-def test_seed002_figure_reads_the_answer_span_of_a_reasoning_completion() -> None:
+def test_strict_figure_reads_the_answer_span_of_a_reasoning_completion() -> None:
     raw = "<think>the user wants the weather</think><answer>weather_search(杭州)</answer>"
     outcome = score_one(_record("weather_search(杭州)"), "weather_search(杭州)", raw=raw)
-    assert (outcome.seed002_intent_ok, outcome.seed002_params_ok) == (True, True)
+    assert (outcome.strict_intent_ok, outcome.strict_params_ok) == (True, True)
 
 
 def test_parse_failures_and_full_width_punctuation() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
 from intentops.models import (
@@ -64,11 +64,11 @@ def test_tiny_tokenizer_makes_intents_one_token_and_arguments_the_utterances_tok
         update={"model": training_config.model.model_copy(update={"tiny_copy_tokens": True})}
     )
     model_dir = create_tiny_model(
-        small_dataset_dir, load_catalog(small_dataset_dir / "catalog.yaml"), cfg.model, tmp_path / "m", cfg.prompt
+        small_dataset_dir, load_catalog(small_dataset_dir / CATALOG_FILE), cfg.model, tmp_path / "m", cfg.prompt
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     builder = PromptBuilder.from_model_dir(model_dir)
-    records = [json.loads(line) for line in (small_dataset_dir / "train.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (small_dataset_dir / TRAIN_FILE).read_text().splitlines()]
     copied = 0
     for record in records:
         answer = tokenizer(builder.target(record["output"]), add_special_tokens=False)["input_ids"]

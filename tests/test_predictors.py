@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from intentops.artifacts import CATALOG_FILE
+from intentops.artifacts import CATALOG_FILE, RECORDS_FILE, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
 from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
@@ -146,10 +146,10 @@ def test_every_gold_target_begins_with_its_labels_scored_tokens(tmp_path: Path, 
     """On the bundled example, with the tokenizer the tiny profile trains: what label scoring scores for a label is
     what the model is trained to write first (name tokens, then a token of the label's opening set)."""
     catalog = load_catalog(EXAMPLE_DIR / CATALOG_FILE)
-    records = list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))
+    records = list(read_jsonl(EXAMPLE_DIR / RECORDS_FILE))
     dataset = tmp_path / "dataset"
     dataset.mkdir()
-    write_jsonl(dataset / "train.jsonl", records)
+    write_jsonl(dataset / TRAIN_FILE, records)
     prompt_cfg = PromptConfig(numeric_labels=numeric_labels)
     model_cfg = ModelConfig(tiny_hidden_size=16, tiny_num_heads=2, tiny_num_kv_heads=1, tiny_num_layers=1)
     model_dir = create_tiny_model(dataset, catalog, model_cfg, tmp_path / "model", prompt_cfg)
@@ -382,7 +382,7 @@ def test_call_grammar_accepts_exactly_what_serving_enforces(prompt_cfg: PromptCo
     builder = PromptBuilder(load_catalog(EXAMPLE_DIR / CATALOG_FILE), prompt_cfg)
     grammar = CallGrammar.for_builder(builder)
     pattern = re.compile(structured_outputs(builder)["regex"])
-    records = list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))
+    records = list(read_jsonl(EXAMPLE_DIR / RECORDS_FILE))
     candidates = [builder.target(r["output"]) for r in records[:200]]
     rng = random.Random(0)
     labels = list(grammar.labels)
@@ -486,7 +486,7 @@ def test_call_grammar_in_thought_mode_matches_the_served_template() -> None:
     builder = PromptBuilder(load_catalog(EXAMPLE_DIR / CATALOG_FILE), PromptConfig(output_mode="thought"))
     grammar = CallGrammar.for_builder(builder)
     pattern = re.compile(structured_outputs(builder)["regex"])
-    targets = [builder.target(r["output"]) for r in list(read_jsonl(EXAMPLE_DIR / "records.jsonl"))[:100]]
+    targets = [builder.target(r["output"]) for r in list(read_jsonl(EXAMPLE_DIR / RECORDS_FILE))[:100]]
     broken = [
         "<think></think><answer>volume_down()</answer>",  # empty reasoning
         "<think>a<b</think><answer>volume_down()</answer>",  # '<' inside the reasoning

@@ -22,6 +22,7 @@ from intentops.artifacts import (
     METRICS_FILE,
     MODEL_CARD,
     PREDICTIONS_FILE,
+    REPORT_MD,
     ModelFolder,
 )
 from intentops.catalog import load_catalog
@@ -93,7 +94,7 @@ def _evaluation(
     eval_dir = root / "evaluation"
     write_json(eval_dir / METRICS_FILE, metrics)
     write_jsonl(eval_dir / PREDICTIONS_FILE, rows)
-    (eval_dir / "report.md").write_text("# Evaluation\n", encoding="utf-8")
+    (eval_dir / REPORT_MD).write_text("# Evaluation\n", encoding="utf-8")
     decision = decide(eval_dir, champion, GateConfig())
     return eval_dir, write_gate(decision, root / "gate"), decision
 

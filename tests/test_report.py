@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import CONFUSION_PNG
 from intentops.evaluation import load_split
 from intentops.evaluation.baselines import run_baselines
 from intentops.evaluation.metrics import INVALID_LABEL, compute_metrics
@@ -77,7 +78,7 @@ def test_markdown_report(evaluation) -> None:
     text = render_markdown(metrics, errors)
     assert text.startswith("# Evaluation report")
     assert f"| Intent accuracy (normalised) | {100 * metrics['intent_accuracy']:.1f}% |" in text
-    assert f"| Parameter accuracy (seed 002 script, exact) | {100 * metrics['seed002_param_accuracy']:.1f}% |" in text
+    assert f"| Parameter accuracy (strict string rule) | {100 * metrics['strict_param_accuracy']:.1f}% |" in text
     assert "## Baselines (same test records)" in text and "| majority class |" in text
     assert "## Seen vs unseen intents" in text and "| unseen |" in text
     assert "| play_music | volume_down | 1 |" in text  # worst confusions
@@ -87,7 +88,7 @@ def test_markdown_report(evaluation) -> None:
 
 def test_html_report_with_inline_png(evaluation, tmp_path: Path) -> None:
     records, predictions, metrics = evaluation
-    png = plot_confusion_matrix(metrics, tmp_path / "confusion_matrix.png")
+    png = plot_confusion_matrix(metrics, tmp_path / CONFUSION_PNG)
     data = png.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 5000
     page = render_html(metrics, sample_errors(records, predictions), png_path=png)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from intentops.artifacts import TRAIN_FILE
 from intentops.config import ConfigError, load_config
 
 
@@ -143,8 +144,8 @@ def test_sft_after_a_data_change_trains_afresh(
     run_sft(small_dataset_dir, str(tiny_model_dir), cfg, out)
     changed = tmp_path / "dataset"
     shutil.copytree(small_dataset_dir, changed)
-    lines = (changed / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    (changed / "train.jsonl").write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    lines = (changed / TRAIN_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
+    (changed / TRAIN_FILE).write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
 
     run_sft(changed, str(tiny_model_dir), cfg, out)
     training = read_model_card(out)["training"]

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from intentops.artifacts import MODEL_CARD
 from intentops.config import RunConfig
 from intentops.serving import local
 from intentops.serving.local_app import MAX_ROWS, RequestLimits, max_body_bytes
@@ -136,7 +137,7 @@ def test_concurrent_deploys_publish_a_versions_prompt_files_whole(
     seen: list[str] = []
 
     def slow_fetch(folder: Path) -> None:
-        with open(folder / "intentops.json", "w", encoding="utf-8") as handle:
+        with open(folder / MODEL_CARD, "w", encoding="utf-8") as handle:
             handle.write('{"prompt": ')
             handle.flush()
             time.sleep(0.2)  # a reader of this folder now would find half a card
@@ -144,7 +145,7 @@ def test_concurrent_deploys_publish_a_versions_prompt_files_whole(
 
     def deploy_side() -> None:
         folder = local.keep_prompt_files(model, slow_fetch)
-        seen.append((folder / "intentops.json").read_text(encoding="utf-8"))
+        seen.append((folder / MODEL_CARD).read_text(encoding="utf-8"))
 
     with ThreadPoolExecutor(4) as pool:
         for future in [pool.submit(deploy_side) for _ in range(4)]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from transformers import TrainerCallback
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, MODEL_CARD
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, MODEL_CARD, TRAIN_FILE
 from intentops.config import RunConfig
 from intentops.models import load_model_and_tokenizer, read_model_card
 from intentops.prompting import PromptBuilder
@@ -17,7 +17,7 @@ from intentops.training.sft import check_sample, load_split, quick_check, run_sf
 
 
 def _records(dataset_dir: Path) -> list[dict[str, Any]]:
-    return load_split(dataset_dir / "train.jsonl")
+    return load_split(dataset_dir / TRAIN_FILE)
 
 
 def _accuracy(model_dir: Path, records: list[dict[str, Any]], cfg: RunConfig) -> dict[str, float]:
@@ -148,11 +148,11 @@ def test_sft_rejects_records_without_output(tmp_path: Path, small_dataset_dir: P
     broken.mkdir()
     for name in (CATALOG_FILE, DATASET_MANIFEST):
         (broken / name).write_bytes((small_dataset_dir / name).read_bytes())
-    lines = (small_dataset_dir / "train.jsonl").read_text().splitlines()
+    lines = (small_dataset_dir / TRAIN_FILE).read_text().splitlines()
     record = json.loads(lines[2])
     record["output"] = ""
     lines[2] = json.dumps(record)
-    (broken / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (broken / TRAIN_FILE).write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"train\.jsonl:3: record lacks output"):
         run_sft(broken, "", training_config, tmp_path / "out")
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import (
+    CATALOG_FILE,
+    DATASET_MANIFEST,
+    RECORDS_FILE,
+    TRAIN_FILE,
+    VALIDATION_DIR,
+    VALIDATION_JSON,
+    VALIDATION_REPORT_MD,
+)
 from intentops.catalog import Catalog, CatalogError, load_catalog
 from intentops.config import DataConfig
 from intentops.data.split import prepare_dataset, split_dataset
@@ -47,8 +55,8 @@ def _assignment(folder: Path) -> dict[str, str]:
 
 def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
     records = _records()
-    write_jsonl(tmp_path / "records.jsonl", records)
-    manifest = split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "a")
+    write_jsonl(tmp_path / RECORDS_FILE, records)
+    manifest = split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(), tmp_path / "a")
 
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         CATALOG_FILE,
@@ -68,7 +76,7 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
     same_text = {assignment["r023"], assignment["r102"]}  # "music_exit request number 3" with and without "!"
     assert len(same_text) == 1
 
-    again = split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "b")
+    again = split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(), tmp_path / "b")
     assert again.dataset_hash == manifest.dataset_hash
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", DATASET_MANIFEST):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -79,7 +87,7 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
     split_dataset(tmp_path / "shuffled.jsonl", CATALOG, _config(), tmp_path / "c")
     assert _assignment(tmp_path / "c") == assignment
 
-    reseeded = split_dataset(tmp_path / "records.jsonl", CATALOG, _config(seed=7), tmp_path / "d")
+    reseeded = split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(seed=7), tmp_path / "d")
     assert reseeded.dataset_hash != manifest.dataset_hash
 
     saved = json.loads((tmp_path / "a" / DATASET_MANIFEST).read_text(encoding="utf-8"))
@@ -88,9 +96,9 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
 
 
 def test_unseen_intents_and_domain_go_entirely_to_test(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "records.jsonl", _records())
+    write_jsonl(tmp_path / RECORDS_FILE, _records())
     cfg = _config(unseen_intents=["find_nearby"], unseen_domain="volume")
-    manifest = split_dataset(tmp_path / "records.jsonl", CATALOG, cfg, tmp_path / "out")
+    manifest = split_dataset(tmp_path / RECORDS_FILE, CATALOG, cfg, tmp_path / "out")
 
     assert manifest.unseen_intents == ["volume_down", "find_nearby"]
     assert manifest.seen_intents == ["play_music", "music_exit", "weather_search"]
@@ -113,18 +121,18 @@ def test_small_intents_keep_a_training_example(tmp_path: Path) -> None:
         {"id": "b", "text": "stop", "output": "music_exit()"},
         {"id": "c", "text": "stop now", "output": "music_exit()"},
     ]
-    write_jsonl(tmp_path / "records.jsonl", records)
-    split_dataset(tmp_path / "records.jsonl", catalog, _config(val_fraction=0.5, test_fraction=0.5), tmp_path / "o")
+    write_jsonl(tmp_path / RECORDS_FILE, records)
+    split_dataset(tmp_path / RECORDS_FILE, catalog, _config(val_fraction=0.5, test_fraction=0.5), tmp_path / "o")
     assignment = _assignment(tmp_path / "o")
     assert assignment["a"] == "train" and "train" in {assignment["b"], assignment["c"]}
 
 
 def test_bad_holdout_settings_and_unusable_outputs_are_clear_errors(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "records.jsonl", _records())
+    write_jsonl(tmp_path / RECORDS_FILE, _records())
     with pytest.raises(CatalogError, match="not in the catalog: nope"):
-        split_dataset(tmp_path / "records.jsonl", CATALOG, _config(unseen_intents=["nope"]), tmp_path / "o")
+        split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(unseen_intents=["nope"]), tmp_path / "o")
     with pytest.raises(CatalogError, match="'space' is not a catalog domain"):
-        split_dataset(tmp_path / "records.jsonl", CATALOG, _config(unseen_domain="space"), tmp_path / "o")
+        split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(unseen_domain="space"), tmp_path / "o")
     write_jsonl(tmp_path / "broken.jsonl", [*_records(), {"id": "bad", "text": "x", "output": "oops("}])
     with pytest.raises(ValueError, match=r"unusable output, cannot stratify: bad \(empty argument\)"):
         split_dataset(tmp_path / "broken.jsonl", CATALOG, _config(), tmp_path / "o")
@@ -132,8 +140,8 @@ def test_bad_holdout_settings_and_unusable_outputs_are_clear_errors(tmp_path: Pa
 
 
 def test_failure_while_writing_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_jsonl(tmp_path / "records.jsonl", _records())
-    split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "out")
+    write_jsonl(tmp_path / RECORDS_FILE, _records())
+    split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(), tmp_path / "out")
     before = (tmp_path / "out" / DATASET_MANIFEST).read_bytes()
 
     def broken(self: Catalog, path: Any) -> None:
@@ -141,33 +149,33 @@ def test_failure_while_writing_leaves_no_dataset(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(Catalog, "to_yaml", broken)
     with pytest.raises(OSError, match="disk full"):
-        split_dataset(tmp_path / "records.jsonl", CATALOG, _config(seed=1), tmp_path / "out")
+        split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(seed=1), tmp_path / "out")
     assert (tmp_path / "out" / DATASET_MANIFEST).read_bytes() == before
     with pytest.raises(OSError, match="disk full"):
-        split_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "new")
+        split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(), tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "records.jsonl"]
 
 
 def test_prepare_validates_then_splits(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "records.jsonl", _records())
-    manifest = prepare_dataset(tmp_path / "records.jsonl", CATALOG, _config(), tmp_path / "ds")
+    write_jsonl(tmp_path / RECORDS_FILE, _records())
+    manifest = prepare_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(), tmp_path / "ds")
     out = tmp_path / "ds"
     assert {"train.jsonl", "val.jsonl", "test.jsonl", CATALOG_FILE, DATASET_MANIFEST, "validation"} == {
         p.name for p in out.iterdir()
     }
-    assert json.loads((out / "validation" / "report.json").read_text())["passed"] is True
-    assert (out / "validation" / "report.md").exists()
+    assert json.loads((out / VALIDATION_DIR / VALIDATION_JSON).read_text())["passed"] is True
+    assert (out / VALIDATION_REPORT_MD).exists()
     assert manifest.path == str(out) and manifest.counts["train"]["total"] > 0
 
 
 def test_prepare_stops_on_validation_errors_and_keeps_only_the_report(tmp_path: Path) -> None:
     records = [*_records(), {"id": "x", "text": "tell me a joke", "output": "tell_joke()"}]
-    write_jsonl(tmp_path / "records.jsonl", records)
+    write_jsonl(tmp_path / RECORDS_FILE, records)
     out = tmp_path / "ds"
     with pytest.raises(DataValidationError, match=r"unknown_intent \(1\)") as caught:
-        prepare_dataset(tmp_path / "records.jsonl", CATALOG, _config(min_examples_per_intent=50), out)
+        prepare_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(min_examples_per_intent=50), out)
     assert caught.value.report.failed_checks == ["unknown_intent", "min_examples_per_intent"]
-    assert str(out / "validation" / "report.md") in str(caught.value)
+    assert str(out / VALIDATION_REPORT_MD) in str(caught.value)
     assert [p.name for p in out.iterdir()] == ["validation"]
     flagged = (out / "validation" / "flagged.jsonl").read_text(encoding="utf-8")
     assert '"id":"x"' in flagged
@@ -185,7 +193,7 @@ def test_manifest_says_whether_validated_and_hashes_the_training_set(tmp_path: P
     split = split_dataset(records, CATALOG, _config(), tmp_path / "split")
     stored = read_json(tmp_path / "split" / DATASET_MANIFEST)
     assert stored["validated"] is False and split.validated is False
-    assert stored["train_hash"] == sha256_file(tmp_path / "split" / "train.jsonl")[:16]
+    assert stored["train_hash"] == sha256_file(tmp_path / "split" / TRAIN_FILE)[:16]
     with pytest.raises(ValueError, match=r"never validated.*intentops prepare"):
         require_validated(tmp_path / "split")
     status = main(["train", "sft", "--dataset", str(tmp_path / "split"), "--out", str(tmp_path / "model")])

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from intentops.artifacts import CATALOG_FILE, TRAIN_FILE
 from intentops.catalog import CatalogError, load_catalog, parse_catalog
 from intentops.config import DataConfig, RunConfig
 from intentops.data.validate import validate_records
@@ -95,7 +96,7 @@ def uncertain_model(tmp_path_factory: pytest.TempPathFactory, small_dataset_dir:
     from intentops.tiny_model import create_tiny_model
 
     cfg = load_config(overrides={"prompt__uncertain_label": True, "sft__uncertain_share": 0.25})
-    catalog = load_catalog(small_dataset_dir / "catalog.yaml")
+    catalog = load_catalog(small_dataset_dir / CATALOG_FILE)
     out = tmp_path_factory.mktemp("uncertain") / "tiny"
     return create_tiny_model(small_dataset_dir, catalog, cfg.model, out, cfg.prompt), cfg
 
@@ -124,11 +125,11 @@ def test_relabel_uncertain_turns_the_least_confident_quarter(
     uncertain_model: tuple[Path, RunConfig], small_dataset_dir: Path, tmp_path: Path
 ) -> None:
     model_dir, cfg = uncertain_model
-    records = list(read_jsonl(small_dataset_dir / "train.jsonl"))[:12]
+    records = list(read_jsonl(small_dataset_dir / TRAIN_FILE))[:12]
     batched = gold_confidences(model_dir, records, cfg, batch_size=5)  # padded batches of uneven lengths
     assert batched == pytest.approx(_one_by_one(model_dir, records, cfg), abs=1e-4)
 
-    train = tmp_path / "train.jsonl"
+    train = tmp_path / TRAIN_FILE
     train.write_text("".join(pd.DataFrame(records).to_json(orient="records", lines=True, force_ascii=False)))
     path, report = relabel_uncertain(model_dir, train, cfg, tmp_path / "out")
     rows = list(read_jsonl(path))
@@ -153,4 +154,4 @@ def test_relabel_uncertain_needs_the_label_in_the_prompt(
     tiny_model_dir: Path, small_dataset_dir: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(UncertainLabelError, match=r"prompt\.uncertain_label"):
-        relabel_uncertain(tiny_model_dir, small_dataset_dir / "train.jsonl", RunConfig(), tmp_path / "out")
+        relabel_uncertain(tiny_model_dir, small_dataset_dir / TRAIN_FILE, RunConfig(), tmp_path / "out")

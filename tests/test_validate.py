@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from intentops.artifacts import QUICKSTART_FILE, RECORDS_FILE, TRAIN_FILE, VALIDATION_JSON, VALIDATION_MD
 from intentops.catalog import CatalogError, parse_catalog
 from intentops.config import DataConfig
 from intentops.data.records import load_records, normalise_text
@@ -93,17 +94,17 @@ def _finding(report: Any, check: str) -> Any:
 
 
 def test_clean_records_pass_every_check_and_reports_are_written(tmp_path: Path) -> None:
-    path = tmp_path / "records.jsonl"
+    path = tmp_path / RECORDS_FILE
     write_jsonl(path, clean_records())
     report = validate_records(path, CATALOG, _config(), tmp_path / "report")
 
     assert report.passed and report.errors == [] and report.warnings == []
     assert [row["status"] for row in report.checks] == ["pass"] * len(CHECKS)
-    saved = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    saved = json.loads((tmp_path / "report" / VALIDATION_JSON).read_text(encoding="utf-8"))
     assert saved["passed"] is True and saved["errors"] == [] and saved["warnings"] == []
     assert saved["counts"]["records"] == 22 and saved["counts"]["multi_intent"] == 2
     assert saved["counts"]["single_intent_per_intent"]["play_music"] == 4
-    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    markdown = (tmp_path / "report" / VALIDATION_MD).read_text(encoding="utf-8")
     assert markdown.startswith("# Dataset validation: PASSED")
     assert "| conflicting_labels | error | pass | 0 |" in markdown
     assert (tmp_path / "report" / "flagged.jsonl").read_text() == ""
@@ -184,7 +185,7 @@ def test_train_test_leakage_in_a_dataset_folder(tmp_path: Path) -> None:
     records = clean_records()
     dataset = tmp_path / "dataset"
     dataset.mkdir()
-    write_jsonl(dataset / "train.jsonl", records[:18])
+    write_jsonl(dataset / TRAIN_FILE, records[:18])
     write_jsonl(dataset / "val.jsonl", records[18:20])
     write_jsonl(dataset / "test.jsonl", [*records[20:], {**records[0], "id": "leak", "text": "放周杰伦的歌!"}])
     report = validate_records(dataset, CATALOG, _config(min_examples_per_intent=2), tmp_path / "report")
@@ -237,29 +238,29 @@ def test_severities_can_be_raised_lowered_or_switched_off(tmp_path: Path) -> Non
 
 def test_failed_report_markdown_lists_examples(tmp_path: Path) -> None:
     report = _run([*clean_records(), {"id": "bad|id", "text": "讲个笑话", "output": "tell_joke()"}], tmp_path)
-    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    markdown = (tmp_path / "report" / VALIDATION_MD).read_text(encoding="utf-8")
     assert not report.passed and markdown.startswith("# Dataset validation: FAILED")
     assert "### unknown_intent (1)" in markdown and "bad\\|id" in markdown
-    saved = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    saved = json.loads((tmp_path / "report" / VALIDATION_JSON).read_text(encoding="utf-8"))
     assert saved["errors"][0]["check"] == "unknown_intent" and saved["errors"][0]["count"] == 1
 
 
 def test_pai_quickstart_file_and_unknown_unseen_intent(tmp_path: Path) -> None:
     pairs = [{"instruction": r["text"], "output": r["output"]} for r in clean_records()]
-    (tmp_path / "train.json").write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
-    report = validate_records(tmp_path / "train.json", CATALOG, _config(), tmp_path / "report")
+    (tmp_path / QUICKSTART_FILE).write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    report = validate_records(tmp_path / QUICKSTART_FILE, CATALOG, _config(), tmp_path / "report")
     assert report.passed and report.counts["records"] == 22
     with pytest.raises(CatalogError, match="not in the catalog: nope"):
-        validate_records(tmp_path / "train.json", CATALOG, _config(unseen_intents=["nope"]), tmp_path / "r")
+        validate_records(tmp_path / QUICKSTART_FILE, CATALOG, _config(unseen_intents=["nope"]), tmp_path / "r")
     with pytest.raises(CatalogError, match="'space' is not a catalog domain"):
-        validate_records(tmp_path / "train.json", CATALOG, _config(unseen_domain="space"), tmp_path / "r")
+        validate_records(tmp_path / QUICKSTART_FILE, CATALOG, _config(unseen_domain="space"), tmp_path / "r")
 
 
 # ---- issue 11: bad data gets one clear line (12), ids are content ids and never collide (10, 14) ----------------
 
 
 def test_bad_records_files_name_the_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "records.jsonl"
+    path = tmp_path / RECORDS_FILE
     path.write_text('{"text": "a", "output": "f()"}\n["text", "output"]\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"records\.jsonl:2: expected a JSON object"):
         load_records(path)
@@ -270,7 +271,7 @@ def test_bad_records_files_name_the_file_and_line(tmp_path: Path) -> None:
     path.write_bytes(b'{"text": "a", "output": "f()"}\n{"text": "\xff\xfe", "output": "f()"}\n')
     with pytest.raises(ValueError, match=r"records\.jsonl:2: not UTF-8"):
         load_records(path)
-    listed = tmp_path / "train.json"
+    listed = tmp_path / QUICKSTART_FILE
     listed.write_bytes(b'[{"instruction": "\xff", "output": "f()"}]')
     with pytest.raises(ValueError, match=r"train\.json"):
         load_records(listed)
@@ -285,13 +286,13 @@ def test_record_ids_are_content_ids_stable_under_shuffling(tmp_path: Path) -> No
         zip(load_records(tmp_path / "b.jsonl")["text"], load_records(tmp_path / "b.jsonl")["id"], strict=True)
     )
     assert first == second and len(set(first.values())) == 6
-    as_json = tmp_path / "train.json"
+    as_json = tmp_path / QUICKSTART_FILE
     as_json.write_text(json.dumps([{"instruction": r["text"], "output": r["output"]} for r in rows]), encoding="utf-8")
     assert dict(zip(load_records(as_json)["text"], load_records(as_json)["id"], strict=True)) == first
 
 
 def test_duplicate_record_ids_with_different_content_are_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "records.jsonl"
+    path = tmp_path / RECORDS_FILE
     write_jsonl(path, [{"id": "x1", "text": "a", "output": "f()"}, {"id": "x1", "text": "b", "output": "g()"}])
     with pytest.raises(ValueError, match=r"records\.jsonl: record id 'x1' is used by 2 different records"):
         load_records(path)

@@ -24,6 +24,7 @@ from typing import Any
 from prepare import prepare
 from rows import MODEL_ROWS, ProtocolResult, Row, evaluate, fit_lengths, protocol_config, tfidf_row
 
+from intentops.artifacts import CATALOG_FILE, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
 
@@ -63,7 +64,7 @@ def build_base(data_dir: Path, cfg: RunConfig, out: Path) -> Path:
     if cfg.model.profile == "tiny":
         from intentops.tiny_model import create_tiny_model
 
-        catalog = load_catalog(data_dir / "catalog.yaml")
+        catalog = load_catalog(data_dir / CATALOG_FILE)
         return create_tiny_model(data_dir, catalog, cfg.model, out, cfg.prompt)
     from intentops.models import resolve_model
 
@@ -110,7 +111,7 @@ def model_rows(result: ProtocolResult, chain: Chain, cfg: RunConfig) -> None:
     add("SFT", sft_dir, "sft", cost)
 
     # ---- uncertain-label step of the training chain (intentops.training.uncertain) ----
-    train_path, relabel_note = relabel_step(timed, sft_dir, data_dir / "train.jsonl", cfg, work / "relabelled")
+    train_path, relabel_note = relabel_step(timed, sft_dir, data_dir / TRAIN_FILE, cfg, work / "relabelled")
     cost += stage_s.get("relabel", 0.0)
     chain.train_path = train_path
 
@@ -123,7 +124,7 @@ def model_rows(result: ProtocolResult, chain: Chain, cfg: RunConfig) -> None:
         raise RuntimeError(f"GRPO stage 1 wrote no scoring pass in {grpo1.model_dir}; nothing to mine")
     hard_dir = work / "hard"
     mining = timed("mining", mine_hard_samples, grpo1.scores_path, train_path, cfg.mining, hard_dir)
-    grpo2 = timed("grpo2", run_grpo, hard_dir / "train.jsonl", grpo1.model_dir, cfg, models / "grpo2", "grpo2", run_id)
+    grpo2 = timed("grpo2", run_grpo, hard_dir / TRAIN_FILE, grpo1.model_dir, cfg, models / "grpo2", "grpo2", run_id)
     cost += stage_s["mining"] + stage_s["grpo2"]
     note = f"RCS: {mining.hard} hard of {mining.scored} samples scored after stage 1; " + (
         grpo2.reason if grpo2.skipped else f"GRPO stage 2: {grpo2.steps} steps on them"

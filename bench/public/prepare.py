@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, REJECTS_FILE
 from intentops.catalog import UNCERTAIN_INTENT, Catalog, Intent
 from intentops.config import DataConfig
 from intentops.data.itag import detect_lang
@@ -358,7 +358,7 @@ def prepare(
         for split in SPLITS:
             write_jsonl(tmp / f"{split}.jsonl", rows[split])
         catalog.to_yaml(tmp / CATALOG_FILE)
-        write_jsonl(tmp / "rejects.jsonl", rejects)
+        write_jsonl(tmp / REJECTS_FILE, rejects)
         origin = {"path": str(source), "sha256": sha256_file(source), "protocol": protocol, "seed": seed, **limits_used}
         write_json(tmp / DATASET_MANIFEST, _manifest(tmp, rows, catalog, unseen, origin))
         findings = _validate(tmp, catalog)

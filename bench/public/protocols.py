@@ -34,6 +34,7 @@ from chain import Chain, build_base, relabel_step, timer
 from rows import ProtocolResult, Row, evaluate, fit_lengths, tfidf_row
 from variants import merge_intents, pick_merge_group, prepare_bundled, replaced_accuracy, with_replaces
 
+from intentops.artifacts import CATALOG_FILE, RECORDS_FILE, TRAIN_FILE
 from intentops.config import RunConfig
 from intentops.io import read_jsonl
 
@@ -85,7 +86,7 @@ def split_comparisons(result: ProtocolResult, chain: Chain, cfg: RunConfig, name
         raise RuntimeError("the chain did not get as far as SFT; the seed protocols need its models")
     out, timed, data_dir, run_id = result.comparisons, timer(result), chain.data_dir, chain.run_id
     models, evals, stage_s = chain.work / "models", chain.work / "eval", result.stage_s
-    n_train = sum(1 for _ in read_jsonl(data_dir / "train.jsonl"))
+    n_train = sum(1 for _ in read_jsonl(data_dir / TRAIN_FILE))
     steps = cfg.grpo.stage1_max_steps
     epochs = grpo_epochs(cfg, steps, n_train)
     sft_row, grpo_row, rcs_row = (chain.rows.get(k) for k in ("SFT", "SFT + GRPO", "SFT + GRPO + RCS"))
@@ -162,7 +163,7 @@ def split_comparisons(result: ProtocolResult, chain: Chain, cfg: RunConfig, name
             sft_dir = Path(
                 timed("sft-uncertain", run_sft, data_dir, str(chain.base), offered, models / "sft-u", run_id)
             )
-            train, note = relabel_step(timed, sft_dir, data_dir / "train.jsonl", offered, chain.work / "relabelled-u")
+            train, note = relabel_step(timed, sft_dir, data_dir / TRAIN_FILE, offered, chain.work / "relabelled-u")
             cost = base_s + stage_s["sft-uncertain"] + stage_s.get("relabel", 0.0)
             row = grpo_from(sft_dir, offered, "grpo-uncertain", cost, train)
             report = uncertain_report(_predictions(evals / "grpo-uncertain"), _predictions(chain.evals["SFT + GRPO"]))
@@ -186,8 +187,8 @@ def bundled_comparisons(
     from intentops.training.sft import run_sft
 
     info = prepare_bundled(
-        bundled / "records.jsonl",
-        bundled / "catalog.yaml",
+        bundled / RECORDS_FILE,
+        bundled / CATALOG_FILE,
         work / "data",
         max_intents=sizes.get("max_intents"),
         max_train_per_intent=sizes.get("max_train_per_intent"),
@@ -220,7 +221,7 @@ def bundled_comparisons(
             _attempt(out, "cross_lingual", f"TF-IDF + linear, {pair}", lambda d=data: tfidf_row(d, cfg.data.seed))
             _attempt(out, "cross_lingual", f"SFT, {pair}", lambda d=data, p=pair: ev(sft, d, f"sft-{p}", cost))
     if "catalog_change" in names:
-        group, old = pick_merge_group(load_catalog(same / "catalog.yaml"), cfg.data.seed)
+        group, old = pick_merge_group(load_catalog(same / CATALOG_FILE), cfg.data.seed)
         merged_dir, split_dir = work / "data" / "merged", work / "data" / "split"
         merged_catalog = merge_intents(same, group, old, merged_dir)
         split_catalog = with_replaces(same, group, old, split_dir)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import CATALOG_FILE, TRAIN_FILE, Dataset
 from intentops.catalog import UNCERTAIN_INTENT, load_catalog
 from intentops.config import RunConfig
 from intentops.io import read_jsonl
@@ -90,9 +91,9 @@ def fit_lengths(cfg: RunConfig, base_dir: Path, data_dir: Path) -> dict[str, int
     from intentops.prompting import PromptBuilder
 
     tokenizer = load_tokenizer(base_dir)
-    train = list(read_jsonl(data_dir / "train.jsonl"))
-    records = train + list(read_jsonl(data_dir / "test.jsonl"))
-    builder = PromptBuilder(load_catalog(data_dir / "catalog.yaml"), cfg.prompt, examples=train)
+    train = list(read_jsonl(data_dir / TRAIN_FILE))
+    records = train + list(read_jsonl(Dataset(data_dir).split("test")))
+    builder = PromptBuilder(load_catalog(data_dir / CATALOG_FILE), cfg.prompt, examples=train)
     prompts = chat_prompts(tokenizer, builder, [r["text"] for r in records])
     prompt_tokens = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
     targets = [builder.target(r["output"]) for r in records]
@@ -120,8 +121,8 @@ def tfidf_row(data_dir: Path, seed: int) -> Row:
     """
     from intentops.evaluation.baselines import tfidf_baseline
 
-    train = list(read_jsonl(data_dir / "train.jsonl"))
-    test = list(read_jsonl(data_dir / "test.jsonl"))
+    train = list(read_jsonl(data_dir / TRAIN_FILE))
+    test = list(read_jsonl(Dataset(data_dir).split("test")))
     texts, gold, seen = [r["text"] for r in train], [r["intent"] for r in train], [r["seen"] for r in test]
     test_texts, test_gold = [r["text"] for r in test], [r["intent"] for r in test]
     start = time.perf_counter()

@@ -37,6 +37,7 @@ from protocols import BUNDLED_COMPARISONS, COMPARISONS, SPLIT_COMPARISONS, bundl
 from report import ROOT, git_state, machine, render_block, update_report
 from rows import ProtocolResult, Row, bench_config, protocol_config
 
+from intentops.artifacts import RECORDS_FILE
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.cli import add_config_argument, config_from_args
 from intentops.io import read_json, write_json
@@ -127,7 +128,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(args.comparisons - set(COMPARISONS))
     if unknown:
         parser.error(f"unknown comparisons: {', '.join(unknown)} (known: {', '.join(COMPARISONS)})")
-    if args.comparisons & set(BUNDLED_COMPARISONS) and not (args.bundled / "records.jsonl").is_file():
+    if args.comparisons & set(BUNDLED_COMPARISONS) and not (args.bundled / RECORDS_FILE).is_file():
         parser.error(f"{args.bundled / 'records.jsonl'}: bundled example not found (needed by cross_lingual)")
     for dataset in args.datasets:
         if not (args.datasets_dir / f"{dataset}.jsonl").is_file():

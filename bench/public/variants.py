@@ -19,6 +19,7 @@ from typing import Any
 
 from prepare import SPLITS, PrepareError, _manifest
 
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
 from intentops.catalog import Catalog, Intent, load_catalog
 from intentops.grammar import Call, parse_calls, render_calls
 from intentops.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
@@ -38,8 +39,8 @@ def _write(folder: Path, rows: dict[str, list[dict[str, Any]]], catalog: Catalog
         tmp.mkdir(parents=True)
         for split in SPLITS:
             write_jsonl(tmp / f"{split}.jsonl", rows[split])
-        catalog.to_yaml(tmp / "catalog.yaml")
-        write_json(tmp / "manifest.json", _manifest(tmp, rows, catalog, [], source))
+        catalog.to_yaml(tmp / CATALOG_FILE)
+        write_json(tmp / DATASET_MANIFEST, _manifest(tmp, rows, catalog, [], source))
 
 
 def prepare_bundled(
@@ -114,7 +115,7 @@ def _renamed(record: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
 
 def merge_intents(dataset_dir: Path, group: Sequence[str], merged: str, out_dir: Path) -> Catalog:
     """`dataset_dir` with the intents of `group` merged into `merged` (which `replaces` them); returns its catalog."""
-    catalog = load_catalog(dataset_dir / "catalog.yaml")
+    catalog = load_catalog(dataset_dir / CATALOG_FILE)
     members = [catalog.get(name) for name in group]
     if len(group) < 2 or any(m is None or m.parameters for m in members):
         raise PrepareError(f"{dataset_dir}: merge needs two or more parameterless catalog intents, got {list(group)}")
@@ -124,14 +125,14 @@ def merge_intents(dataset_dir: Path, group: Sequence[str], merged: str, out_dir:
     new_catalog = Catalog(name=catalog.name, intents=(*intents, new))
     mapping = dict.fromkeys(group, merged)
     rows = {s: [_renamed(r, mapping) for r in read_jsonl(dataset_dir / f"{s}.jsonl")] for s in SPLITS}
-    source = {**read_json(dataset_dir / "manifest.json").get("source", {}), "merged": {merged: list(group)}}
+    source = {**read_json(dataset_dir / DATASET_MANIFEST).get("source", {}), "merged": {merged: list(group)}}
     _write(out_dir, rows, new_catalog, source)
     return new_catalog
 
 
 def with_replaces(dataset_dir: Path, group: Sequence[str], old: str, out_dir: Path) -> Catalog:
     """A copy of `dataset_dir` whose intents in `group` say they replace `old` (split out of it)."""
-    catalog = load_catalog(dataset_dir / "catalog.yaml")
+    catalog = load_catalog(dataset_dir / CATALOG_FILE)
     intents = tuple(
         i.model_copy(update={"replaces": (old,)}) if i.name in group and old not in i.replaces else i
         for i in catalog.intents
@@ -139,7 +140,7 @@ def with_replaces(dataset_dir: Path, group: Sequence[str], old: str, out_dir: Pa
     new_catalog = Catalog(name=catalog.name, intents=intents)
     with atomic_path(out_dir) as tmp:
         shutil.copytree(dataset_dir, tmp)
-        new_catalog.to_yaml(tmp / "catalog.yaml")
+        new_catalog.to_yaml(tmp / CATALOG_FILE)
     return new_catalog
 
 

@@ -1,4 +1,4 @@
-"""check-changes: compare the catalog and data hashes of this run's dataset with the champion's registry tags."""
+"""check-changes: was this run's catalog and data already trained by a registered version (champion or not)?"""
 
 from kfp import dsl
 
@@ -21,16 +21,16 @@ def check_changes(
     dataset: dsl.Input[dsl.Dataset],
     changes: dsl.Output[dsl.Artifact],
 ) -> bool:
-    """Compare the `catalog_hash` and `dataset_hash` of this run's validated dataset with the tags of the
-    `@champion` version. Unchanged means nothing to train.
+    """Look up the newest registered version tagged with this run's `catalog_hash` and `dataset_hash` (champion or
+    a challenger that failed the gate). Found means nothing to train, unless `registry.force_retrain`.
 
     Args:
         config: RunConfig YAML from resolve-config (`registry.*`).
         dataset: validate-dataset output folder of this run (its manifest holds the hashes).
-        changes: Output JSON: changed, reason, the current hashes and the champion's.
+        changes: Output JSON: changed, reason, the current hashes, the version that trained them, the champion's.
 
     Returns:
-        True when there is no champion or either hash differs: gates the training sub-pipeline (a single return
+        True when no version was trained on these hashes (or force_retrain): gates the training sub-pipeline (a single return
         value, because kfp.local resolves conditions only on those). The reason is in the `changes` metadata.
     """
     import json

@@ -32,7 +32,12 @@ SPLITS = ("train", "val", "test")
 TRAIN_FILE = "train.jsonl"
 CATALOG_FILE = "catalog.yaml"
 DATASET_MANIFEST = "manifest.json"
-VALIDATION_REPORT_MD = "validation/report.md"
+# validation report folder (inside the dataset from validate-dataset; anywhere from `intentops validate`)
+VALIDATION_DIR = "validation"
+VALIDATION_JSON = "report.json"
+VALIDATION_MD = "report.md"
+FLAGGED_FILE = "flagged.jsonl"
+VALIDATION_REPORT_MD = f"{VALIDATION_DIR}/{VALIDATION_MD}"
 # model folder (sft-warmup, grpo-stage1, grpo-stage2): Hugging Face files plus these two
 MODEL_CARD = "intentops.json"
 # a model folder by reference (storage.models_uri): the artifact holds only this file (uri, size, content hash)

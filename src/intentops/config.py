@@ -332,6 +332,12 @@ class RegistryConfig(_Section):
         description="Longest time one MLflow call keeps retrying an unreachable or failing server before the command "
         "fails (sets MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR and _TIMEOUT).",
     )
+    force_retrain: bool = Field(
+        False,
+        description="retrain-if-changed only: train even when a registered version was already trained on this "
+        "catalog and data (e.g. to retry with other training knobs after a failed gate). Off: such a run stops "
+        "after check-changes, naming that version.",
+    )
 
 
 class ServingConfig(_Section):

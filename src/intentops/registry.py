@@ -191,7 +191,8 @@ def find_version_by_tags(cfg: RunConfig, **tags: str) -> RegisteredVersion | Non
         log.info("registry: no version of %s has tags %s", name, tags)
         return None
     log.info("registry: %s version %s is the newest of %d with tags %s", name, found[0].version, len(found), tags)
-    return RegisteredVersion.from_mlflow(found[0])
+    # Search results carry no aliases; read the version itself so `aliases` is true.
+    return _model_version(client, name, found[0].version)
 
 
 # ---- champion moves --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from intentops.artifacts import TRAIN_FILE
 from intentops.catalog import Catalog
 from intentops.config import ModelConfig, PromptConfig
 from intentops.io import read_jsonl
@@ -41,7 +42,7 @@ CHAT_TEMPLATE = (
 
 
 def _training_texts(dataset_dir: Path) -> list[dict[str, Any]]:
-    path = dataset_dir / "train.jsonl"
+    path = dataset_dir / TRAIN_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: training split not found (expected a validated dataset folder)")
     records = list(read_jsonl(path))

@@ -149,7 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pipeline",
         choices=("training", "retrain"),
         default="training",
-        help="training (default) or retrain-if-changed (trains only if the catalog or data changed since the champion).",
+        help="training (default) or retrain-if-changed (trains only if no registered version was trained on this "
+        "catalog and data).",
     )
     run.add_argument(
         "--workdir", default=DEFAULT_WORKDIR, help=f"Outputs and MLflow store (default: ./{DEFAULT_WORKDIR})."

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, TRAIN_FILE, VALIDATION_DIR
 from intentops.catalog import Catalog
 from intentops.config import DataConfig
 from intentops.data.records import SPLITS, annotate, complete_record, load_records, unseen_intents
@@ -149,7 +149,7 @@ def _write_split(
     manifest = {
         "counts": counts,
         "dataset_hash": _dataset_hash(folder),
-        "train_hash": files["train.jsonl"][:16],  # what a rollout log records, so mining can check its source
+        "train_hash": files[TRAIN_FILE][:16],  # what a rollout log records, so mining can check its source
         "validated": validated,
         "catalog_hash": catalog.content_hash,
         "unseen_intents": held_out,
@@ -209,10 +209,10 @@ def prepare_dataset(
     report: ValidationReport
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        report = validate_records(records, catalog, data_cfg, tmp / "validation")
+        report = validate_records(records, catalog, data_cfg, tmp / VALIDATION_DIR)
         if report.passed:
             manifest = _write_split(frame, catalog, data_cfg, tmp, _source(records), validated=True)
-    report.out_dir = str(Path(out_dir) / "validation")
+    report.out_dir = str(Path(out_dir) / VALIDATION_DIR)
     if not report.passed:
         raise DataValidationError(report)
     return DatasetManifest(path=str(out_dir), **manifest)

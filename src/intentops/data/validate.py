@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from intentops.artifacts import FLAGGED_FILE, VALIDATION_JSON, VALIDATION_MD
 from intentops.catalog import UNCERTAIN_INTENT, Catalog
 from intentops.config import DataConfig
 from intentops.data.records import annotate, load_records, unseen_intents
@@ -53,7 +54,7 @@ class DataValidationError(ValueError):
 
     def __init__(self, report: ValidationReport) -> None:
         failed = "; ".join(f"{f.check} ({f.count}): {f.message}" for f in report.errors)
-        super().__init__(f"dataset validation failed: {failed} (see {Path(report.out_dir) / 'report.md'})")
+        super().__init__(f"dataset validation failed: {failed} (see {Path(report.out_dir) / VALIDATION_MD})")
         self.report = report
 
 
@@ -400,9 +401,9 @@ def validate_records(
     source = "DataFrame" if isinstance(records, pd.DataFrame) else str(records)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        write_json(tmp / "report.json", {"source": source, **report.to_dict()})
-        (tmp / "report.md").write_text(_markdown(report, source), encoding="utf-8")
-        with open(tmp / "flagged.jsonl", "wb") as handle:
+        write_json(tmp / VALIDATION_JSON, {"source": source, **report.to_dict()})
+        (tmp / VALIDATION_MD).write_text(_markdown(report, source), encoding="utf-8")
+        with open(tmp / FLAGGED_FILE, "wb") as handle:
             for finding in errors + warnings:
                 for row in finding.flagged:
                     handle.write(

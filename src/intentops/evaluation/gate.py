@@ -46,8 +46,8 @@ _SUMMARY_KEYS = (
     "exact_match",
     "macro_f1",
     "format_error_rate",
-    "seed002_intent_accuracy",
-    "seed002_param_accuracy",
+    "strict_intent_accuracy",
+    "strict_param_accuracy",
 )
 _OUTCOME_FIELD = {"intent_accuracy": "intent_ok", "param_accuracy": "params_ok", "exact_match": "exact_ok"}
 

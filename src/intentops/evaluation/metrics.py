@@ -2,7 +2,8 @@
 
 Two families of headline numbers, side by side:
 
-- `seed002_intent_accuracy` / `seed002_param_accuracy` reproduce the seed 002 evaluation script exactly, string
+- `strict_intent_accuracy` / `strict_param_accuracy` (the strict string rule) reproduce the reference offline
+  evaluation script (the one shipped with seed 002, see `strict_outcome`) exactly, string
   arithmetic included, on the model's raw answer: only the gold answer's first call counts
   (`gold.split(';')[0]`); intent is right when the text before the first `(` is equal; parameters are right when,
   in addition, the sets of comma-separated pieces between the first `(` and the last character are equal. So
@@ -50,8 +51,8 @@ class Outcome:
     multi_intent: bool
     seen: bool | None
     lang: str | None
-    seed002_intent_ok: bool = False
-    seed002_params_ok: bool = False
+    strict_intent_ok: bool = False
+    strict_params_ok: bool = False
 
 
 def gold_calls(record: Mapping[str, Any], index: int = 0) -> list[Call]:
@@ -84,7 +85,7 @@ def answer_text(raw: str) -> str:
     return match.group("answer") if match else raw
 
 
-def seed002_outcome(gold_output: str, pred: str) -> tuple[bool, bool]:
+def strict_outcome(gold_output: str, pred: str) -> tuple[bool, bool]:
     """(intent right, parameters right) for one record by the seed 002 script's own string arithmetic, verbatim.
 
     The script raises IndexError when the names match but the prediction has no `(`; that counts as intent
@@ -116,7 +117,7 @@ def score_one(record: Mapping[str, Any], call: str | None, index: int = 0, raw: 
     params_ok = intent_ok and set(first_pred.args) == set(first_gold.args)
     exact_ok = pred is not None and pred == gold
     seed_answer = answer_text(raw) if raw is not None else (call or "")
-    seed_intent_ok, seed_params_ok = seed002_outcome(record["output"], seed_answer)
+    seed_intent_ok, seed_params_ok = strict_outcome(record["output"], seed_answer)
     seen = record.get("seen")
     return Outcome(
         gold_intent=first_gold.name,
@@ -128,8 +129,8 @@ def score_one(record: Mapping[str, Any], call: str | None, index: int = 0, raw: 
         multi_intent=len(gold) > 1,
         seen=bool(seen) if seen is not None else None,
         lang=record.get("lang"),
-        seed002_intent_ok=seed_intent_ok,
-        seed002_params_ok=seed_params_ok,
+        strict_intent_ok=seed_intent_ok,
+        strict_params_ok=seed_params_ok,
     )
 
 
@@ -301,8 +302,8 @@ def metrics_from_outcomes(
     valid = [o for o in outcomes if o.format_ok]
     metrics: dict[str, Any] = {
         **headline,
-        "seed002_intent_accuracy": _rate([o.seed002_intent_ok for o in outcomes]),
-        "seed002_param_accuracy": _rate([o.seed002_params_ok for o in outcomes]),
+        "strict_intent_accuracy": _rate([o.strict_intent_ok for o in outcomes]),
+        "strict_param_accuracy": _rate([o.strict_params_ok for o in outcomes]),
         "format_error_rate": 1.0 - headline["format_valid_rate"] if outcomes else 0.0,
         "macro_f1": macro_f1(outcomes),
         "unknown_intent_rate": _rate([o.pred_intent not in known for o in valid]) if known and valid else 0.0,
@@ -336,9 +337,9 @@ def metrics_from_outcomes(
     return metrics
 
 
-def seed002_accuracy(gold_outputs: Sequence[str], raw_predictions: Sequence[str]) -> tuple[float, float]:
-    """(intent accuracy, parameter accuracy) of raw completions by the seed 002 script's rule (`seed002_outcome`)."""
-    pairs = [seed002_outcome(gold, pred) for gold, pred in zip(gold_outputs, raw_predictions, strict=True)]
+def strict_accuracy(gold_outputs: Sequence[str], raw_predictions: Sequence[str]) -> tuple[float, float]:
+    """(intent accuracy, parameter accuracy) of raw completions by the seed 002 script's rule (`strict_outcome`)."""
+    pairs = [strict_outcome(gold, pred) for gold, pred in zip(gold_outputs, raw_predictions, strict=True)]
     total = len(pairs)
     if not total:
         return 0.0, 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from intentops.artifacts import (
     CONVERT_REPORT_FILE,
@@ -15,6 +15,9 @@ from intentops.artifacts import (
 )
 from intentops.config import RunConfig
 from intentops.stages._timing import timed as _timed
+
+if TYPE_CHECKING:
+    from intentops.registry import RegisteredVersion
 
 log = logging.getLogger(__name__)
 
@@ -81,36 +84,89 @@ class ChangeCheck:
     metadata: dict[str, Any]
 
 
+SHORT_HASH = 12
+MAX_REASONS_CHARS = 300
+
+
+def _outcome(version: RegisteredVersion) -> str:
+    """How a trained version fared, in the words of its registration tags."""
+    from intentops.registry import CHAMPION
+
+    passed = version.tags.get("gate_passed")
+    if passed == "true":
+        outcome = "gate passed"
+    elif passed == "false":
+        reasons = version.tags.get("gate_reasons") or "no reasons recorded"
+        if len(reasons) > MAX_REASONS_CHARS:
+            reasons = reasons[: MAX_REASONS_CHARS - 3] + "..."
+        outcome = f"gate failed: {reasons}"
+    else:
+        outcome = "no gate decision"
+    return f"{outcome}, the champion" if CHAMPION in version.aliases else outcome
+
+
+def _decide(
+    cfg: RunConfig, current: dict[str, str]
+) -> tuple[bool, str, RegisteredVersion | None, RegisteredVersion | None]:
+    """(changed, reason, the version that trained these hashes, the champion) from the registry."""
+    from intentops.registry import REGISTRATION_COMPLETE, REGISTRATION_TAG, champion_info, find_version_by_tags
+
+    champion = champion_info(cfg)
+    trained = find_version_by_tags(cfg, **current, **{REGISTRATION_TAG: REGISTRATION_COMPLETE})
+    if trained is None and champion is not None and all(champion.tags.get(k) == v for k, v in current.items()):
+        trained = champion  # a champion whose registration was interrupted after its alias moved
+    hashes = f"data {current['dataset_hash'][:SHORT_HASH]} and catalog {current['catalog_hash'][:SHORT_HASH]}"
+    if trained is not None:
+        changed = cfg.registry.force_retrain
+        why = "retraining because registry.force_retrain is set" if changed else "nothing changed"
+        run = trained.tags.get("pipeline_run_id", "?")
+        by = f"version {trained.version} (pipeline run {run}, {_outcome(trained)})"
+        return changed, f"{hashes} were already trained by {by}; {why}", trained, champion
+    if champion is None:
+        return True, f"no champion of {cfg.registry.model_name} yet", None, None
+    keys = {"catalog": "catalog_hash", "data": "dataset_hash"}
+    differs = [name for name, key in keys.items() if champion.tags.get(key) != current[key]]
+    since = f"changed since champion version {champion.version}"
+    return True, f"{' and '.join(differs)} {since} (no version was trained on {hashes})", None, champion
+
+
 def check_changes(cfg: RunConfig, dataset_dir: str | Path) -> ChangeCheck:
-    """Compare the dataset's `catalog_hash` / `dataset_hash` with the `@champion` version's tags.
+    """Train only when no registered version was trained on this dataset's `catalog_hash` and `dataset_hash`.
 
-    Changed when there is no champion or either hash differs.
+    The comparison is with the newest completely registered version carrying both hashes, whatever its gate said:
+    comparing with `@champion` alone would retrain the same data on every scheduled run after a failed gate.
+    `registry.force_retrain` trains anyway (and says so).
     """
-    from intentops.registry import champion_info
-
     with _timed({}) as meta:
-        manifest = Dataset(dataset_dir).manifest()
-        current = {"catalog_hash": manifest["catalog_hash"], "dataset_hash": manifest["dataset_hash"]}
-        champion = champion_info(cfg)
-        if champion is None:
-            changed, reason = True, f"no champion of {cfg.registry.model_name} yet"
-        else:
-            differs = [key for key, value in current.items() if champion.tags.get(key) != value]
-            changed = bool(differs)
-            reason = (
-                f"{' and '.join(differs)} differ from champion version {champion.version}"
-                if differs
-                else f"catalog and data unchanged since champion version {champion.version}"
-            )
+        dataset = Dataset(dataset_dir)
+        manifest = dataset.manifest()
+        if not manifest.get("catalog_hash"):
+            raise ValueError(f"{dataset.path / DATASET_MANIFEST}: no 'catalog_hash' field")
+        current = {"catalog_hash": str(manifest["catalog_hash"]), "dataset_hash": str(manifest["dataset_hash"])}
+        changed, reason, trained, champion = _decide(cfg, current)
         summary = {
             "changed": changed,
             "reason": reason,
             "current": current,
+            "last_trained": None
+            if trained is None
+            else {
+                "version": trained.version,
+                "pipeline_run_id": trained.tags.get("pipeline_run_id"),
+                "gate_passed": trained.tags.get("gate_passed"),
+                "aliases": list(trained.aliases),
+            },
             "champion": {
                 "version": champion.version if champion is not None else None,
                 "catalog_hash": champion.tags.get("catalog_hash") if champion is not None else None,
                 "dataset_hash": champion.tags.get("dataset_hash") if champion is not None else None,
             },
         }
-        meta.update(changed=changed, reason=reason, **current, champion_version=summary["champion"]["version"] or "")
+        meta.update(
+            changed=changed,
+            reason=reason,
+            **current,
+            champion_version=champion.version if champion is not None else "",
+            last_trained_version=trained.version if trained is not None else "",
+        )
     return ChangeCheck(changed, summary, meta)
