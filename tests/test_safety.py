@@ -112,16 +112,20 @@ def test_checkpoints_of_other_data_or_config_are_not_resumed(tmp_path: Path) -> 
     """Issue 11.3: after a data change the finished run's last checkpoint was resumed (0 steps, old model)."""
     from intentops.training.sft import resumable_checkpoint
 
+    def checkpoint(name: str) -> None:  # the smallest checkpoint the usability check accepts
+        (checkpoints / name).mkdir()
+        (checkpoints / name / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
+
     checkpoints = tmp_path / "out" / "checkpoints"
     key = {"dataset": "aaaa", "base": "tiny", "sft": {"epochs": 3}}
     assert resumable_checkpoint(checkpoints, key) is None  # nothing yet: the key is recorded
-    (checkpoints / "checkpoint-8").mkdir()
+    checkpoint("checkpoint-8")
     assert str(resumable_checkpoint(checkpoints, dict(key))).endswith("checkpoint-8")  # same run: resume
 
     changed = {**key, "dataset": "bbbb"}
     assert resumable_checkpoint(checkpoints, changed) is None
     assert not (checkpoints / "checkpoint-8").exists()  # a later crash cannot resume the stale one either
-    (checkpoints / "checkpoint-2").mkdir()
+    checkpoint("checkpoint-2")
     assert str(resumable_checkpoint(checkpoints, changed)).endswith("checkpoint-2")
     assert resumable_checkpoint(checkpoints, {**changed, "sft": {"epochs": 4}}) is None
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from intentops import registry
-from intentops.artifacts import GATE_JSON
+from intentops.artifacts import GATE_JSON, ModelFolder
 from intentops.cli import main
 from intentops.config import RunConfig
 from intentops.io import write_json
@@ -38,7 +38,8 @@ def _free_port() -> int:
 def champion(mlflow_server: str, sft_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
     """A config whose registry holds the tiny SFT model as version 1 @champion (the gate passed)."""
     gate = tmp_path_factory.mktemp("gate") / GATE_JSON
-    write_json(gate, {"passed": True, "mode": "enabled", "reasons": [], "candidate": {}, "champion": None})
+    bound = {"model": {"content_hash": ModelFolder(sft_model_dir).content_hash()}}  # the gate judged this model
+    write_json(gate, {"passed": True, "mode": "enabled", "reasons": [], "candidate": bound, "champion": None})
     cfg = RunConfig()
     cfg.registry.tracking_uri = mlflow_server
     cfg.registry.experiment = f"serving-{uuid.uuid4().hex[:8]}"
