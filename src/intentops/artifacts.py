@@ -314,11 +314,15 @@ class Evaluation(Artifact):
     def no_model_reason(self) -> str:
         return str(self.read_json(NO_MODEL_FILE).get("reason", ""))
 
+    def no_model_registry(self) -> dict[str, Any] | None:
+        """What the registry said when there was no model (e.g. `{"version": ""}`: no champion); None if not asked."""
+        return self.read_json(NO_MODEL_FILE).get("registry")
+
     @classmethod
-    def write_no_model(cls, path: str | Path, reason: str) -> None:
+    def write_no_model(cls, path: str | Path, reason: str, registry: dict[str, Any] | None = None) -> None:
         """Record that there was nothing to evaluate, so the reader decides without a model instead of failing."""
         with cls.writing(path) as tmp:
-            write_json(tmp / NO_MODEL_FILE, {"reason": reason})
+            write_json(tmp / NO_MODEL_FILE, {"reason": reason, **({"registry": registry} if registry else {})})
 
     def metrics(self) -> EvaluationMetrics:
         from pydantic import ValidationError
