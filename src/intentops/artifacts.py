@@ -275,9 +275,13 @@ class EvaluatedDataset(BaseModel):
 
 
 class EvaluationMetrics(BaseModel):
-    """metrics.json: the headline figures as fields, every other block (per intent, by language, ...) kept as is."""
+    """metrics.json: the headline figures as fields, every other block (per intent, by language, ...) kept as is.
 
-    model_config = ConfigDict(extra="allow")
+    Strict: a figure stored as text ("0.9") or a boolean is refused rather than converted; the file was edited or
+    corrupted, and the gate and the registry must not decide on a guess.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     n: int
     intent_accuracy: float
@@ -331,7 +335,11 @@ class Evaluation(Artifact):
         try:
             return EvaluationMetrics.model_validate(data)
         except ValidationError as exc:
-            raise ValueError(f"{self.path / METRICS_FILE}: not evaluation metrics: {exc}") from None
+            problems = "; ".join(
+                f"field {'.'.join(str(part) for part in error['loc'])}: {error['msg']} (got {error.get('input')!r})"
+                for error in exc.errors()
+            )
+            raise ValueError(f"{self.path / METRICS_FILE}: not evaluation metrics: {problems}") from None
 
     @property
     def report_md(self) -> Path:
