@@ -53,3 +53,15 @@ def test_register_refuses_a_text_metric_before_contacting_mlflow(
     )
     with pytest.raises(RegistryError, match=r"metrics\.json: .*field intent_accuracy: .*'0\.9'"):
         register_model(model, cfg, pipeline_run_id="r", eval_dir=folder, dataset_manifest=small_dataset_dir)
+
+
+def test_the_gate_fails_closed_on_a_text_metric(tmp_path: Path) -> None:
+    """The gate re-scores predictions.jsonl, so it used to pass over a corrupted metrics.json without a word."""
+    from intentops.config import GateConfig
+    from intentops.stages.evaluation import decide_gate
+
+    cfg = GateConfig(min_intent_accuracy=0.5, min_param_accuracy=0.5, min_per_intent_recall=0.5)
+    assert decide_gate(_evaluation(tmp_path / "good"), None, cfg).passed
+    folder = _evaluation(tmp_path / "bad", intent_accuracy="0.9")
+    with pytest.raises(ValueError, match=r"bad/metrics\.json: .*field intent_accuracy"):
+        decide_gate(folder, None, cfg)

@@ -191,6 +191,7 @@ def decide_gate(
 
     candidate = Evaluation(candidate_evaluation_dir)
     candidate.check()
+    candidate.metrics()  # the gate re-scores predictions, but an edited or corrupted metrics.json fails it closed
     champion = Evaluation(champion_evaluation_dir) if champion_evaluation_dir is not None else None
     registry = None
     if champion is not None and not champion.evaluated:
