@@ -122,6 +122,27 @@ def _gate_file(path: Path, model_dir: Path, expected_champion: str | None) -> Pa
     return path
 
 
+def test_concurrent_registrations_of_a_passed_candidate_agree_on_the_champion(
+    mlflow_tracking, tiny_model_dir: Path, small_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Winner and losers all move @champion to the same version: none of them may report the others as a conflict."""
+    cfg = mlflow_tracking.config()
+    callers = 3
+    monkeypatch.setattr("intentops.registry.create_version", _bare_create(threading.Barrier(callers)))
+    gate = _gate_file(tmp_path / "gate.json", tiny_model_dir, expected_champion="")
+
+    def register(_: int):
+        return register_model(
+            tiny_model_dir, cfg, pipeline_run_id="run-pass", gate_path=gate, dataset_manifest=small_dataset_dir
+        )
+
+    with ThreadPoolExecutor(callers) as pool:
+        results = list(pool.map(register, range(callers)))
+    assert {result.version for result in results} == {"1"}
+    assert all(result.is_champion for result in results)
+    assert len(_versions(mlflow_tracking, pipeline_run_id="run-pass")) == 1 and _champion(mlflow_tracking) == "1"
+
+
 def test_registration_does_not_promote_over_a_champion_the_gate_never_saw(
     mlflow_tracking, tiny_model_dir: Path, small_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

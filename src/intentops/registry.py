@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from intentops.config import RunConfig
 from intentops.io import atomic_path
+from intentops.registry_cas import (
+    CHAMPION,
+    ChampionMovedError,  # noqa: F401 (callers catch the registry's errors from here)
+    compare_and_move,
+    is_missing,
+    moved_error,
+)
 from intentops.registry_packaging import (
     MAX_TAG_CHARS,
     RegistryError,
@@ -49,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "intentops.previous_champion"
 REGISTRATION_TAG = "intentops.registration"
@@ -62,11 +67,6 @@ DEPLOYED_VERSION_TAG = "intentops.deployed_version"
 DEPLOYMENT_ENDPOINT_TAG = "intentops.deployment.endpoint"
 DEPLOYMENT_TARGET_TAG = "intentops.deployment.target"
 DEPLOYED_AT_TAG = "intentops.deployment.deployed_at"
-CHAMPION_CLAIM_TAG = "intentops.champion_claim"
-
-
-class ChampionMovedError(RegistryError):
-    """`@champion` is not (or no longer) what the caller expected: another promotion moved it."""
 
 
 @dataclass(frozen=True)
@@ -132,12 +132,6 @@ def _client(cfg: RunConfig) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _is_missing(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
-
-
 def _quoted(value: str, what: str) -> str:
     """A value safe to embed in an MLflow search filter (which has no escaping for quotes)."""
     if "'" in value or "`" in value:
@@ -149,7 +143,7 @@ def _model_version(client: MlflowClient, name: str, version: str | int) -> Regis
     try:
         mv = client.get_model_version(name, str(version))
     except Exception as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             raise RegistryError(f"registered model {name!r} has no version {version}") from None
         raise
     return RegisteredVersion.from_mlflow(mv)
@@ -160,7 +154,7 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         registered = client.get_registered_model(name)
     except Exception as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
     version = registered.aliases.get(alias)
@@ -214,56 +208,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _describe(version: str | None) -> str:
-    return f"version {version}" if version else "no champion"
-
-
-def _champion_and_claim(client: MlflowClient, name: str) -> tuple[str | None, str]:
-    """(the version behind @champion or None, the last champion claim) in one read."""
-    try:
-        registered = client.get_registered_model(name)
-    except Exception as exc:
-        if _is_missing(exc):
-            return None, ""
-        raise
-    version = registered.aliases.get(CHAMPION)
-    return (str(version) if version is not None else None), str((registered.tags or {}).get(CHAMPION_CLAIM_TAG, ""))
-
-
-def _moved(name: str, now: str | None, expected: str | None, what: str) -> ChampionMovedError:
-    return ChampionMovedError(
-        f"{name}@champion is {_describe(now)}, not the expected {_describe(expected)}: {what}; "
-        "check `intentops champion` and promote again with --expect-champion if this version should still win"
-    )
-
-
-def _compare_and_move(client: MlflowClient, name: str, version: str, expected: str | None) -> bool:
-    """Move @champion from `expected` to `version` unless someone else moves it meanwhile.
-
-    MLflow's alias write is an unconditional upsert, so the check is ours: a claim tag names this move, and alias and
-    claim are re-read right before and right after the write. Of several movers that start from the same champion,
-    at most one returns; the others raise `ChampionMovedError` (an unlucky pair may both raise). False when
-    `version` already was the champion.
-    """
-    claim = f"{uuid.uuid4().hex}:{version}"
-    client.set_registered_model_tag(name, CHAMPION_CLAIM_TAG, claim)
-    before, claimed = _champion_and_claim(client, name)
-    if before == version:
-        return False
-    if before != expected:
-        raise _moved(name, before, expected, "another promotion moved it first (nothing changed)")
-    if claimed != claim:
-        raise _moved(name, before, expected, "another promotion is moving it right now (nothing changed)")
-    client.set_registered_model_alias(name, CHAMPION, version)
-    after, claimed = _champion_and_claim(client, name)
-    if after != version or not (claimed == claim or claimed.endswith(f":{version}")):
-        raise ChampionMovedError(
-            f"{name}@champion is now {_describe(after)} although this call moved it to version {version}: another "
-            "promotion ran at the same time; check `intentops champion` before trying again"
-        )
-    return True
-
-
 def _make_champion(client: MlflowClient, name: str, version: str, reason: str, expect: str | None = None) -> None:
     """Point `@champion` at `version` if it still is `expect` ("" = no champion; None = whatever it is now),
     recording the champion it replaces first."""
@@ -273,14 +217,14 @@ def _make_champion(client: MlflowClient, name: str, version: str, reason: str, e
         return
     expected = current if expect is None else (expect or None)
     if current != expected:
-        raise _moved(name, current, expected, "another promotion moved it (nothing changed)")
+        raise moved_error(name, current, expected, "another promotion moved it (nothing changed)")
     # The predecessor is written before the alias moves, so a champion never lacks its rollback target.
     if current is not None:
         client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, current)
     elif PREVIOUS_CHAMPION_TAG in client.get_model_version(name, version).tags:
         # First champion (or the alias was removed by hand): a stale predecessor must not become a rollback target.
         client.delete_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG)
-    if not _compare_and_move(client, name, version, expected):
+    if not compare_and_move(client, name, version, expected):
         log.info("registry: %s version %s was made champion by a concurrent call", name, version)
         return
     if current is not None:
@@ -333,7 +277,7 @@ def rollback(cfg: RunConfig) -> RegisteredVersion:
             f"champion {name!r} version {current.version} records previous champion {previous}, "
             "which no longer exists; promote a version by hand instead"
         ) from None
-    _compare_and_move(client, name, target.version, current.version)
+    compare_and_move(client, name, target.version, current.version)
     client.set_registered_model_tag(name, ROLLED_BACK_FROM_TAG, current.version)
     if target.previous_champion:
         client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, target.previous_champion)
