@@ -368,9 +368,13 @@ class EvaluatedDataset(BaseModel):
 
 
 class EvaluationMetrics(BaseModel):
-    """metrics.json: the headline figures as fields, every other block (per intent, by language, ...) kept as is."""
+    """metrics.json: the headline figures as fields, every other block (per intent, by language, ...) kept as is.
 
-    model_config = ConfigDict(extra="allow")
+    Strict: a figure stored as text ("0.9") or a boolean is refused rather than converted; the file was edited or
+    corrupted, and the gate and the registry must not decide on a guess.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     n: int
     intent_accuracy: float
@@ -407,11 +411,15 @@ class Evaluation(Artifact):
     def no_model_reason(self) -> str:
         return str(self.read_json(NO_MODEL_FILE).get("reason", ""))
 
+    def no_model_registry(self) -> dict[str, Any] | None:
+        """What the registry said when there was no model (e.g. `{"version": ""}`: no champion); None if not asked."""
+        return self.read_json(NO_MODEL_FILE).get("registry")
+
     @classmethod
-    def write_no_model(cls, path: str | Path, reason: str) -> None:
+    def write_no_model(cls, path: str | Path, reason: str, registry: dict[str, Any] | None = None) -> None:
         """Record that there was nothing to evaluate, so the reader decides without a model instead of failing."""
         with cls.writing(path) as tmp:
-            write_json(tmp / NO_MODEL_FILE, {"reason": reason})
+            write_json(tmp / NO_MODEL_FILE, {"reason": reason, **({"registry": registry} if registry else {})})
 
     def metrics(self) -> EvaluationMetrics:
         from pydantic import ValidationError
@@ -420,7 +428,11 @@ class Evaluation(Artifact):
         try:
             return EvaluationMetrics.model_validate(data)
         except ValidationError as exc:
-            raise ValueError(f"{self.path / METRICS_FILE}: not evaluation metrics: {exc}") from None
+            problems = "; ".join(
+                f"field {'.'.join(str(part) for part in error['loc'])}: {error['msg']} (got {error.get('input')!r})"
+                for error in exc.errors()
+            )
+            raise ValueError(f"{self.path / METRICS_FILE}: not evaluation metrics: {problems}") from None
 
     @property
     def report_md(self) -> Path:

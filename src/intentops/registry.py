@@ -10,7 +10,14 @@ candidate, `champion` only when the gate decision
 says passed (or on `promote`). Whenever the champion moves, the version it replaces is written into the new
 champion's `intentops.previous_champion` tag (and onto the registered model), which is what `rollback` follows.
 Registration is idempotent per pipeline run: the version tagged with that `pipeline_run_id` is reused, and a run
-that crashed between creating the version and moving the aliases is completed rather than duplicated.
+that crashed between creating the version and moving the aliases is completed rather than duplicated. Concurrent
+registrations of one run each create a version (tagged in the same request), then look: the lowest version with the
+run's tag wins and every other caller deletes the version it created itself.
+
+Every champion move is compare-and-set on the client side (MLflow has none on the server): the caller says which
+champion it expects (default: the one it read first), claims the move in a registered-model tag, re-reads alias and
+claim right before and right after moving the alias, and raises `ChampionMovedError` when someone else moved it.
+See docs/safety.md for what this does and does not guarantee.
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from intentops.config import RunConfig
 from intentops.io import atomic_path
+from intentops.registry_cas import (
+    CHAMPION,
+    ChampionMovedError,  # noqa: F401 (callers catch the registry's errors from here)
+    compare_and_move,
+    is_missing,
+    moved_error,
+)
 from intentops.registry_packaging import (
     MAX_TAG_CHARS,
     RegistryError,
@@ -41,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "intentops.previous_champion"
 REGISTRATION_TAG = "intentops.registration"
@@ -119,12 +132,6 @@ def _client(cfg: RunConfig) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _is_missing(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
-
-
 def _quoted(value: str, what: str) -> str:
     """A value safe to embed in an MLflow search filter (which has no escaping for quotes)."""
     if "'" in value or "`" in value:
@@ -136,7 +143,7 @@ def _model_version(client: MlflowClient, name: str, version: str | int) -> Regis
     try:
         mv = client.get_model_version(name, str(version))
     except Exception as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             raise RegistryError(f"registered model {name!r} has no version {version}") from None
         raise
     return RegisteredVersion.from_mlflow(mv)
@@ -147,7 +154,7 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         registered = client.get_registered_model(name)
     except Exception as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
     version = registered.aliases.get(alias)
@@ -202,38 +209,51 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _make_champion(client: MlflowClient, name: str, version: str, reason: str) -> None:
-    """Point `@champion` at `version`, recording the champion it replaces first."""
+def _make_champion(client: MlflowClient, name: str, version: str, reason: str, expect: str | None = None) -> None:
+    """Point `@champion` at `version` if it still is `expect` ("" = no champion; None = whatever it is now),
+    recording the champion it replaces first."""
     current = _alias_version(client, name, CHAMPION)
     if current == version:
         log.info("registry: %s version %s is already the champion", name, version)
         return
+    expected = current if expect is None else (expect or None)
+    if current != expected:
+        raise moved_error(name, current, expected, "another promotion moved it (nothing changed)")
     # The predecessor is written before the alias moves, so a champion never lacks its rollback target.
     if current is not None:
         client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, current)
-        client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, current)
-    else:
+    elif PREVIOUS_CHAMPION_TAG in client.get_model_version(name, version).tags:
         # First champion (or the alias was removed by hand): a stale predecessor must not become a rollback target.
-        if PREVIOUS_CHAMPION_TAG in client.get_model_version(name, version).tags:
-            client.delete_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG)
-        if PREVIOUS_CHAMPION_TAG in client.get_registered_model(name).tags:
-            client.delete_registered_model_tag(name, PREVIOUS_CHAMPION_TAG)
+        client.delete_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG)
+    if not compare_and_move(client, name, version, expected):
+        log.info("registry: %s version %s was made champion by a concurrent call", name, version)
+        return
+    if current is not None:
+        client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, current)
+    elif PREVIOUS_CHAMPION_TAG in client.get_registered_model(name).tags:
+        client.delete_registered_model_tag(name, PREVIOUS_CHAMPION_TAG)
     client.set_model_version_tag(name, version, PROMOTED_AT_TAG, _now())
     client.set_model_version_tag(name, version, PROMOTION_REASON_TAG, reason[:MAX_TAG_CHARS])
-    client.set_registered_model_alias(name, CHAMPION, version)
     log.info(
         "registry: %s@%s -> version %s (%s; previous champion: %s)", name, CHAMPION, version, reason, current or "none"
     )
 
 
-def promote(cfg: RunConfig, version: str | int, reason: str = "manual promotion") -> RegisteredVersion:
-    """Make `version` the champion by hand (bypassing the gate), keeping the replaced champion for rollback."""
+def promote(
+    cfg: RunConfig, version: str | int, reason: str = "manual promotion", expect_champion: str | int | None = None
+) -> RegisteredVersion:
+    """Make `version` the champion by hand (bypassing the gate), keeping the replaced champion for rollback.
+
+    `expect_champion` is the champion the caller decided against ("" = none yet); when @champion is something
+    else, or moves during the call, `ChampionMovedError` is raised. Without it, the champion read first is expected.
+    """
     client = _client(cfg)
     name = cfg.registry.model_name
     target = _model_version(client, name, version)
     if target.tags.get(REGISTRATION_TAG) != REGISTRATION_COMPLETE:
         log.warning("registry: %s version %s was not registered by IntentOps to completion", name, target.version)
-    _make_champion(client, name, target.version, reason)
+    expect = None if expect_champion is None else str(expect_champion)
+    _make_champion(client, name, target.version, reason, expect)
     return _model_version(client, name, target.version)
 
 
@@ -258,7 +278,7 @@ def rollback(cfg: RunConfig) -> RegisteredVersion:
             f"champion {name!r} version {current.version} records previous champion {previous}, "
             "which no longer exists; promote a version by hand instead"
         ) from None
-    client.set_registered_model_alias(name, CHAMPION, target.version)
+    compare_and_move(client, name, target.version, current.version)
     client.set_registered_model_tag(name, ROLLED_BACK_FROM_TAG, current.version)
     if target.previous_champion:
         client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, target.previous_champion)
@@ -374,18 +394,21 @@ def register_model(
     name = cfg.registry.model_name
     existing = _search(client, name, {"pipeline_run_id": pipeline_run_id})
     if existing:
-        version = str(existing[0].version)
-        if existing[0].tags.get(REGISTRATION_TAG) == REGISTRATION_COMPLETE:
+        first = existing[-1]  # the lowest version: the one concurrent registrations agree on
+        version = str(first.version)
+        if first.tags.get(REGISTRATION_TAG) == REGISTRATION_COMPLETE:
             log.info("registry: pipeline run %s already registered %s version %s", pipeline_run_id, name, version)
             return _model_version(client, name, version)
         log.info("registry: finishing the interrupted registration of %s version %s", name, version)
     else:
-        version = create_version(candidate, cfg, pipeline_run_id, version_tags(candidate, pipeline_run_id), client)
+        created = create_version(candidate, cfg, pipeline_run_id, version_tags(candidate, pipeline_run_id), client)
+        version = _settle_registration(client, name, pipeline_run_id, created)
 
     client.set_registered_model_alias(name, CHALLENGER, version)
     log.info("registry: %s@%s -> version %s", name, CHALLENGER, version)
     if candidate.gate_passed:
-        _make_champion(client, name, version, reason=f"gate passed (mode {candidate.gate_mode})")
+        # The champion the gate compared with must still be the champion; else the version stays a challenger.
+        _make_champion(client, name, version, f"gate passed (mode {candidate.gate_mode})", candidate.expected_champion)
     else:
         log.info(
             "registry: %s version %s stays a challenger (%s)",
@@ -395,3 +418,23 @@ def register_model(
         )
     client.set_model_version_tag(name, version, REGISTRATION_TAG, REGISTRATION_COMPLETE)
     return _model_version(client, name, version)
+
+
+def _settle_registration(client: MlflowClient, name: str, pipeline_run_id: str, created: str) -> str:
+    """Concurrent registrations of one pipeline run: the lowest version tagged with the run wins.
+
+    The tag is written in the same request (and database transaction) that creates the version, and MLflow numbers a
+    version one above the highest existing one, so every caller that looks after creating sees the winner. A loser
+    deletes the version it created itself and carries on with the winner's.
+    """
+    tagged = sorted(int(mv.version) for mv in _search(client, name, {"pipeline_run_id": pipeline_run_id}))
+    winner = str(tagged[0]) if tagged else created
+    if winner != created:
+        log.warning(
+            "registry: pipeline run %s was registered concurrently as version %s; deleting this call's version %s",
+            pipeline_run_id,
+            winner,
+            created,
+        )
+        client.delete_model_version(name, created)
+    return winner

@@ -102,6 +102,12 @@ class Candidate:
     def gate_mode(self) -> str:
         return str(self.gate.get("mode", "")) if self.gate else ""
 
+    @property
+    def expected_champion(self) -> str | None:
+        """The registry champion the gate compared with ("" = there was none); None when the gate did not look."""
+        expected = self.gate.get("expected_champion") if self.gate else None
+        return None if expected is None else str(expected)
+
 
 def read_candidate(
     model_dir: Path, eval_dir: Path | None, gate_path: Path | None, dataset_manifest: Path | None

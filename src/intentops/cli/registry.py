@@ -11,6 +11,7 @@ from intentops.cli import add_config_argument, config_from_args
 
 NO_CHAMPION_EXIT = 1
 UNREACHABLE_EXIT = 4  # the MLflow server did not answer within registry.request_budget_s
+CHAMPION_MOVED_EXIT = 5  # @champion was not, or stopped being, the champion this command expected
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,10 +44,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "promote",
         help="Make a registered version the champion by hand.",
-        description="Point @champion at VERSION, bypassing the gate; the replaced champion is recorded for rollback.",
+        description="Point @champion at VERSION, bypassing the gate; the replaced champion is recorded for rollback. "
+        f"Exit status {CHAMPION_MOVED_EXIT} when @champion is not the expected one or another promotion moves it "
+        "during the call (nothing is promoted then).",
     )
     parser.add_argument("version", type=_version_number, help="Registered model version number.")
     parser.add_argument("--reason", default="manual promotion", help="Why (kept as a version tag).")
+    parser.add_argument(
+        "--expect-champion",
+        type=_expected_champion,
+        help="Promote only if @champion is this version ('none': no champion yet); default: the champion read "
+        "when the command starts.",
+    )
     _common(parser)
     parser.set_defaults(handler=_promote)
 
@@ -76,6 +85,11 @@ def _version_number(text: str) -> str:
     return str(int(text))
 
 
+def _expected_champion(text: str) -> str:
+    """A version number, or 'none' for "there is no champion yet" (returned as "")."""
+    return "" if text.strip().lower() == "none" else _version_number(text)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--tracking-uri", help="MLflow tracking server (overrides registry.tracking_uri).")
@@ -100,32 +114,48 @@ def _print_version(version: Any, title: str) -> None:
         print(f"  {key} = {version.tags[key]}")
 
 
-def _register(args: argparse.Namespace) -> int:
-    from intentops.registry import register_model
+def _champion_moved(exc: Exception, command: str) -> int:
+    print(f"intentops {command}: error: {exc}", file=sys.stderr)
+    return CHAMPION_MOVED_EXIT
 
-    version = register_model(
-        args.model,
-        _config(args),
-        pipeline_run_id=args.pipeline_run_id,
-        eval_dir=args.eval_dir,
-        gate_path=args.gate_path,
-        dataset_manifest=args.dataset,
-    )
+
+def _register(args: argparse.Namespace) -> int:
+    from intentops.registry import ChampionMovedError, register_model
+
+    try:
+        version = register_model(
+            args.model,
+            _config(args),
+            pipeline_run_id=args.pipeline_run_id,
+            eval_dir=args.eval_dir,
+            gate_path=args.gate_path,
+            dataset_manifest=args.dataset,
+        )
+    except ChampionMovedError as exc:
+        return _champion_moved(exc, "register")
     _print_version(version, "registered")
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from intentops.registry import promote
+    from intentops.registry import ChampionMovedError, promote
 
-    _print_version(promote(_config(args), args.version, reason=args.reason), "champion")
+    try:
+        version = promote(_config(args), args.version, reason=args.reason, expect_champion=args.expect_champion)
+    except ChampionMovedError as exc:
+        return _champion_moved(exc, "promote")
+    _print_version(version, "champion")
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from intentops.registry import rollback
+    from intentops.registry import ChampionMovedError, rollback
 
-    _print_version(rollback(_config(args)), "champion")
+    try:
+        version = rollback(_config(args))
+    except ChampionMovedError as exc:
+        return _champion_moved(exc, "rollback")
+    _print_version(version, "champion")
     return 0
 
 

@@ -148,6 +148,9 @@ class GateDecision:
     comparisons: list[Comparison] = field(default_factory=list)
     detectability: list[Detectability] = field(default_factory=list)
     alpha: float = 0.05
+    # The registry's @champion the decision was made against ("" = none registered yet; None = not read from the
+    # registry): registration moves @champion only while it is still this one.
+    expected_champion: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -161,6 +164,7 @@ class GateDecision:
             "detectability": [{**asdict(d), "underpowered": d.underpowered} for d in self.detectability],
             "candidate": self.candidate,
             "champion": self.champion,
+            "expected_champion": self.expected_champion,
         }
 
 

@@ -130,7 +130,7 @@ def evaluate_champion(
                 if found is None:
                     reason = f"no champion of {cfg.registry.model_name} registered yet"
                     log.info("%s: the gate decides on thresholds alone", reason)
-                    Evaluation.write_no_model(evaluation_dir, reason)
+                    Evaluation.write_no_model(evaluation_dir, reason, registry={"version": ""})
                 else:
                     version, folder = found
                     run(folder, version.to_dict())
@@ -193,14 +193,20 @@ def decide_gate(
 
     candidate = Evaluation(candidate_evaluation_dir)
     candidate.check()
+    candidate.metrics()  # the gate re-scores predictions, but an edited or corrupted metrics.json fails it closed
     champion = Evaluation(champion_evaluation_dir) if champion_evaluation_dir is not None else None
+    registry = None
     if champion is not None and not champion.evaluated:
         log.info("no champion evaluation (%s): deciding on thresholds alone", champion.no_model_reason())
+        registry = champion.no_model_registry()
         champion = None
     if champion is not None:
         champion.check()
+        registry = champion.metrics().model.get("registry")
     decision = decide(candidate.path, champion.path if champion is not None else None, gate_cfg, catalog)
-    registry = champion.metrics().model.get("registry") if champion is not None else None
-    if registry:
+    if registry and champion is not None:
         decision.champion = {**(decision.champion or {}), "registry": registry}
+    if registry is not None:
+        # Registration moves @champion only while it is still the champion this decision was made against.
+        decision.expected_champion = str(registry.get("version") or "")
     return decision
