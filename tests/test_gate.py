@@ -11,7 +11,7 @@ from intentops.artifacts import GATE_HTML, GATE_MD, METRICS_FILE, PREDICTIONS_FI
 from intentops.catalog import Catalog, Intent
 from intentops.config import GateConfig
 from intentops.evaluation.gate import EvaluationResult, decide, write_gate
-from intentops.evaluation.report import gate_scalar_metrics
+from intentops.evaluation.gate_report import gate_scalar_metrics
 
 CFG = GateConfig(
     min_intent_accuracy=0.8,

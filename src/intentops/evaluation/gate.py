@@ -376,7 +376,7 @@ def _fmt(value: Any) -> str:
 
 def write_gate(decision: GateDecision, out_dir: str | Path) -> Path:
     """Write gate.json, gate.md and gate.html (each atomically) into `out_dir`; returns the gate.json path."""
-    from intentops.evaluation.report import render_gate_html, render_gate_markdown
+    from intentops.evaluation.gate_report import render_gate_html, render_gate_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

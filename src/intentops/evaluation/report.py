@@ -12,13 +12,10 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from intentops.artifacts import CONFUSION_PNG
 from intentops.io import atomic_path
-
-if TYPE_CHECKING:
-    from intentops.evaluation.gate import GateDecision
 
 _HEADLINE = (
     ("intent_accuracy", "Intent accuracy (normalised)"),
@@ -120,11 +117,11 @@ def plot_confusion_matrix(metrics: Mapping[str, Any], path: str | Path) -> Path:
     return target
 
 
-def _pct(value: Any) -> str:
+def pct(value: Any) -> str:
     return "-" if value is None else f"{100 * float(value):.1f}%"
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def num(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
 
@@ -133,7 +130,7 @@ def _tables(
 ) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for every table; shared by the Markdown and HTML renderers."""
     tables: list[tuple[str, list[str], list[list[str]]]] = []
-    tables.append(("Headline", ["metric", "value"], [[label, _pct(metrics.get(key))] for key, label in _HEADLINE]))
+    tables.append(("Headline", ["metric", "value"], [[label, pct(metrics.get(key))] for key, label in _HEADLINE]))
     latency = metrics.get("latency") or {}
     tables.append(
         (
@@ -142,10 +139,10 @@ def _tables(
             [
                 [
                     str(metrics.get("decoding", "-")),
-                    _num(latency.get("p50_s")),
-                    _num(latency.get("p95_s")),
-                    _num(latency.get("throughput_per_s"), 1),
-                    _num(latency.get("elapsed_s"), 1),
+                    num(latency.get("p50_s")),
+                    num(latency.get("p95_s")),
+                    num(latency.get("throughput_per_s"), 1),
+                    num(latency.get("elapsed_s"), 1),
                 ]
             ],
         )
@@ -155,9 +152,9 @@ def _tables(
         rows = [
             [
                 "this model",
-                _pct(metrics.get("intent_accuracy")),
-                _num(metrics.get("macro_f1")),
-                _pct((metrics.get("by_seen", {}).get("unseen") or {}).get("intent_accuracy")),
+                pct(metrics.get("intent_accuracy")),
+                num(metrics.get("macro_f1")),
+                pct((metrics.get("by_seen", {}).get("unseen") or {}).get("intent_accuracy")),
             ]
         ]
         for name, label in (("tfidf_logreg", "TF-IDF + logistic regression"), ("majority", "majority class")):
@@ -165,9 +162,9 @@ def _tables(
             rows.append(
                 [
                     label,
-                    _pct(block.get("intent_accuracy")),
-                    _num(block.get("macro_f1")),
-                    _pct(block.get("unseen_intent_accuracy")),
+                    pct(block.get("intent_accuracy")),
+                    num(block.get("macro_f1")),
+                    pct(block.get("unseen_intent_accuracy")),
                 ]
             )
         tables.append(
@@ -184,9 +181,9 @@ def _tables(
                         [
                             name,
                             str(row["n"]),
-                            _pct(row["intent_accuracy"]),
-                            _pct(row["param_accuracy"]),
-                            _pct(row["format_valid_rate"]),
+                            pct(row["intent_accuracy"]),
+                            pct(row["param_accuracy"]),
+                            pct(row["format_valid_rate"]),
                         ]
                         for name, row in block.items()
                     ],
@@ -194,7 +191,7 @@ def _tables(
             )
     multi = metrics.get("multi_intent") or {}
     if multi.get("n"):
-        tables.append(("Multi-intent", ["n", "exact match"], [[str(multi["n"]), _pct(multi["exact_match"])]]))
+        tables.append(("Multi-intent", ["n", "exact match"], [[str(multi["n"]), pct(multi["exact_match"])]]))
     per_intent = metrics.get("per_intent") or {}
     if per_intent:
         tables.append(
@@ -206,9 +203,9 @@ def _tables(
                         name,
                         {True: "yes", False: "no"}.get(row.get("seen"), "-"),
                         str(row["support"]),
-                        _num(row["precision"]),
-                        _num(row["recall"]),
-                        _num(row["f1"]),
+                        num(row["precision"]),
+                        num(row["recall"]),
+                        num(row["f1"]),
                     ]
                     for name, row in sorted(per_intent.items(), key=lambda item: (item[1]["f1"], item[0]))
                 ],
@@ -242,23 +239,23 @@ def _tables(
     return tables
 
 
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-_Table = tuple[str, list[str], list[list[str]]]
+Table = tuple[str, list[str], list[list[str]]]
 
 
-def _markdown_tables(tables: Sequence[_Table]) -> list[str]:
+def markdown_tables(tables: Sequence[Table]) -> list[str]:
     lines: list[str] = []
     for name, header, rows in tables:
         lines += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(md_cell(cell) for cell in row) + " |" for row in rows]
         lines.append("")
     return lines
 
 
-def _html_tables(tables: Sequence[_Table]) -> list[str]:
+def html_tables(tables: Sequence[Table]) -> list[str]:
     parts: list[str] = []
     for name, header, rows in tables:
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -270,7 +267,7 @@ def _html_tables(tables: Sequence[_Table]) -> list[str]:
     return parts
 
 
-def _html_head(title: str) -> list[str]:
+def html_head(title: str) -> list[str]:
     return [
         "<!DOCTYPE html>",
         f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -286,7 +283,7 @@ def render_markdown(
 ) -> str:
     """The report as Markdown (tables + a link to the confusion-matrix PNG next to it)."""
     lines = [f"# {title}", "", _context_line(metrics), ""]
-    lines += _markdown_tables(_tables(metrics, errors))
+    lines += markdown_tables(_tables(metrics, errors))
     lines += ["## Confusion matrix", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
     return "\n".join(lines)
 
@@ -298,8 +295,8 @@ def render_html(
     title: str = "Evaluation report",
 ) -> str:
     """A self-contained HTML page (the confusion-matrix PNG inlined) for KFP's HTML visualisation and MLflow."""
-    parts = [*_html_head(title), f"<p>{html.escape(_context_line(metrics))}</p>"]
-    parts += _html_tables(_tables(metrics, errors))
+    parts = [*html_head(title), f"<p>{html.escape(_context_line(metrics))}</p>"]
+    parts += html_tables(_tables(metrics, errors))
     if png_path is not None and Path(png_path).exists():
         encoded = base64.b64encode(Path(png_path).read_bytes()).decode("ascii")
         parts.append(f"<h2>Confusion matrix</h2><img alt='confusion matrix' src='data:image/png;base64,{encoded}'>")
@@ -337,147 +334,3 @@ def sample_errors(
     ]
     rows.sort(key=lambda row: row["format_ok"])
     return rows[:limit]
-
-
-def _gate_tables(decision: GateDecision) -> list[_Table]:
-    """(title, header, rows) of the gate report: comparisons with the champion, detectability, absolute checks."""
-    tables: list[_Table] = []
-    if decision.comparisons:
-        level = f"{100 * (1 - 2 * decision.alpha):.0f}%"
-        tables.append(
-            (
-                "Candidate vs champion (same test records)",
-                [
-                    "metric",
-                    "slice",
-                    "n",
-                    "candidate",
-                    "champion",
-                    "difference",
-                    f"{level} interval",
-                    "allowed drop",
-                    "McNemar p",
-                    "p (slices: Holm)",
-                    "verdict",
-                ],
-                [
-                    [
-                        c.metric,
-                        c.slice,
-                        str(c.n),
-                        _pct(c.candidate),
-                        _pct(c.champion),
-                        f"{100 * c.diff:+.1f} pt",
-                        f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}] pt",
-                        f"{100 * c.tolerance:.1f} pt",
-                        _num(c.mcnemar_p),
-                        _num(c.p_adjusted),
-                        "**BLOCKED**" if c.blocked else "ok",
-                    ]
-                    for c in decision.comparisons
-                ],
-            )
-        )
-    if decision.detectability:
-        tables.append(
-            (
-                "What this test set can detect",
-                ["metric", "n", "models disagree on", "drop detected with 80% power", "allowed drop", "verdict"],
-                [
-                    [
-                        d.metric,
-                        str(d.n),
-                        _pct(d.discordance),
-                        f"{100 * d.detectable_drop:.1f} pt",
-                        f"{100 * d.tolerance:.1f} pt",
-                        "allowed drop below what the test set can see" if d.underpowered else "ok",
-                    ]
-                    for d in decision.detectability
-                ],
-            )
-        )
-    tables.append(
-        (
-            "Thresholds (candidate)",
-            ["check", "value", "threshold", "verdict"],
-            [
-                [c.name, _num(c.value, 4), f"{c.op} {_num(c.threshold, 4)}", "ok" if c.ok else "**FAILED**"]
-                for c in decision.checks
-            ],
-        )
-    )
-    keys = [k for k in decision.candidate if isinstance(decision.candidate.get(k), int | float)]
-    tables.append(
-        (
-            "Headline",
-            ["metric", "candidate", "champion"],
-            [[k, _value(decision.candidate.get(k)), _value((decision.champion or {}).get(k))] for k in keys],
-        )
-    )
-    return tables
-
-
-_GATE_METHOD = (
-    "Each comparison pairs the two models on the same records. The interval is a two-sided {level} bootstrap "
-    "interval of the difference (records resampled); a comparison blocks when its upper end is still a drop beyond "
-    "the allowed one (one-sided {one_sided}) and, for accuracies, the exact McNemar test agrees the candidate is "
-    "worse. The whole test set is tested at level {alpha}; the slices of each metric are Holm-corrected together."
-)
-
-
-def _gate_method(decision: GateDecision) -> str:
-    return _GATE_METHOD.format(
-        level=f"{100 * (1 - 2 * decision.alpha):.0f}%",
-        one_sided=f"{100 * (1 - decision.alpha):.0f}%",
-        alpha=decision.alpha,
-    )
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _num(value, 4)
-
-
-def render_gate_markdown(decision: GateDecision) -> str:
-    """The gate report as Markdown (also the KFP Markdown output): verdict, reasons, then every table."""
-    verdict = "PASSED" if decision.passed else "FAILED"
-    lines = [f"# Promotion gate: {verdict}", "", f"Mode: `{decision.mode}`", "", "## Reasons", ""]
-    lines += [f"- {_md_cell(reason)}" for reason in decision.reasons] or ["- none"]
-    lines.append("")
-    if decision.comparisons:
-        lines += [_gate_method(decision), ""]
-    return "\n".join(lines + _markdown_tables(_gate_tables(decision)))
-
-
-def render_gate_html(decision: GateDecision) -> str:
-    """The gate report as one self-contained HTML page."""
-    verdict = "PASSED" if decision.passed else "FAILED"
-    parts = [*_html_head(f"Promotion gate: {verdict}"), f"<p>Mode: {html.escape(decision.mode)}</p><ul>"]
-    parts += [f"<li>{html.escape(reason)}</li>" for reason in decision.reasons]
-    parts.append("</ul>")
-    if decision.comparisons:
-        parts.append(f"<p>{html.escape(_gate_method(decision))}</p>")
-    parts += _html_tables(_gate_tables(decision))
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def gate_scalar_metrics(decision: GateDecision) -> dict[str, float]:
-    """Flat numbers of the decision for KFP `Metrics` and MLflow: verdict, and per comparison its difference,
-    interval and adjusted p-value (`gate_<metric>_<slice>_diff`...), and the detectable drops."""
-    flat = {"gate_passed": float(decision.passed), "gate_failed_checks": float(len(decision.failed))}
-    for c in decision.comparisons:
-        stem = "gate_" + re.sub(r"[^A-Za-z0-9_]+", "_", f"{c.metric}_{c.slice}")
-        flat.update(
-            {
-                f"{stem}_diff": c.diff,
-                f"{stem}_ci_low": c.ci_low,
-                f"{stem}_ci_high": c.ci_high,
-                f"{stem}_p_holm": c.p_adjusted,
-                f"{stem}_blocked": float(c.blocked),
-            }
-        )
-    for d in decision.detectability:
-        flat[f"gate_{d.metric}_detectable_drop"] = d.detectable_drop
-    return flat

@@ -163,7 +163,7 @@ def gate(
     from intentops.artifacts import GATE_HTML
     from intentops.catalog import load_catalog
     from intentops.evaluation.gate import write_gate
-    from intentops.evaluation.report import gate_scalar_metrics
+    from intentops.evaluation.gate_report import gate_scalar_metrics
     from intentops.tracking import stage_run
 
     with _timed({}) as meta:
