@@ -19,27 +19,11 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
 
+from intentops.config import MLFLOW_OPTIONAL_ENV, MLFLOW_REQUIRED_ENV, S3_ENV
 from intentops.images import image_pins
 
 TRAINER_IMAGE: str = image_pins()["TRAINER_IMAGE"]
 GPU_RESOURCE = "nvidia.com/gpu"
-
-# Secret key -> environment variable. Keys missing from an optional mapping are simply not set (IRSA / workload
-# identity clusters need no S3 keys); the MLflow tracking URI is required so a pod never logs to a local file.
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-    "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
-}
-MLFLOW_REQUIRED_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
-MLFLOW_OPTIONAL_ENV = {
-    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
-    # The S3 root behind MLflow's artifact proxy: deploy maps mlflow-artifacts:/ sources to s3:// with it.
-    "MLFLOW_ARTIFACTS_DESTINATION": "MLFLOW_ARTIFACTS_DESTINATION",
-}
 
 
 @dataclass(frozen=True)

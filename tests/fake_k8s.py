@@ -3,7 +3,7 @@ servers on 127.0.0.1 that the test controls.
 
 `FakeKubernetes` speaks enough of the API for the real `kubernetes` client and its `DynamicClient`: version and
 discovery (/version, /api, /api/v1, /apis, /apis/GROUP/VERSION), and GET / LIST (label selectors) / PATCH with
-`application/apply-patch+yaml` (server-side apply) / DELETE of Services, ServiceAccounts, Deployments,
+`application/apply-patch+yaml` (server-side apply) / DELETE of Services, ServiceAccounts, Pods (and their logs), Deployments, TrainJobs,
 InferenceServices and ServingRuntimes. Apply keeps `status`, bumps `metadata.generation` when the spec changes and
 records the field manager. There is no controller: the test registers a reactor per kind, called after every apply,
 which scripts what a controller would write into `status` (Ready, never Ready, canary revisions...).
@@ -36,11 +36,13 @@ RESOURCES: dict[tuple[str, str], list[tuple[str, str, bool]]] = {
         ("services", "Service", True),
         ("serviceaccounts", "ServiceAccount", True),
         ("secrets", "Secret", True),
+        ("pods", "Pod", True),
         ("namespaces", "Namespace", False),
     ],
     ("apps", "v1"): [("deployments", "Deployment", True)],
     ("serving.kserve.io", "v1beta1"): [("inferenceservices", "InferenceService", True)],
     ("serving.kserve.io", "v1alpha1"): [("servingruntimes", "ServingRuntime", True)],
+    ("trainer.kubeflow.org", "v1alpha1"): [("trainjobs", "TrainJob", True)],
 }
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
@@ -99,9 +101,10 @@ class _JsonHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode("utf-8")
+        text = isinstance(payload, str)  # a pod log is plain text
+        data = (payload if text else json.dumps(payload)).encode("utf-8")
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -164,6 +167,7 @@ class FakeKubernetes(_FakeServer):
         self.requests: list[Request] = []
         self.reactors: dict[str, Reactor] = {}
         self.admission: dict[str, str] = {}  # kind -> message: applies of that kind are denied (422), like a webhook
+        self.pod_logs: dict[str, str] = {}  # pod name -> what GET .../pods/NAME/log answers
         self._lock = threading.Lock()
         self._resource_version = itertools.count(1)
         self._by_plural = {
@@ -263,6 +267,10 @@ class FakeKubernetes(_FakeServer):
             if name is None:
                 return 405, _status(405, "MethodNotAllowed", f"{method} on a collection is not served")
             key = (kind, namespace, name)
+            if kind == "Pod" and rest[4:] == ["log"] and method == "GET":
+                if key not in self.objects:
+                    return 404, _status(404, "NotFound", f'pods "{name}" not found')
+                return 200, self.pod_logs.get(name, "")
             if method == "GET":
                 if key not in self.objects:
                     return 404, _status(404, "NotFound", f'{plural} "{name}" not found')

@@ -167,7 +167,9 @@ def test_kustomize_builds_and_every_object_passes_schema_validation(folder):
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "intentops", obj["metadata"]["name"]
         if obj["kind"] != "Namespace":
-            assert obj["metadata"]["namespace"] == "intentops", obj["metadata"]["name"]
+            # The multi-node trainer's Role lives where the pipeline pods run, not in the serving namespace.
+            expected = "kubeflow" if obj["metadata"]["name"] == "intentops-trainer" else "intentops"
+            assert obj["metadata"]["namespace"] == expected, obj["metadata"]["name"]
 
 
 def test_schema_validation_rejects_a_broken_object():
@@ -219,6 +221,24 @@ def test_pipeline_runner_may_deploy_models_and_nothing_cluster_wide():
     assert binding["roleRef"]["name"] == "intentops-deployer"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
     assert not [key for key in objects if key[0].startswith("Cluster")]
+
+
+def test_multi_node_training_may_run_trainjobs_and_read_their_logs_only():
+    objects = _by_kind(_kustomize(MANIFESTS / "overlays" / "multi-node-training"))
+    rules = objects[("Role", "intentops-trainer")]["rules"]
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == {
+        ("trainer.kubeflow.org", "trainjobs"): {"get", "create", "patch"},
+        ("", "pods"): {"get", "list"},
+        ("", "pods/log"): {"get"},
+    }
+    binding = objects[("RoleBinding", "intentops-trainer")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
 def test_overlays_change_what_they_say():

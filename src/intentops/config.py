@@ -27,6 +27,23 @@ EXAMPLE_DIR = RESOURCES / "examples" / "assistant"
 IMAGES_ENV = RESOURCES / "images" / "versions.env"
 FLAT_SEPARATOR = "__"
 
+# Secret key -> environment variable. Keys missing from an optional mapping are simply not set (IRSA / workload
+# identity clusters need no S3 keys); the MLflow tracking URI is required so a pod never logs to a local file.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
+}
+MLFLOW_REQUIRED_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
+MLFLOW_OPTIONAL_ENV = {
+    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN",
+    # The S3 root behind MLflow's artifact proxy: deploy maps mlflow-artifacts:/ sources to s3:// with it.
+    "MLFLOW_ARTIFACTS_DESTINATION": "MLFLOW_ARTIFACTS_DESTINATION",
+}
+
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the file and field."""
@@ -381,6 +398,24 @@ class ClusterConfig(_Section):
         ge=0,
         description="Training processes per SFT/GRPO stage, one per GPU, started with torchrun (DeepSpeed ZeRO "
         "shards across them); 0: one per GPU the pod sees, 1 on a CPU.",
+    )
+    training_nodes: int = Field(
+        1,
+        ge=1,
+        description="Nodes per SFT/GRPO stage: above 1 the stage submits a Kubeflow Trainer TrainJob of that many "
+        "nodes (each running cluster.training_processes workers, gpus_per_training_stage GPUs), waits for it and "
+        "shows its status and logs; inputs and the model travel through storage.checkpoint_uri.",
+    )
+    trainjob_runtime: str = Field(
+        "torch-distributed",
+        description="ClusterTrainingRuntime a multi-node TrainJob runs on (its pod template: node pool, volumes).",
+    )
+    trainjob_image: str = Field(
+        "",
+        description="Image of the TrainJob's nodes; empty: the image of the stage's own pod.",
+    )
+    trainjob_timeout_s: int = Field(
+        172800, ge=60, description="A multi-node TrainJob still running after this many seconds is failed."
     )
     s3_secret: str = Field("intentops-s3", description="Secret with AWS_ACCESS_KEY_ID/SECRET and endpoint.")
     mlflow_secret: str = Field("intentops-mlflow", description="Secret with MLFLOW_TRACKING_URI and credentials.")

@@ -40,6 +40,12 @@ def _processes(cfg: RunConfig) -> list[str]:
             f"cluster__gpus_per_training_stage={cluster.gpus_per_training_stage} GPUs; use at most one per GPU "
             "(0 starts one per GPU)"
         ]
+    if cluster.training_nodes > 1 and not cfg.storage.checkpoint_uri:
+        # The nodes of a TrainJob share no disk with the stage's pod: inputs, the model and the result go through it.
+        return [
+            f"storage__checkpoint_uri: cluster__training_nodes={cluster.training_nodes} needs a location every node "
+            "reaches (an s3:// prefix or a ReadWriteMany volume path) for the stage's inputs and model"
+        ]
     return []
 
 

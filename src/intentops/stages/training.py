@@ -36,26 +36,42 @@ def resolved_model(cfg: RunConfig, model_dir: str | Path) -> Path:
     return ModelFolder(model_dir).resolved(cfg.model.cache_dir or None).path
 
 
+def _launched(trainer: str, cfg: RunConfig, **kwargs: Any) -> dict[str, Any] | None:
+    """Train in other processes when the stage needs them: a TrainJob of `cluster.training_nodes` nodes, or one
+    torchrun worker per GPU of this pod. Returns rank 0's result; None: train in this process."""
+    from intentops.training.launch import in_worker, processes_for, run_in_processes
+
+    if in_worker():
+        return None
+    if cfg.cluster.training_nodes > 1:
+        from intentops.training import trainjob
+
+        runner, image = trainjob.runner_in_pod(cfg)
+        return trainjob.run_on_nodes(runner, image, trainer, cfg, **kwargs)
+    processes = processes_for(cfg)
+    return run_in_processes(trainer, cfg, processes, **kwargs) if processes > 1 else None
+
+
 def sft_warmup(
     cfg: RunConfig, dataset_dir: str | Path, model_dir: str | Path, pipeline_run_id: str | None = None
 ) -> dict[str, Any]:
     """Supervised warm-up from `model.base_model` (or the tiny profile's model) on the training split."""
-    from intentops.training.launch import in_worker, processes_for, run_in_processes
     from intentops.training.sft import run_sft
 
     with _timed({}) as meta:
-        processes = processes_for(cfg)
-        if processes > 1 and not in_worker() and cfg.sft.enabled:
-            run_in_processes(
+        launched = (
+            _launched(
                 "sft",
                 cfg,
-                processes,
                 dataset_dir=str(dataset_dir),
                 base_model=cfg.model.base_model,
                 out_dir=str(model_dir),
                 pipeline_run_id=pipeline_run_id,
             )
-        else:
+            if cfg.sft.enabled  # without SFT the base model passes through in this process
+            else None
+        )
+        if launched is None:
             run_sft(dataset_dir, cfg.model.base_model, cfg, model_dir, pipeline_run_id)
         meta.update(ModelFolder(model_dir).metadata(), lora=cfg.model.lora)
         meta.update(_by_reference(cfg, model_dir, "sft", pipeline_run_id))
@@ -88,7 +104,6 @@ def grpo(
     warmed-up model is least sure of `uncertain()` and trains on that copy, which joins the rollouts artifact.
     """
     from intentops.training.grpo import GrpoResult, run_grpo
-    from intentops.training.launch import in_worker, processes_for, run_in_processes
 
     with _timed({}) as meta:
         start = resolved_model(cfg, start_model_dir)
@@ -97,21 +112,19 @@ def grpo(
 
             train_path, report = relabel_uncertain(start, train_path, cfg, rollouts_dir)
             meta["uncertain_relabelled"] = report.relabelled
-        processes = processes_for(cfg)
-        if processes > 1 and not in_worker():
-            reported = run_in_processes(
-                "grpo",
-                cfg,
-                processes,
-                train_path=str(train_path),
-                model_dir=str(start),
-                out_dir=str(model_dir),
-                stage=stage,
-                pipeline_run_id=pipeline_run_id,
-            )
-            result = GrpoResult.from_dict(reported)
-        else:
+        reported = _launched(
+            "grpo",
+            cfg,
+            train_path=str(train_path),
+            model_dir=str(start),
+            out_dir=str(model_dir),
+            stage=stage,
+            pipeline_run_id=pipeline_run_id,
+        )
+        if reported is None:
             result = run_grpo(train_path, start, cfg, model_dir, stage, pipeline_run_id)
+        else:
+            result = GrpoResult.from_dict(reported)
         result.move_rollouts(rollouts_dir)
         meta.update(result.summary())
         meta.update(_by_reference(cfg, model_dir, stage, pipeline_run_id))

@@ -112,30 +112,72 @@ def run_in_processes(trainer: str, cfg: RunConfig, processes: int, **kwargs: Any
         return json.loads(result_path.read_text(encoding="utf-8"))
 
 
-def _work(spec: dict[str, Any]) -> None:
-    """One worker: train the stage; rank 0 writes its result for the launching process."""
+def _train(spec: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run the stage's trainer in this worker; GRPO's result, or {} for SFT."""
     cfg = RunConfig.model_validate(spec["config"])
-    kwargs = spec["kwargs"]
     if spec["trainer"] == "sft":
         from intentops.training.sft import run_sft
 
         run_sft(kwargs["dataset_dir"], kwargs["base_model"], cfg, kwargs["out_dir"], kwargs.get("pipeline_run_id"))
-        result: dict[str, Any] = {}
-    else:
-        from intentops.training.grpo import run_grpo
+        return {}
+    from intentops.training.grpo import run_grpo
 
-        result = run_grpo(
-            kwargs["train_path"],
-            kwargs["model_dir"],
-            cfg,
-            kwargs["out_dir"],
-            kwargs["stage"],
-            kwargs["pipeline_run_id"],
-        ).to_dict()
-    # No barrier here: after training, rank 0 alone scores the training set (GRPO stage 1), which may outlast a
+    return run_grpo(
+        kwargs["train_path"], kwargs["model_dir"], cfg, kwargs["out_dir"], kwargs["stage"], kwargs["pipeline_run_id"]
+    ).to_dict()
+
+
+def _work(spec: dict[str, Any]) -> None:
+    """One worker: train the stage; rank 0 writes its result for the launching process."""
+    # No barrier after training: rank 0 alone scores the training set (GRPO stage 1), which may outlast a
     # collective's timeout; the other ranks are done once the model is saved.
+    if spec.get("output"):
+        _work_on_node(spec)
+        return
+    result = _train(spec, spec["kwargs"])
     if distributed_state().is_main_process:
         Path(spec["result"]).write_text(json.dumps(result), encoding="utf-8")
+
+
+def _work_on_node(spec: dict[str, Any]) -> None:
+    """A worker of a multi-node TrainJob (`intentops.training.trainjob`): inputs come from and the model and result
+    go to the spec's shared location; result paths are relative to the uploaded model folder."""
+    from intentops import storage
+
+    state = distributed_state()
+    kwargs = dict(spec["kwargs"])
+    with state.local_main_process_first():  # one download per node into the shared cache
+        for key in spec["inputs"]:
+            if kwargs.get(key) and storage.is_s3(kwargs[key]):
+                kwargs[key] = str(storage.ensure_local(kwargs[key]))
+    with tempfile.TemporaryDirectory(prefix="intentops-node-") as scratch:
+        out_dir = Path(scratch) / "model"
+        result = _train(spec, {**kwargs, "out_dir": str(out_dir)})
+        if not state.is_main_process:
+            return
+        for key, value in result.items():
+            if key in ("model_dir", "rollouts_path", "scores_path") and value is not None:
+                result[key] = str(Path(value).resolve().relative_to(out_dir.resolve()))
+        result_file = Path(scratch) / "result.json"
+        result_file.write_text(json.dumps(result), encoding="utf-8")
+        storage.upload(out_dir, spec["output"])
+        storage.upload(result_file, spec["result"])  # last: the stage reads the model only after the result
+
+
+def _report_error(spec: dict[str, Any], exc: BaseException) -> None:
+    """Leave the worker's exception where the launching process looks for it (a local folder or the TrainJob's
+    shared location)."""
+    rank = os.environ.get("RANK", "0")
+    text = f"rank {rank}: {type(exc).__name__}: {exc}"
+    if not spec.get("output"):
+        (Path(spec["errors"]) / f"rank{rank}{_ERROR_SUFFIX}").write_text(text, encoding="utf-8")
+        return
+    from intentops import storage
+
+    with tempfile.TemporaryDirectory(prefix="intentops-error-") as scratch:
+        path = Path(scratch) / f"rank{rank}{_ERROR_SUFFIX}"
+        path.write_text(text, encoding="utf-8")
+        storage.upload(path, f"{spec['errors']}/{path.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m intentops.training.launch SPEC.json (started by run_in_processes)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    from intentops import storage
+
+    with storage.open_uri(args[0]) as handle:  # a local file, or the TrainJob's spec on S3
+        spec = json.load(handle)
     try:
         _work(spec)
     except Exception as exc:  # reported to the launching process, then re-raised for torchrun's exit status
-        rank = os.environ.get("RANK", "0")
-        error = Path(spec["errors"]) / f"rank{rank}{_ERROR_SUFFIX}"
-        error.write_text(f"rank {rank}: {type(exc).__name__}: {exc}", encoding="utf-8")
+        _report_error(spec, exc)
         raise
     return 0
 

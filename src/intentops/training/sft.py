@@ -109,7 +109,7 @@ def check_sample(records: Sequence[dict[str, Any]], n: int, seed: int) -> list[d
     return random.Random(seed).sample(list(records), n)
 
 
-def _resolve_base(dataset_dir: Path, base_model: str, cfg: RunConfig, out: Path) -> Path:
+def resolve_base_model(dataset_dir: Path, base_model: str, cfg: RunConfig, out: Path) -> Path:
     """The base model folder: given URI, the config's pretrained base, or the tiny model built from the dataset."""
     uri = base_model or (cfg.model.base_model if cfg.model.profile == "pretrained" else "")
     if uri:
@@ -280,8 +280,10 @@ def run_sft(
     out.mkdir(parents=True, exist_ok=True)
     invalidate_model_dir(out)
     state = distributed_state()
-    with state.main_process_first():  # rank 0 builds or downloads the base model; the others then read it
-        base_dir = _resolve_base(dataset_dir, base_model, cfg, out)
+    # The local rank 0 of each node downloads the base model (nodes share no disk); the others then read it. A
+    # multi-node TrainJob gets the tiny base from its stage (transformers writes model files on global rank 0 only).
+    with state.local_main_process_first():
+        base_dir = resolve_base_model(dataset_dir, base_model, cfg, out)
     builder = PromptBuilder(catalog, cfg.prompt, examples=records)
     tokenizer = load_tokenizer(base_dir)
     dataset = Dataset.from_list(sft_rows(records, builder))

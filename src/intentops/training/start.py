@@ -29,7 +29,7 @@ def hand_on_base(
 ) -> Path:
     """Write the base model (given URI, `model.base_model`, or the tiny profile's model built from the dataset) to
     `out_dir` as an untrained IntentOps model folder."""
-    from intentops.training.sft import _resolve_base, load_split
+    from intentops.training.sft import load_split, resolve_base_model
 
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     records = load_split(dataset_dir / TRAIN_FILE)
@@ -40,7 +40,7 @@ def hand_on_base(
         tempfile.TemporaryDirectory(prefix=".base-", dir=out) as scratch,
         tracking.stage_run("sft", cfg, pipeline_run_id, params={"skipped": SKIPPED}) as run,
     ):
-        base_dir = _resolve_base(dataset_dir, base_model, cfg, Path(scratch))
+        base_dir = resolve_base_model(dataset_dir, base_model, cfg, Path(scratch))
         staging = out / ".staging-base"
         shutil.rmtree(staging, ignore_errors=True)
         skip = shutil.ignore_patterns(*NOT_MODEL_FILES, MODEL_CARD, CATALOG_FILE, FEWSHOT_FILE)
