@@ -17,7 +17,15 @@ from types import ModuleType
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, RECORDS_FILE, VALIDATION_DIR, VALIDATION_JSON
+from intentops.artifacts import (
+    CATALOG_FILE,
+    DATASET_MANIFEST,
+    RECORDS_FILE,
+    TRAIN_FILE,
+    VALIDATION_DIR,
+    VALIDATION_JSON,
+    split_file,
+)
 from intentops.catalog import load_catalog
 from intentops.grammar import parse_call
 
@@ -95,7 +103,7 @@ def write_normalised(path: Path, n_intents: int = 20, oos: bool = True, bad_line
 
 
 def read_split(folder: Path, split: str) -> list[dict]:
-    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in (folder / split_file(split)).read_text(encoding="utf-8").splitlines()]
 
 
 def test_in_domain_layout_records_and_rejects(prep: ModuleType, tmp_path: Path) -> None:
@@ -103,7 +111,7 @@ def test_in_domain_layout_records_and_rejects(prep: ModuleType, tmp_path: Path) 
     out = tmp_path / "ds"
     report = prep.prepare(source, out, "in_domain", max_train_per_intent=6, max_test_per_intent=2)
 
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", CATALOG_FILE, DATASET_MANIFEST, "rejects.jsonl"):
+    for name in (TRAIN_FILE, split_file("val"), split_file("test"), CATALOG_FILE, DATASET_MANIFEST, "rejects.jsonl"):
         assert (out / name).is_file(), name
     catalog = load_catalog(out / CATALOG_FILE)
     assert len(catalog.names) == 20
@@ -150,7 +158,7 @@ def test_prepare_is_deterministic(prep: ModuleType, tmp_path: Path) -> None:
     source = write_normalised(tmp_path / "toy.jsonl")
     for out in ("a", "b"):
         prep.prepare(source, tmp_path / out, "unseen", max_train_per_intent=5, seed=7)
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", CATALOG_FILE, DATASET_MANIFEST):
+    for name in (TRAIN_FILE, split_file("val"), split_file("test"), CATALOG_FILE, DATASET_MANIFEST):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 

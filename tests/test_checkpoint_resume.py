@@ -17,7 +17,7 @@ import pytest
 from transformers import TrainerCallback
 
 from intentops import storage
-from intentops.artifacts import MODEL_CARD
+from intentops.artifacts import MODEL_CARD, TRAIN_FILE
 from intentops.config import RunConfig
 from intentops.models import read_model_card
 from intentops.training.checkpoints import (
@@ -207,7 +207,7 @@ def test_a_killed_sft_stage_resumes_in_a_fresh_pod_from_s3(
     card = read_model_card(second_pod)
     resumed = card["training"]["resumed_from"]
     step = int(resumed.rsplit("-", 1)[1])
-    total = 2 * -(-len(load_split(small_dataset_dir / "train.jsonl")) // 16)
+    total = 2 * -(-len(load_split(small_dataset_dir / TRAIN_FILE)) // 16)
     assert step >= 3 and step % 3 == 0 and resumed == str(second_pod / "checkpoints" / f"checkpoint-{step}")
     assert f"resuming from {prefix}/checkpoint-{step} (step {step})" in _lines(caplog)
     assert steps.steps == list(range(step + 1, total + 1))  # global step > 0 at start, no restart from zero
@@ -236,8 +236,8 @@ def test_a_crashed_grpo_stage_resumes_and_says_the_rollout_log_restarts(
     from intentops.training.grpo import run_grpo
     from intentops.training.sft import load_split
 
-    train = tmp_path / "hard" / "train.jsonl"
-    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    train = tmp_path / "hard" / TRAIN_FILE
+    write_jsonl(train, load_split(small_dataset_dir / TRAIN_FILE)[:4])
     cfg = RunConfig.from_flat(
         {
             "grpo__stage2_max_steps": 4,
@@ -274,7 +274,7 @@ def test_a_start_model_with_truncated_weights_is_named(
     weights = start / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match=rf"{weights}: truncated or corrupted safetensors file"):
-        run_grpo(small_dataset_dir / "train.jsonl", start, training_config, tmp_path / "out", "grpo1")
+        run_grpo(small_dataset_dir / TRAIN_FILE, start, training_config, tmp_path / "out", "grpo1")
 
 
 def test_a_failed_upload_does_not_stop_training(tmp_path: Path, s3_server: str, caplog) -> None:

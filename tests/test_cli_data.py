@@ -216,11 +216,11 @@ def test_disk_full_gets_one_clear_line_and_publishes_nothing(
     import intentops.io
 
     def full(folder: Path, command: str) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "train.jsonl"))
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / TRAIN_FILE))
 
     monkeypatch.setattr(intentops.io, "_mark", full)
     common = ["--catalog", str(catalog_file), "--set", "data__min_examples_per_intent=10"]
     assert main(["split", str(records_file), "--out", str(tmp_path / "s"), *common]) == 2
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "train.jsonl" in err and "Traceback" not in err
+    assert "No space left on device" in err and TRAIN_FILE in err and "Traceback" not in err
     assert not (tmp_path / "s").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".s")] == []

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, RECORDS_FILE
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, RECORDS_FILE, split_file
 from intentops.catalog import Catalog
 from intentops.grammar import parse_calls, render_calls
 from intentops.io import read_jsonl
@@ -148,7 +148,7 @@ def test_small_dataset_fixture_layout(small_dataset_dir: Path) -> None:
     unseen = set(manifest["unseen_intents"])
     seen_by_split: dict[str, set[bool]] = defaultdict(set)
     for split in ("train", "val", "test"):
-        rows = list(read_jsonl(small_dataset_dir / f"{split}.jsonl"))
+        rows = list(read_jsonl(small_dataset_dir / split_file(split)))
         assert len(rows) == manifest["counts"][split]["total"]
         for row in rows:
             assert row["seen"] is (row["intent"] not in unseen)

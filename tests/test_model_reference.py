@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from intentops import storage
-from intentops.artifacts import MODEL_CARD, MODEL_REF_FILE, ModelFolder
+from intentops.artifacts import MODEL_CARD, MODEL_REF_FILE, TRAIN_FILE, ModelFolder
 from intentops.config import RunConfig
 from intentops.io import write_jsonl
 from intentops.models import read_model_card
@@ -76,8 +76,8 @@ def test_grpo_stage_reads_and_writes_models_by_reference(
     shutil.copytree(sft_model_dir, start)
     models = f"s3://{s3_bucket}/models"
     ModelFolder(start).publish_by_reference(f"{models}/run-5/sft")
-    train = tmp_path / "hard" / "train.jsonl"
-    write_jsonl(train, load_split(small_dataset_dir / "train.jsonl")[:4])
+    train = tmp_path / "hard" / TRAIN_FILE
+    write_jsonl(train, load_split(small_dataset_dir / TRAIN_FILE)[:4])
     cfg = RunConfig.from_flat(
         {
             "grpo__stage2_max_steps": 1,

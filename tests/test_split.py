@@ -17,6 +17,7 @@ from intentops.artifacts import (
     VALIDATION_DIR,
     VALIDATION_JSON,
     VALIDATION_REPORT_MD,
+    split_file,
 )
 from intentops.catalog import Catalog, CatalogError, load_catalog
 from intentops.config import DataConfig
@@ -50,7 +51,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 
 def _assignment(folder: Path) -> dict[str, str]:
-    return {r["id"]: split for split in ("train", "val", "test") for r in _read(folder / f"{split}.jsonl")}
+    return {r["id"]: split for split in ("train", "val", "test") for r in _read(folder / split_file(split))}
 
 
 def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
@@ -61,9 +62,9 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         CATALOG_FILE,
         DATASET_MANIFEST,
-        "test.jsonl",
-        "train.jsonl",
-        "val.jsonl",
+        split_file("test"),
+        TRAIN_FILE,
+        split_file("val"),
     ]
     assignment = _assignment(tmp_path / "a")
     assert sorted(assignment) == sorted(r["id"] for r in records)
@@ -72,13 +73,13 @@ def test_stratified_split_is_deterministic_and_complete(tmp_path: Path) -> None:
         total = sum(counts[s]["by_intent"].get(intent, 0) for s in ("train", "val", "test"))
         assert counts["test"]["by_intent"][intent] >= 3 and counts["val"]["by_intent"][intent] >= 1, intent
         assert counts["train"]["by_intent"][intent] >= 0.6 * total, intent
-    assert manifest.unseen_intents == [] and all(r["seen"] for r in _read(tmp_path / "a" / "test.jsonl"))
+    assert manifest.unseen_intents == [] and all(r["seen"] for r in _read(tmp_path / "a" / split_file("test")))
     same_text = {assignment["r023"], assignment["r102"]}  # "music_exit request number 3" with and without "!"
     assert len(same_text) == 1
 
     again = split_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(), tmp_path / "b")
     assert again.dataset_hash == manifest.dataset_hash
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", DATASET_MANIFEST):
+    for name in (TRAIN_FILE, split_file("val"), split_file("test"), DATASET_MANIFEST):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
     shuffled = records[:]
@@ -102,12 +103,12 @@ def test_unseen_intents_and_domain_go_entirely_to_test(tmp_path: Path) -> None:
 
     assert manifest.unseen_intents == ["volume_down", "find_nearby"]
     assert manifest.seen_intents == ["play_music", "music_exit", "weather_search"]
-    test = _read(tmp_path / "out" / "test.jsonl")
+    test = _read(tmp_path / "out" / split_file("test"))
     unseen = [r for r in test if not r["seen"]]
     assert len(unseen) == 2 * PER_INTENT + 2  # both intents, plus the two multi-intent records touching them
     assert all({c["name"] for c in r["calls"]} & {"volume_down", "find_nearby"} for r in unseen)
     for split in ("train", "val"):
-        rows = _read(tmp_path / "out" / f"{split}.jsonl")
+        rows = _read(tmp_path / "out" / split_file(split))
         assert rows and all(r["seen"] for r in rows)
         assert not {c["name"] for r in rows for c in r["calls"]} & {"volume_down", "find_nearby"}
     assert manifest.counts["test"]["unseen"] == len(unseen)
@@ -160,7 +161,7 @@ def test_prepare_validates_then_splits(tmp_path: Path) -> None:
     write_jsonl(tmp_path / RECORDS_FILE, _records())
     manifest = prepare_dataset(tmp_path / RECORDS_FILE, CATALOG, _config(), tmp_path / "ds")
     out = tmp_path / "ds"
-    assert {"train.jsonl", "val.jsonl", "test.jsonl", CATALOG_FILE, DATASET_MANIFEST, "validation"} == {
+    assert {TRAIN_FILE, split_file("val"), split_file("test"), CATALOG_FILE, DATASET_MANIFEST, "validation"} == {
         p.name for p in out.iterdir()
     }
     assert json.loads((out / VALIDATION_DIR / VALIDATION_JSON).read_text())["passed"] is True

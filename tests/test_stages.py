@@ -13,6 +13,7 @@ from intentops.artifacts import (
     METRICS_FILE,
     NO_MODEL_FILE,
     PREDICTIONS_FILE,
+    TRAIN_FILE,
     ArtifactMissingError,
     Dataset,
     Evaluation,
@@ -57,7 +58,7 @@ def _evaluation(folder: Path, metrics: dict, wrong: int = 0) -> Path:
         (Dataset, DATASET_MANIFEST, "validate-dataset"),
         (Evaluation, METRICS_FILE, "evaluate"),
         (GateResult, GATE_JSON, "gate"),
-        (HardSet, "train.jsonl", "mine-hard-samples"),
+        (HardSet, TRAIN_FILE, "mine-hard-samples"),
     ],
 )
 def test_a_missing_file_names_itself_and_the_stage_that_writes_it(tmp_path, artifact, name, stage):

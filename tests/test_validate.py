@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from intentops.artifacts import QUICKSTART_FILE, RECORDS_FILE, TRAIN_FILE, VALIDATION_JSON, VALIDATION_MD
+from intentops.artifacts import QUICKSTART_FILE, RECORDS_FILE, TRAIN_FILE, VALIDATION_JSON, VALIDATION_MD, split_file
 from intentops.catalog import CatalogError, parse_catalog
 from intentops.config import DataConfig
 from intentops.data.records import load_records, normalise_text
@@ -186,8 +186,8 @@ def test_train_test_leakage_in_a_dataset_folder(tmp_path: Path) -> None:
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     write_jsonl(dataset / TRAIN_FILE, records[:18])
-    write_jsonl(dataset / "val.jsonl", records[18:20])
-    write_jsonl(dataset / "test.jsonl", [*records[20:], {**records[0], "id": "leak", "text": "放周杰伦的歌!"}])
+    write_jsonl(dataset / split_file("val"), records[18:20])
+    write_jsonl(dataset / split_file("test"), [*records[20:], {**records[0], "id": "leak", "text": "放周杰伦的歌!"}])
     report = validate_records(dataset, CATALOG, _config(min_examples_per_intent=2), tmp_path / "report")
     finding = _finding(report, "train_test_leakage")
     assert not report.passed and finding.count == 2

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, REJECTS_FILE
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, REJECTS_FILE, split_file
 from intentops.catalog import UNCERTAIN_INTENT, Catalog, Intent
 from intentops.config import DataConfig
 from intentops.data.itag import detect_lang
@@ -264,10 +264,10 @@ def _manifest(
             "by_intent": {name: by_intent[name] for name in [*catalog.names, UNCERTAIN_INTENT] if by_intent[name]},
             "by_lang": dict(sorted(Counter(r["lang"] for r in part).items())),
         }
-    files = {f"{split}.jsonl": sha256_file(folder / f"{split}.jsonl") for split in SPLITS}
+    files = {split_file(split): sha256_file(folder / split_file(split)) for split in SPLITS}
     return {
         "counts": counts,
-        "dataset_hash": sha256_text("".join(files[f"{split}.jsonl"] for split in SPLITS))[:16],
+        "dataset_hash": sha256_text("".join(files[split_file(split)] for split in SPLITS))[:16],
         "catalog_hash": catalog.content_hash,
         "unseen_intents": unseen,
         "seen_intents": [name for name in catalog.names if name not in unseen],
@@ -356,7 +356,7 @@ def prepare(
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         for split in SPLITS:
-            write_jsonl(tmp / f"{split}.jsonl", rows[split])
+            write_jsonl(tmp / split_file(split), rows[split])
         catalog.to_yaml(tmp / CATALOG_FILE)
         write_jsonl(tmp / REJECTS_FILE, rejects)
         origin = {"path": str(source), "sha256": sha256_file(source), "protocol": protocol, "seed": seed, **limits_used}

@@ -19,7 +19,7 @@ from typing import Any
 
 from prepare import SPLITS, PrepareError, _manifest
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, split_file
 from intentops.catalog import Catalog, Intent, load_catalog
 from intentops.grammar import Call, parse_calls, render_calls
 from intentops.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
@@ -38,7 +38,7 @@ def _write(folder: Path, rows: dict[str, list[dict[str, Any]]], catalog: Catalog
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         for split in SPLITS:
-            write_jsonl(tmp / f"{split}.jsonl", rows[split])
+            write_jsonl(tmp / split_file(split), rows[split])
         catalog.to_yaml(tmp / CATALOG_FILE)
         write_json(tmp / DATASET_MANIFEST, _manifest(tmp, rows, catalog, [], source))
 
@@ -124,7 +124,7 @@ def merge_intents(dataset_dir: Path, group: Sequence[str], merged: str, out_dir:
     intents = [i for i in catalog.intents if i.name not in group]
     new_catalog = Catalog(name=catalog.name, intents=(*intents, new))
     mapping = dict.fromkeys(group, merged)
-    rows = {s: [_renamed(r, mapping) for r in read_jsonl(dataset_dir / f"{s}.jsonl")] for s in SPLITS}
+    rows = {s: [_renamed(r, mapping) for r in read_jsonl(dataset_dir / split_file(s))] for s in SPLITS}
     source = {**read_json(dataset_dir / DATASET_MANIFEST).get("source", {}), "merged": {merged: list(group)}}
     _write(out_dir, rows, new_catalog, source)
     return new_catalog

@@ -30,6 +30,7 @@ CONVERT_REPORT_FILE = "report.json"
 # dataset (validate-dataset); a hard set reuses TRAIN_FILE for the records GRPO stage 2 trains on
 SPLITS = ("train", "val", "test")
 TRAIN_FILE = "train.jsonl"
+
 CATALOG_FILE = "catalog.yaml"
 DATASET_MANIFEST = "manifest.json"
 # validation report folder (inside the dataset from validate-dataset; anywhere from `intentops validate`)
@@ -38,8 +39,9 @@ VALIDATION_JSON = "report.json"
 VALIDATION_MD = "report.md"
 FLAGGED_FILE = "flagged.jsonl"
 VALIDATION_REPORT_MD = f"{VALIDATION_DIR}/{VALIDATION_MD}"
-# model folder (sft-warmup, grpo-stage1, grpo-stage2): Hugging Face files plus these two
+# model folder (sft-warmup, grpo-stage1, grpo-stage2): Hugging Face files plus these
 MODEL_CARD = "intentops.json"
+FEWSHOT_FILE = "fewshot_examples.jsonl"  # the prompt's few-shot examples, when the prompt shows any
 # a model folder by reference (storage.models_uri): the artifact holds only this file (uri, size, content hash)
 MODEL_REF_FILE = "model-ref.json"
 # rollouts (grpo-stage1, grpo-stage2): GRPO's own training rollouts, and (grpo-stage1) the scoring pass over every
@@ -86,6 +88,11 @@ GATE_MD = "gate.md"
 GATE_HTML = "gate.html"
 # `intentops gate --out DIR` keeps the champion's evaluation beside the decision
 CHAMPION_EVALUATION_DIR = "champion"
+
+
+def split_file(split: str) -> str:
+    """The file name of one dataset split (`train`, `val`, `test`)."""
+    return f"{split}.jsonl"
 
 
 class ArtifactMissingError(FileNotFoundError):
@@ -154,10 +161,10 @@ class Records(Artifact):
 
 class Dataset(Artifact):
     KIND, WRITTEN_BY = "dataset", "validate-dataset"
-    REQUIRED = (*(f"{split}.jsonl" for split in SPLITS), CATALOG_FILE, DATASET_MANIFEST)
+    REQUIRED = (*(split_file(split) for split in SPLITS), CATALOG_FILE, DATASET_MANIFEST)
 
     def split(self, name: str) -> Path:
-        return self.file(f"{name}.jsonl")
+        return self.file(split_file(name))
 
     @property
     def train(self) -> Path:

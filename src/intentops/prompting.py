@@ -14,12 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from intentops.artifacts import CATALOG_FILE, MODEL_CARD
+from intentops.artifacts import CATALOG_FILE, FEWSHOT_FILE, MODEL_CARD
 from intentops.catalog import UNCERTAIN_INTENT, Catalog, load_catalog
 from intentops.config import PromptConfig
 from intentops.grammar import Call, GrammarError, parse_calls, render_calls
-
-FEWSHOT_FILE = "fewshot_examples.jsonl"
 
 _THOUGHT_STRICT = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL)
 _ANSWER_TAG = re.compile(r"<answer>(?P<answer>.+?)</answer>", re.DOTALL)

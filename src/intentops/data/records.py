@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
+from intentops.artifacts import split_file
 from intentops.catalog import Catalog, CatalogError
 from intentops.config import DataConfig
 from intentops.data.itag import detect_lang
@@ -113,8 +114,8 @@ def load_records(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         if path.is_dir():
             parts = []
             for split in SPLITS:
-                if (path / f"{split}.jsonl").exists():
-                    part = pd.DataFrame(list(read_jsonl(path / f"{split}.jsonl")))
+                if (path / split_file(split)).exists():
+                    part = pd.DataFrame(list(read_jsonl(path / split_file(split))))
                     part["split"] = split
                     parts.append(part)
             if not parts:

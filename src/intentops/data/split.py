@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, TRAIN_FILE, VALIDATION_DIR
+from intentops.artifacts import CATALOG_FILE, DATASET_MANIFEST, TRAIN_FILE, VALIDATION_DIR, split_file
 from intentops.catalog import Catalog
 from intentops.config import DataConfig
 from intentops.data.records import SPLITS, annotate, complete_record, load_records, unseen_intents
@@ -106,7 +106,7 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
 
 def _dataset_hash(folder: Path) -> str:
     """The dataset version: sha256 over the three split files' digests, in split order (16 hex digits)."""
-    return sha256_text("".join(sha256_file(folder / f"{split}.jsonl") for split in SPLITS))[:16]
+    return sha256_text("".join(sha256_file(folder / split_file(split)) for split in SPLITS))[:16]
 
 
 def _write_split(
@@ -128,7 +128,7 @@ def _write_split(
     files: dict[str, str] = {}
     for split in SPLITS:
         part = frame[assignment == split]
-        path = folder / f"{split}.jsonl"
+        path = folder / split_file(split)
         with open(path, "wb") as handle:
             for row, record_intents in zip(part.to_dict("records"), part["intents"], strict=True):
                 record = complete_record(_clean(row))

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from intentops.artifacts import CATALOG_FILE, MODEL_CARD
+from intentops.artifacts import CATALOG_FILE, FEWSHOT_FILE, MODEL_CARD
 from intentops.config import RunConfig
 from intentops.io import read_json
 from intentops.serving import k8s_manifests as k8m
@@ -71,7 +71,6 @@ ARTIFACTS_DESTINATION_ENV = "MLFLOW_ARTIFACTS_DESTINATION"
 MLFLOW_ARTIFACTS_SCHEME = "mlflow-artifacts:"
 # What the smoke test needs from the model folder to rebuild the training prompt (never the weights).
 PROMPT_FILES = (MODEL_CARD, CATALOG_FILE)
-FEWSHOT_FILE = "fewshot_examples.jsonl"
 # Storage URI schemes KServe's storage initializer (and the k8s init container, for s3) can fetch.
 KSERVE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://", "hf://", "oci://")
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 WORKER_ENV = "INTENTOPS_TRAINING_WORKER"
 _LOG_TAIL_LINES = 40
 _ERROR_SUFFIX = ".error.txt"
+SPEC_FILE, RESULT_FILE = "spec.json", "result.json"  # what a launch hands its workers, what rank 0 hands back
 
 
 class TrainingLaunchError(RuntimeError):
@@ -79,7 +80,7 @@ def run_in_processes(trainer: str, cfg: RunConfig, processes: int, **kwargs: Any
     last lines of their log.
     """
     with tempfile.TemporaryDirectory(prefix="intentops-launch-") as scratch:
-        spec_path, result_path = Path(scratch) / "spec.json", Path(scratch) / "result.json"
+        spec_path, result_path = Path(scratch) / SPEC_FILE, Path(scratch) / RESULT_FILE
         spec = {
             "trainer": trainer,
             "config": cfg.model_dump(mode="json"),
@@ -158,7 +159,7 @@ def _work_on_node(spec: dict[str, Any]) -> None:
         for key, value in result.items():
             if key in ("model_dir", "rollouts_path", "scores_path") and value is not None:
                 result[key] = str(Path(value).resolve().relative_to(out_dir.resolve()))
-        result_file = Path(scratch) / "result.json"
+        result_file = Path(scratch) / RESULT_FILE
         result_file.write_text(json.dumps(result), encoding="utf-8")
         storage.upload(out_dir, spec["output"])
         storage.upload(result_file, spec["result"])  # last: the stage reads the model only after the result

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 
 from intentops import tracking
-from intentops.artifacts import CATALOG_FILE, MODEL_CARD, NOT_MODEL_FILES, TRAIN_FILE
+from intentops.artifacts import CATALOG_FILE, FEWSHOT_FILE, MODEL_CARD, NOT_MODEL_FILES, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
 from intentops.models import base_card, dataset_hash, invalidate_model_dir, publish_model_dir
-from intentops.prompting import FEWSHOT_FILE, PromptBuilder
+from intentops.prompting import PromptBuilder
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from intentops import storage
 from intentops.config import MLFLOW_OPTIONAL_ENV, MLFLOW_REQUIRED_ENV, S3_ENV, RunConfig
-from intentops.training.launch import WORKER_ENV, TrainingLaunchError
+from intentops.training.launch import RESULT_FILE, SPEC_FILE, WORKER_ENV, TrainingLaunchError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ TRAINJOB_KIND = "TrainJob"
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # JobSet labels every pod with the TrainJob's name
 NODE_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 RUN_LABEL, STAGE_LABEL = "intentops.io/pipeline-run", "intentops.io/stage"
-SPEC_FILE, RESULT_FILE, OUTPUT_DIR, ERRORS_DIR = "spec.json", "result.json", "output", "errors"
+OUTPUT_DIR, ERRORS_DIR = "output", "errors"
 INPUT_KEYS = {"sft": ("dataset_dir", "base_model"), "grpo": ("train_path", "model_dir")}
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _LOG_TAIL_LINES = 40
