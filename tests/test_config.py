@@ -131,11 +131,22 @@ def test_completion_lengths_follow_the_output_mode_when_unset():
         load_config(None, {"prompt__output_mode": "thought"})
     zeros = {"grpo__max_completion_length": 0, "evaluation__max_new_tokens": 0}
     assert lengths(load_config(None, {"prompt__output_mode": "thought"} | zeros)) == (256, 256)
+    # The GPU configs write 0: the same file serves both modes.
+    gpu = RESOURCES / "configs" / "gpu-lora-1p5b.yaml"
+    assert lengths(load_config(gpu)) == (64, 64)
+    assert lengths(load_config(gpu, {"prompt__output_mode": "thought"})) == (256, 256)
     # Pipeline parameters offer both as 0, so a run that only switches the mode in the UI gets the thought lengths.
     defaults = {field.name: field.default for field in flat_fields()}
     assert {name: defaults[name] for name in zeros} == zeros
     assert lengths(RunConfig.from_flat(defaults | {"prompt__output_mode": "thought"})) == (256, 256)
     assert lengths(RunConfig.from_flat(defaults)) == (64, 64)
+    # ... and so do the arguments of a run (or a compiled variant's defaults); a length the config sets is passed on.
+    from pipelines.parameters import pipeline_arguments
+
+    arguments = pipeline_arguments(thought)
+    assert {name: arguments[name] for name in zeros} == zeros
+    assert lengths(RunConfig.from_flat(arguments)) == (256, 256)
+    assert pipeline_arguments(load_config(None))["grpo__max_completion_length"] == 24
 
 
 def test_good_neighbours_of_the_bad_combinations_load():

@@ -450,6 +450,12 @@ class RunConfig(_Section):
     # Flat names of the knobs that took their output mode's default (knob_rules.fill_mode_defaults).
     _mode_defaulted: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
+    @property
+    def mode_defaulted(self) -> frozenset[str]:
+        """Flat names of the knobs that took their output mode's default; as pipeline parameters they are 0, so
+        they follow the mode a run ends up with."""
+        return self._mode_defaulted
+
     def flat(self) -> dict[str, Any]:
         """`{section__field: value}` for every knob: the pipeline's parameter set."""
         return {
@@ -463,7 +469,7 @@ class RunConfig(_Section):
         """Rebuild a config from flat knobs (as a pipeline passes them) over `base` (defaults if None)."""
         base = base or cls()
         nested = base.model_dump()
-        for name in base._mode_defaulted:  # unset again: they follow the output mode the result ends up with
+        for name in base.mode_defaulted:  # unset again: they follow the output mode the result ends up with
             section, _, key = name.partition(FLAT_SEPARATOR)
             nested[section][key] = 0
         for name, value in flat.items():
@@ -544,7 +550,7 @@ def flat_fields() -> list[FlatField]:
             name = f"{section_name}{FLAT_SEPARATOR}{key}"
             # A knob that follows the output mode is offered as 0 (= that mode's default), so a run that only
             # switches the mode gets the right length.
-            value = 0 if name in defaults._mode_defaulted else getattr(section_value, key)
+            value = 0 if name in defaults.mode_defaulted else getattr(section_value, key)
             fields.append(
                 FlatField(
                     name=name,
