@@ -531,6 +531,9 @@ def test_kl_and_completion_length_guards() -> None:
     shorter = [(1, _log(length=8.0))] + [(s, _log(length=1.0)) for s in range(2, 7)]
     assert _replay(_guard(), shorter) == 5
     assert _replay(_guard(length_ratio=0.0), longer) is None
+    # thought mode: the reasoning starts empty and may grow; a shrinking completion is still a collapse sign
+    assert _replay(_guard(length_may_grow=True), longer) is None
+    assert _replay(_guard(length_may_grow=True), shorter) == 5
 
 
 # ---- online difficulty filtering ----------------------------------------------------------------------------

@@ -234,7 +234,7 @@ class GrpoConfig(_Section):
         4.0,
         ge=0,
         description="Mean completion length more than this factor above or below its first logged value counts as "
-        "collapse; 0 = off.",
+        "collapse (in thought mode only below: the reasoning may grow); 0 = off.",
     )
     online_filtering: bool = Field(
         False,

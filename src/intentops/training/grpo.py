@@ -278,7 +278,7 @@ def run_grpo(
         **{f"grpo__{k}": v for k, v in grpo.model_dump().items()},
         "model__lora": cfg.model.lora,
     }
-    guard = CollapseGuard(CollapseRules.from_config(grpo, weights.total))
+    guard = CollapseGuard(CollapseRules.from_config(grpo, weights.total, thought=builder.template is not None))
     state = distributed_state()
     main = state.is_main_process
     stage_run = tracking.stage_run(stage, cfg, pipeline_run_id, params=params) if main else nullcontext(None)
