@@ -33,8 +33,8 @@ def fill_mode_defaults(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
     default, and the flat names of the knobs so filled (RunConfig keeps them so a later change of mode re-derives
     them instead of keeping the old mode's value)."""
     data = dict(data)
-    prompt = data.get("prompt") or {}
-    mode = getattr(prompt, "output_mode", None) if isinstance(prompt, BaseModel) else prompt.get("output_mode")
+    prompt = data.get("prompt")
+    mode = prompt.get("output_mode") if isinstance(prompt, dict) else getattr(prompt, "output_mode", None)
     defaults = MODE_LENGTH_DEFAULTS.get(mode or "answer", MODE_LENGTH_DEFAULTS["answer"])
     filled = []
     for knob, value in defaults.items():
