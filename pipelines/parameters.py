@@ -33,8 +33,9 @@ def portable_value(value: Any) -> Any:
 
 
 def pipeline_arguments(cfg: RunConfig) -> dict[str, Any]:
-    """The flat knobs of `cfg`, portable, as arguments for a cluster run."""
-    return {name: portable_value(value) for name, value in cfg.flat().items()}
+    """The flat knobs of `cfg`, portable, as arguments for a cluster run (or a compiled variant's defaults); knobs
+    that took their output mode's default are 0 (= that default), as in flat_fields()."""
+    return {name: 0 if name in cfg.mode_defaulted else portable_value(value) for name, value in cfg.flat().items()}
 
 
 def knob_pipeline(

@@ -111,6 +111,44 @@ def test_bad_combinations_fail_naming_the_knob(overrides, message):
         load_config(None, overrides)
 
 
+def test_completion_lengths_follow_the_output_mode_when_unset():
+    """Unset or 0: the output mode's default (64 answer, 256 thought); a value the user sets is kept."""
+    lengths = lambda cfg: (cfg.grpo.max_completion_length, cfg.evaluation.max_new_tokens)  # noqa: E731
+    assert lengths(RunConfig()) == (64, 64)
+    assert lengths(RunConfig.model_validate({"prompt": {"output_mode": "thought"}})) == (256, 256)
+    explicit = {"prompt": {"output_mode": "thought"}, "grpo": {"max_completion_length": 200}}
+    assert lengths(RunConfig.model_validate(explicit | {"evaluation": {"max_new_tokens": 0}})) == (200, 256)
+    # A flat override of the mode re-derives the lengths that were defaulted, and keeps the ones that were set.
+    thought = RunConfig.from_flat({"prompt__output_mode": "thought"})
+    assert lengths(thought) == (256, 256)
+    assert lengths(RunConfig.from_flat({"prompt__output_mode": "answer"}, base=thought)) == (64, 64)
+    kept = RunConfig.from_flat({"prompt__output_mode": "thought", "evaluation__max_new_tokens": 300})
+    assert lengths(RunConfig.from_flat({"prompt__output_mode": "answer"}, base=kept)) == (64, 300)
+    # tiny-cpu.yaml sets 24 tokens for answers: too few for thought mode, and the error says how to get the default.
+    with pytest.raises(
+        ConfigError, match=r"grpo__max_completion_length: 24 tokens .*0 or unset takes the thought default, 256"
+    ):
+        load_config(None, {"prompt__output_mode": "thought"})
+    zeros = {"grpo__max_completion_length": 0, "evaluation__max_new_tokens": 0}
+    assert lengths(load_config(None, {"prompt__output_mode": "thought"} | zeros)) == (256, 256)
+    # The GPU configs write 0: the same file serves both modes.
+    gpu = RESOURCES / "configs" / "gpu-lora-1p5b.yaml"
+    assert lengths(load_config(gpu)) == (64, 64)
+    assert lengths(load_config(gpu, {"prompt__output_mode": "thought"})) == (256, 256)
+    # Pipeline parameters offer both as 0, so a run that only switches the mode in the UI gets the thought lengths.
+    defaults = {field.name: field.default for field in flat_fields()}
+    assert {name: defaults[name] for name in zeros} == zeros
+    assert lengths(RunConfig.from_flat(defaults | {"prompt__output_mode": "thought"})) == (256, 256)
+    assert lengths(RunConfig.from_flat(defaults)) == (64, 64)
+    # ... and so do the arguments of a run (or a compiled variant's defaults); a length the config sets is passed on.
+    from pipelines.parameters import pipeline_arguments
+
+    arguments = pipeline_arguments(thought)
+    assert {name: arguments[name] for name in zeros} == zeros
+    assert lengths(RunConfig.from_flat(arguments)) == (256, 256)
+    assert pipeline_arguments(load_config(None))["grpo__max_completion_length"] == 24
+
+
 def test_good_neighbours_of_the_bad_combinations_load():
     """The rules draw the line where TRL and the model do, not further."""
     load_config(None, {"grpo__batch_size": 4, "grpo__gradient_accumulation_steps": 2, "grpo__num_generations": 8})

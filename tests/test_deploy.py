@@ -369,12 +369,21 @@ def test_call_regex_admits_exactly_the_catalog_grammar(catalog: Catalog, builder
 
 
 def test_constraints_follow_the_prompt_options(catalog: Catalog) -> None:
-    numbered = PromptBuilder(catalog, PromptConfig(output_mode="thought", numeric_labels=True, uncertain_label=True))
+    numbered = PromptBuilder(
+        catalog,
+        PromptConfig(output_mode="thought", thought_template="think_answer", numeric_labels=True, uncertain_label=True),
+    )
     pattern = re.compile(structured_outputs(numbered)["regex"])
     gold = numbered.target("weather_search(杭州)")
     assert gold.startswith("<think>") and pattern.fullmatch(gold)
     assert pattern.fullmatch(f"<think>unclear</think><answer>#{len(numbered.labels)}()</answer>")
     assert not pattern.fullmatch("<think>x</think><answer>weather_search(杭州)</answer>")  # names are numbers here
+    react = PromptBuilder(catalog, numbered.cfg.model_copy(update={"thought_template": "react"}))
+    react_pattern = re.compile(structured_outputs(react)["regex"])
+    assert react.target("weather_search(杭州)") == "Thought:\nAction: #10(杭州)\nFinish!"
+    assert react_pattern.fullmatch("Thought:\nAction: #10(杭州)\nFinish!")
+    assert react_pattern.fullmatch(f"Thought: unclear\nAction: #{len(react.labels)}()\nFinish!")
+    assert not react_pattern.fullmatch("Thought: x\nAction: #10(杭州)")  # no Finish!
 
     parameterless = PromptBuilder(catalog.subset(["music_pause", "music_next", "volume_up"]), PromptConfig())
     assert structured_outputs(parameterless, max_calls=1) == {

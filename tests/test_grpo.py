@@ -358,6 +358,19 @@ def test_each_algorithm_maps_onto_trl(tmp_path: Path, algorithm: str, config_cla
     assert {key: getattr(args, key) for key in options} == options
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+@pytest.mark.parametrize(("mode", "masked", "length"), [("answer", False, 64), ("thought", True, 256)])
+def test_thought_mode_masks_truncated_completions(
+    tmp_path: Path, algorithm: str, mode: str, masked: bool, length: int
+) -> None:
+    """A reasoning block cut off at the length limit is left out of the loss, not punished for its missing answer."""
+    from intentops.training.grpo import grpo_training_args
+
+    cfg = RunConfig.from_flat({"prompt__output_mode": mode, "grpo__algorithm": algorithm})
+    args = grpo_training_args(cfg, tmp_path, max_steps=1, reward_weights=[1.0, 1.0, 1.0])
+    assert (args.mask_truncated_completions, args.max_completion_length) == (masked, length)
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "reinforce_pp_baseline", "reinforce_pp", "rloo"])
 def test_trainer_advantages_follow_the_algorithm(
     tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config, algorithm: str, monkeypatch
@@ -518,6 +531,9 @@ def test_kl_and_completion_length_guards() -> None:
     shorter = [(1, _log(length=8.0))] + [(s, _log(length=1.0)) for s in range(2, 7)]
     assert _replay(_guard(), shorter) == 5
     assert _replay(_guard(length_ratio=0.0), longer) is None
+    # thought mode: the reasoning starts empty and may grow; a shrinking completion is still a collapse sign
+    assert _replay(_guard(length_may_grow=True), longer) is None
+    assert _replay(_guard(length_may_grow=True), shorter) == 5
 
 
 # ---- online difficulty filtering ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from intentops.evaluation import load_split
 from intentops.evaluation.baselines import majority_baseline, run_baselines
 from intentops.evaluation.metrics import (
     INVALID_LABEL,
+    answer_text,
     compute_metrics,
     score_one,
     strict_accuracy,
@@ -99,6 +100,13 @@ def test_strict_figure_reads_the_answer_span_of_a_reasoning_completion() -> None
     raw = "<think>the user wants the weather</think><answer>weather_search(杭州)</answer>"
     outcome = score_one(_record("weather_search(杭州)"), "weather_search(杭州)", raw=raw)
     assert (outcome.strict_intent_ok, outcome.strict_params_ok) == (True, True)
+    react = "Thought: the user wants the weather\nAction: weather_search(杭州)\nFinish!"
+    assert answer_text(react) == "weather_search(杭州)"
+    outcome = score_one(_record("weather_search(杭州)"), "weather_search(杭州)", raw=react)
+    assert (outcome.strict_intent_ok, outcome.strict_params_ok) == (True, True)
+    # without the Action line the seed rule reads the whole completion, whose name part is not the intent
+    cut = score_one(_record("weather_search(杭州)"), None, raw="Thought: weather_search(杭州) it is")
+    assert (cut.strict_intent_ok, cut.strict_params_ok) == (False, False)
 
 
 def test_parse_failures_and_full_width_punctuation() -> None:

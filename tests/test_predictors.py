@@ -482,18 +482,45 @@ def test_evaluate_model_reports_constrained_and_unconstrained_figures(
     assert metrics["unconstrained"]["format_error_rate"] > 0.0  # the random-init model, free, breaks the format
 
 
-def test_call_grammar_in_thought_mode_matches_the_served_template() -> None:
-    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / CATALOG_FILE), PromptConfig(output_mode="thought"))
+THOUGHT_GRAMMAR_CASES = {
+    "think_answer": (
+        [
+            "<think></think><answer>volume_down()</answer>",  # empty reasoning: the SFT target
+            "<think>turn it down; 杭州 is noise</think><answer>volume_down();weather_search(杭州)</answer>",
+        ],
+        [
+            "<think>a<b</think><answer>volume_down()</answer>",  # '<' inside the reasoning
+            "<think>ok</think><answer>volume_down()",  # unclosed answer
+            "<think>ok</think><answer>volume_down()</answer> ",  # trailing text
+            "Thought:\nAction: volume_down()\nFinish!",  # the other template
+            "volume_down()",  # no template
+        ],
+    ),
+    "react": (
+        [
+            "Thought:\nAction: volume_down()\nFinish!",  # empty reasoning: the SFT target
+            "Thought: <loud> 杭州\nAction: volume_down();weather_search(杭州)\nFinish!",
+        ],
+        [
+            "Thought: two\nlines\nAction: volume_down()\nFinish!",  # a newline inside the reasoning
+            "Thought: ok\nAction: volume_down()",  # no Finish!
+            "Thought: ok\nAction: volume_down()\nFinish! ",  # trailing text
+            "Thought: ok\nAction:volume_down()\nFinish!",  # the space after Action: is part of the template
+            "Thought: ok\nAction: play_music(a,b,c)\nFinish!",  # too many arguments
+            "<think></think><answer>volume_down()</answer>",  # the other template
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("template", sorted(THOUGHT_GRAMMAR_CASES))
+def test_call_grammar_in_thought_mode_matches_the_served_template(template: str) -> None:
+    cfg = PromptConfig(output_mode="thought", thought_template=template)
+    builder = PromptBuilder(load_catalog(EXAMPLE_DIR / CATALOG_FILE), cfg)
     grammar = CallGrammar.for_builder(builder)
     pattern = re.compile(structured_outputs(builder)["regex"])
     targets = [builder.target(r["output"]) for r in list(read_jsonl(EXAMPLE_DIR / RECORDS_FILE))[:100]]
-    broken = [
-        "<think></think><answer>volume_down()</answer>",  # empty reasoning
-        "<think>a<b</think><answer>volume_down()</answer>",  # '<' inside the reasoning
-        "<think>ok</think><answer>volume_down()",  # unclosed answer
-        "<think>ok</think><answer>volume_down()</answer> ",  # trailing text
-        "volume_down()",  # no template
-    ]
-    for text in targets + broken:
+    good, broken = THOUGHT_GRAMMAR_CASES[template]
+    for text in targets + good + broken:
         assert grammar.matches(text) == bool(pattern.fullmatch(text)), text
-    assert all(grammar.matches(t) for t in targets) and not any(grammar.matches(t) for t in broken)
+    assert all(grammar.matches(t) for t in targets + good) and not any(grammar.matches(t) for t in broken)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from intentops.artifacts import MODEL_CARD
@@ -45,10 +47,10 @@ def test_new_intent_changes_prompt_not_code():
     assert "taxi()" in PromptBuilder(bigger, PromptConfig()).system_prompt()
 
 
-@pytest.mark.parametrize("mode", ["answer", "thought"])
+@pytest.mark.parametrize(("mode", "template"), [("answer", "react"), ("thought", "react"), ("thought", "think_answer")])
 @pytest.mark.parametrize("numeric", [False, True])
-def test_target_round_trips_through_extract(mode, numeric):
-    builder = PromptBuilder(CATALOG, PromptConfig(output_mode=mode, numeric_labels=numeric))
+def test_target_round_trips_through_extract(mode, template, numeric):
+    builder = PromptBuilder(CATALOG, PromptConfig(output_mode=mode, thought_template=template, numeric_labels=numeric))
     for gold in ["weather_search(杭州)", "play_music()", "volume_down();play_music(周杰伦)"]:
         target = builder.target(gold)
         assert builder.extract(target) == gold
@@ -63,11 +65,80 @@ def test_strict_vs_loose_format():
     assert not answer.format_ok("Sure! weather_search(杭州)")
     assert answer.format_ok("Sure! weather_search(杭州)", strict=False)
     assert not answer.format_ok("no idea", strict=False)
-    thought = PromptBuilder(CATALOG, PromptConfig(output_mode="thought"))
+    thought = PromptBuilder(CATALOG, PromptConfig(output_mode="thought", thought_template="think_answer"))
     assert thought.format_ok("<think>x</think><answer>volume_down()</answer>")
+    assert thought.format_ok("<think></think><answer>volume_down()</answer>")  # the reasoning is the model's choice
     assert not thought.format_ok("<answer>volume_down()</answer>")
     assert thought.format_ok("blah <answer>volume_down()</answer>", strict=False)
     assert thought.extract("<think>x</think>") is None
+
+
+REACT = PromptConfig(output_mode="thought", thought_template="react", category_definitions=False)
+
+
+def test_thought_targets_leave_the_reasoning_empty():
+    """SFT teaches the template and the answer; the reasoning is learned in GRPO, never copied from a paraphrase."""
+    react = PromptBuilder(CATALOG, REACT)
+    assert (
+        react.target("volume_down();play_music(周杰伦)")
+        == "Thought:\nAction: volume_down();play_music(周杰伦)\nFinish!"
+    )
+    tags = PromptBuilder(CATALOG, REACT.model_copy(update={"thought_template": "think_answer", "numeric_labels": True}))
+    assert tags.target("weather_search(杭州)") == "<think></think><answer>#1(杭州)</answer>"
+
+
+def test_thought_instructions_show_each_template():
+    react = PromptBuilder(CATALOG, REACT).system_prompt()
+    assert react.endswith(
+        "First reason briefly after 'Thought:', then give the call after 'Action:' and end with 'Finish!', each on its "
+        "own line, using the tool's name, e.g.\n"
+        "Thought: ...\n"
+        "Action: weather_search(<city>)\n"
+        "Finish!\n"
+        "Several requests: separate the calls with ';'. Copy argument values from the user's words."
+    )
+    tags = PromptBuilder(CATALOG, REACT.model_copy(update={"thought_template": "think_answer"})).system_prompt()
+    assert (
+        "First reason briefly inside <think></think>, then give the call inside <answer></answer>, using the tool's "
+        "name, e.g.\n<think>...</think><answer>weather_search(<city>)</answer>\n"
+    ) in tags
+
+
+@pytest.mark.parametrize(
+    ("completion", "strict", "loose", "call"),
+    [
+        ("Thought: a singer is named.\nAction: play_music(周杰伦)\nFinish!", True, True, "play_music(周杰伦)"),
+        ("Thought:\nAction: volume_down()\nFinish!", True, True, "volume_down()"),  # empty reasoning
+        ("  Thought: two lines\nof reasoning\nAction:volume_down() \nFinish!\n", True, True, "volume_down()"),
+        ("Thought: x\nAction: volume_down();play_music()\nFinish!", True, True, "volume_down();play_music()"),
+        ("Action: volume_down()\nFinish!", False, True, "volume_down()"),  # no Thought line
+        ("Thought: x\nAction: volume_down()", False, True, "volume_down()"),  # no Finish!
+        ("Thought: x\nAction: volume_down()\nFinish! done", False, True, "volume_down()"),  # text after Finish!
+        ("Thought: x\nAction: volume_down()\nAction: play_music()\nFinish!", False, True, "volume_down()"),
+        ("Thought: x Action: volume_down()\nFinish!", False, False, None),  # Action not on its own line
+        ("Thought: x\nAction: volume_down() Finish!", False, False, None),  # Finish! not on its own line
+        ("Thought: x\nAction: turn it down\nFinish!", False, False, None),
+        ("<think>x</think><answer>volume_down()</answer>", False, False, None),  # the other template
+    ],
+)
+def test_react_format_and_extraction(completion, strict, loose, call):
+    builder = PromptBuilder(CATALOG, REACT)
+    assert builder.format_ok(completion, strict=True) is strict
+    assert builder.format_ok(completion, strict=False) is loose
+    assert builder.extract(completion) == call
+
+
+def test_cards_from_before_the_template_knob_keep_the_tags(tmp_path):
+    builder = PromptBuilder(CATALOG, PromptConfig(output_mode="thought", thought_template="think_answer"))
+    builder.save(tmp_path)
+    old_prompt = {k: v for k, v in builder.to_dict().items() if k != "thought_template"}
+    (tmp_path / MODEL_CARD).write_text(json.dumps({"prompt": old_prompt}), encoding="utf-8")
+    assert (
+        PromptBuilder.from_model_dir(tmp_path).target("volume_down()")
+        == "<think></think><answer>volume_down()</answer>"
+    )
+    (tmp_path / MODEL_CARD).write_text(json.dumps({"prompt": {**old_prompt, "thought_template": "react"}}))
+    assert PromptBuilder.from_model_dir(tmp_path).target("volume_down()") == "Thought:\nAction: volume_down()\nFinish!"
 
 
 def test_uncertain_label_and_label_continuations():

@@ -29,7 +29,12 @@ def answer_builder(example_catalog: Catalog) -> PromptBuilder:
 
 @pytest.fixture
 def thought_builder(example_catalog: Catalog) -> PromptBuilder:
-    return PromptBuilder(example_catalog, PromptConfig(output_mode="thought"))
+    return PromptBuilder(example_catalog, PromptConfig(output_mode="thought", thought_template="think_answer"))
+
+
+@pytest.fixture
+def react_builder(example_catalog: Catalog) -> PromptBuilder:
+    return PromptBuilder(example_catalog, PromptConfig(output_mode="thought", thought_template="react"))
 
 
 @pytest.mark.parametrize(
@@ -67,6 +72,36 @@ def test_format_reward_thought_mode(
 ) -> None:
     assert format_reward(completion, thought_builder, strict=True) == strict
     assert format_reward(completion, thought_builder, strict=False) == loose
+
+
+# (completion, strict format, loose format, intent, params) against the reference weather_search(杭州)
+REACT_CASES = [
+    ("Thought: 杭州 is a city and the user asks about rain.\nAction: weather_search(杭州)\nFinish!", 1, 1, 1, 1),
+    ("Thought:\nAction: weather_search(杭州)\nFinish!", 1, 1, 1, 1),  # the SFT target: empty reasoning, full reward
+    ("Thought: weather\nAction: weather_search(北京)\nFinish!", 1, 1, 1, 0),  # right template, wrong city
+    ("Thought: music\nAction: play_music(杭州)\nFinish!", 1, 1, 0, 0),  # right template, wrong intent
+    ("Thought: weather\nAction: weather_search(杭州)", 0, 1, 1, 1),  # cut off before Finish!
+    ("Action: weather_search(杭州)\nFinish!", 0, 1, 1, 1),  # no Thought line
+    ("Thought: weather\nAction: weather_search(杭州)\nFinish!\nThought: more", 0, 1, 1, 1),  # text after Finish!
+    ("Thought: weather\nAction: the weather in 杭州\nFinish!", 0, 0, 0, 0),  # no call on the Action line
+    ("Thought: weather, so weather_search(杭州)", 0, 0, 0, 0),  # never acts: the thought is not read
+    ("<think>weather</think><answer>weather_search(杭州)</answer>", 0, 0, 0, 0),  # the other template
+]
+
+
+@pytest.mark.parametrize(("completion", "strict", "loose", "intent", "params"), REACT_CASES)
+def test_rewards_on_react_completions(
+    react_builder: PromptBuilder, completion: str, strict: int, loose: int, intent: int, params: int
+) -> None:
+    weights = RewardWeights()
+    for strict_format, expected_format in ((True, strict), (False, loose)):
+        score = score_completion(completion, "weather_search(杭州)", react_builder, weights, strict=strict_format)
+        assert score.as_dict() == {
+            "format": expected_format,
+            "intent": intent,
+            "params": params,
+            "total": expected_format + intent + params,
+        }
 
 
 def test_intent_reward_single_and_unparseable() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from intentops.artifacts import CATALOG_FILE
 
@@ -127,7 +127,16 @@ class ModelConfig(_Section):
 
 
 class PromptConfig(_Section):
-    output_mode: Literal["answer", "thought"] = Field("answer", description="answer: call only; thought: reason first.")
+    output_mode: Literal["answer", "thought"] = Field(
+        "answer",
+        description="answer: the call only; thought: a reasoning block, then the call (GRPO rewards only the format "
+        "and the call; the reasoning is the model's own).",
+    )
+    thought_template: Literal["react", "think_answer"] = Field(
+        "react",
+        description="Thought mode's template: react = `Thought: ...` / `Action: <calls>` / `Finish!` on their own "
+        "lines; think_answer = `<think>...</think><answer><calls></answer>`.",
+    )
     category_definitions: bool = Field(True, description="Show each intent's description and parameters.")
     few_shot: Literal["none", "fixed", "similar"] = Field(
         "none",
@@ -204,7 +213,11 @@ class GrpoConfig(_Section):
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
     max_prompt_length: int = Field(1024, ge=16, description="Prompt tokens kept.")
-    max_completion_length: int = Field(64, ge=4, description="Generated tokens per rollout.")
+    max_completion_length: int = Field(
+        64,
+        ge=4,
+        description="Generated tokens per rollout; 0 or unset = the output mode's default (answer 64, thought 256).",
+    )
     use_vllm: bool = Field(
         False, description="Generate rollouts with vLLM inside the training process, sharing its GPUs (needs vllm)."
     )
@@ -238,7 +251,7 @@ class GrpoConfig(_Section):
         4.0,
         ge=0,
         description="Mean completion length more than this factor above or below its first logged value counts as "
-        "collapse; 0 = off.",
+        "collapse (in thought mode only below: the reasoning may grow); 0 = off.",
     )
     online_filtering: bool = Field(
         False,
@@ -288,7 +301,11 @@ class EvaluationConfig(_Section):
         "auto", description="auto: vllm when importable, else batched generation."
     )
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
-    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per answer.")
+    max_new_tokens: int = Field(
+        64,
+        ge=1,
+        description="Tokens generated per answer; 0 or unset = the output mode's default (answer 64, thought 256).",
+    )
     constrained: bool = Field(
         False,
         description="Generate only calls the catalog allows, as the vLLM server does (structured outputs); "
@@ -465,6 +482,14 @@ class RunConfig(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    # Flat names of the knobs that took their output mode's default (knob_rules.fill_mode_defaults).
+    _mode_defaulted: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def mode_defaulted(self) -> frozenset[str]:
+        """Flat names of the knobs that took their output mode's default; as pipeline parameters they are 0, so
+        they follow the mode a run ends up with."""
+        return self._mode_defaulted
 
     def flat(self) -> dict[str, Any]:
         """`{section__field: value}` for every knob: the pipeline's parameter set."""
@@ -477,13 +502,30 @@ class RunConfig(_Section):
     @classmethod
     def from_flat(cls, flat: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
         """Rebuild a config from flat knobs (as a pipeline passes them) over `base` (defaults if None)."""
-        nested = (base or cls()).model_dump()
+        base = base or cls()
+        nested = base.model_dump()
+        for name in base.mode_defaulted:  # unset again: they follow the output mode the result ends up with
+            section, _, key = name.partition(FLAT_SEPARATOR)
+            nested[section][key] = 0
         for name, value in flat.items():
             section, sep, key = name.partition(FLAT_SEPARATOR)
             if not sep or section not in nested or key not in nested[section]:
                 raise ConfigError(f"unknown configuration knob {name!r}")
             nested[section][key] = value
         return _validated(nested, source="flat parameters")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _mode_defaults(cls, data: Any, handler: Any) -> RunConfig:
+        """Completion lengths left unset (or 0) take their output mode's default (knob_rules.MODE_LENGTH_DEFAULTS)."""
+        from intentops.knob_rules import fill_mode_defaults
+
+        if not isinstance(data, dict):
+            return handler(data)
+        data, filled = fill_mode_defaults(data)
+        cfg = handler(data)
+        cfg._mode_defaulted = frozenset(filled)
+        return cfg
 
     @model_validator(mode="after")
     def _knobs_agree(self) -> RunConfig:
@@ -540,10 +582,13 @@ def flat_fields() -> list[FlatField]:
         section_model = section_field.annotation
         section_value = getattr(defaults, section_name)
         for key, info in section_model.model_fields.items():
-            value = getattr(section_value, key)
+            name = f"{section_name}{FLAT_SEPARATOR}{key}"
+            # A knob that follows the output mode is offered as 0 (= that mode's default), so a run that only
+            # switches the mode gets the right length.
+            value = 0 if name in defaults.mode_defaulted else getattr(section_value, key)
             fields.append(
                 FlatField(
-                    name=f"{section_name}{FLAT_SEPARATOR}{key}",
+                    name=name,
                     type=_kfp_type(value),
                     default=value,
                     description=info.description or "",

@@ -8,14 +8,47 @@ flat knob name a user sets (`section__field`, as in the Kubeflow UI).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from intentops.config import RunConfig
 
-# An answer in thought mode is `<think>` one sentence per call `</think><answer>` the calls `</answer>`: below this
-# many new tokens the closing tag is cut off and every rollout and evaluation answer counts as a format error.
+# An answer in thought mode is a reasoning block, then the calls, then the template's closing literal: below this
+# many new tokens the close is cut off and every rollout and evaluation answer counts as a format error.
 THOUGHT_MIN_TOKENS = 128
+
+# Completion budgets per output mode, used where a config leaves the knob unset (or 0). A call string is short; a
+# reasoning block that GRPO lets grow needs room, and a rollout cut off before its answer earns no format or answer
+# reward (GRPO also masks truncated completions out of the loss in thought mode).
+MODE_LENGTH_DEFAULTS: dict[str, dict[str, int]] = {
+    "answer": {"grpo__max_completion_length": 64, "evaluation__max_new_tokens": 64},
+    "thought": {"grpo__max_completion_length": 256, "evaluation__max_new_tokens": 256},
+}
+
+
+def fill_mode_defaults(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`data` (a RunConfig as sections) with every completion-length knob left unset or 0 set to its output mode's
+    default, and the flat names of the knobs so filled (RunConfig keeps them so a later change of mode re-derives
+    them instead of keeping the old mode's value)."""
+    data = dict(data)
+    prompt = data.get("prompt")
+    mode = prompt.get("output_mode") if isinstance(prompt, dict) else getattr(prompt, "output_mode", None)
+    defaults = MODE_LENGTH_DEFAULTS.get(mode or "answer", MODE_LENGTH_DEFAULTS["answer"])
+    filled = []
+    for knob, value in defaults.items():
+        section_name, _, key = knob.partition("__")
+        section = data.get(section_name) or {}
+        if isinstance(section, BaseModel):
+            section = section.model_dump(exclude_unset=True)
+        if not isinstance(section, dict):
+            continue  # not a mapping: pydantic reports it with the section's own error
+        if section.get(key) in (None, 0):
+            section = {**section, key: value}
+            filled.append(knob)
+        data[section_name] = section
+    return data, filled
 
 
 def problems(cfg: RunConfig) -> list[str]:
@@ -149,7 +182,8 @@ def _prompt(cfg: RunConfig) -> list[str]:
             if tokens < THOUGHT_MIN_TOKENS:
                 found.append(
                     f"{knob}: {tokens} tokens cannot hold a reasoning block and the answer "
-                    f"(prompt__output_mode=thought needs at least {THOUGHT_MIN_TOKENS})"
+                    f"(prompt__output_mode=thought needs at least {THOUGHT_MIN_TOKENS}; 0 or unset takes the thought "
+                    f"default, {MODE_LENGTH_DEFAULTS['thought'][knob]})"
                 )
         if cfg.evaluation.decoding == "label_scoring":
             found.append(

@@ -3,7 +3,13 @@
 The catalog is rendered as tool APIs (name, parameters, description), so adding, splitting or merging an intent
 changes the prompt, not the weights. Prompt strategies are options: category definitions, fixed or
 similar in-context examples, numeric labels, an explicit uncertain label; the output is either the call string alone
-(`answer`) or a reasoning block then the call in a strict `<think>...</think><answer>...</answer>` template (`thought`).
+(`answer`) or a reasoning block then the call (`thought`), in one of two templates (`prompt.thought_template`):
+
+- `react`, the ReAct-style lines of the RCS paper: `Thought: <reasoning>` / `Action: <calls>` / `Finish!`;
+- `think_answer`, R1-style tags: `<think><reasoning></think><answer><calls></answer>`.
+
+The reasoning is the model's own: the supervised target (`target`) leaves it empty, so SFT teaches the template and
+the answer, and GRPO, whose rewards read only the format and the calls, lets the model fill it where that pays.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +26,54 @@ from intentops.catalog import UNCERTAIN_INTENT, Catalog, load_catalog
 from intentops.config import PromptConfig
 from intentops.grammar import Call, GrammarError, parse_calls, render_calls
 
-_THOUGHT_STRICT = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL)
-_ANSWER_TAG = re.compile(r"<answer>(?P<answer>.+?)</answer>", re.DOTALL)
+@dataclass(frozen=True)
+class ThoughtTemplate:
+    """A thought-mode answer: `opening`, the reasoning, `middle`, the calls, `closing`.
+
+    `strict` matches a completion that is exactly the template (the reasoning may be empty); `answer` finds the
+    calls' span anywhere (loose format and extraction). Constrained decoding keeps `middle[0]` out of the reasoning,
+    which is how it knows the reasoning has ended.
+    """
+
+    name: str
+    opening: str
+    middle: str
+    closing: str
+    strict: re.Pattern[str]
+    answer: re.Pattern[str]
+    instruction: str
+    example_thought: str
+
+    def render(self, thought: str, answer: str) -> str:
+        return f"{self.opening}{thought}{self.middle}{answer}{self.closing}"
+
+
+THOUGHT_TEMPLATES: dict[str, ThoughtTemplate] = {
+    "react": ThoughtTemplate(
+        name="react",
+        opening="Thought:",
+        middle="\nAction: ",
+        closing="\nFinish!",
+        strict=re.compile(
+            r"^\s*Thought:(?P<think>(?:(?!\nAction:).)*)\nAction:[ \t]*(?P<answer>[^\n]+?)[ \t]*\nFinish!\s*$",
+            re.DOTALL,
+        ),
+        answer=re.compile(r"^[ \t]*Action:[ \t]*(?P<answer>[^\n]+?)[ \t]*$", re.MULTILINE),
+        instruction="First reason briefly after 'Thought:', then give the call after 'Action:' and end with "
+        "'Finish!', each on its own line",
+        example_thought=" ...",
+    ),
+    "think_answer": ThoughtTemplate(
+        name="think_answer",
+        opening="<think>",
+        middle="</think><answer>",
+        closing="</answer>",
+        strict=re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$", re.DOTALL),
+        answer=re.compile(r"<answer>(?P<answer>.+?)</answer>", re.DOTALL),
+        instruction="First reason briefly inside <think></think>, then give the call inside <answer></answer>",
+        example_thought="...",
+    ),
+}
 _NUMERIC_LABEL = re.compile(r"#(\d+)(?=\s*[(（])")
 # Chat control tokens as they appear in text: ChatML/Qwen/Llama-3 `<|...|>` and Llama/Mistral `<s>`, `</s>`, `[INST]`.
 _CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>|</?s>|\[/?INST\]")
@@ -54,6 +107,11 @@ class PromptBuilder:
         self._base_system = self._render_system()
 
     @property
+    def template(self) -> ThoughtTemplate | None:
+        """The thought template answers follow, None in answer mode."""
+        return THOUGHT_TEMPLATES[self.cfg.thought_template] if self.cfg.output_mode == "thought" else None
+
+    @property
     def labels(self) -> list[str]:
         """Every answer the model may give: the catalog intents, plus `uncertain` when enabled."""
         return list(self._labels)
@@ -76,12 +134,14 @@ class PromptBuilder:
         ]
 
     def target(self, output: str) -> str:
-        """What the assistant should answer for a gold call string."""
-        calls = parse_calls(output)
-        answer = self._render_answer(calls)
-        if self.cfg.output_mode == "answer":
-            return answer
-        return f"<think>{self._reasoning(calls)}</think><answer>{answer}</answer>"
+        """What the assistant should answer for a gold call string.
+
+        In thought mode the reasoning is left empty: the data has no reasoning to teach, and a paraphrase of the gold
+        answer would only teach the model to restate its answer; GRPO lets the model write its own.
+        """
+        answer = self._render_answer(parse_calls(output))
+        template = self.template
+        return template.render("", answer) if template else answer
 
     # ---- reading completions ---------------------------------------------------------------------------------
 
@@ -91,9 +151,13 @@ class PromptBuilder:
         return render_calls(calls) if calls is not None else None
 
     def extract_calls(self, completion: str) -> list[Call] | None:
+        """The calls of a completion: the whole of it in answer mode, the template's answer span in thought mode
+        (the first `<answer>` tag, or the first line starting with `Action:`), None when there is none or it does
+        not parse."""
         text = completion.strip()
-        if self.cfg.output_mode == "thought":
-            match = _ANSWER_TAG.search(text)
+        template = self.template
+        if template is not None:
+            match = template.answer.search(text)
             if not match:
                 return None
             text = match.group("answer").strip()
@@ -102,8 +166,9 @@ class PromptBuilder:
     def format_ok(self, completion: str, strict: bool = True) -> bool:
         """Strict: the completion is exactly the template. Loose: a well-formed answer appears somewhere in it."""
         text = completion.strip()
-        if self.cfg.output_mode == "thought":
-            match = _THOUGHT_STRICT.match(text) if strict else _ANSWER_TAG.search(text)
+        template = self.template
+        if template is not None:
+            match = template.strict.match(text) if strict else template.answer.search(text)
             return bool(match) and self._parse_answer(match.group("answer").strip()) is not None
         if strict:
             return self._parse_answer(text) is not None
@@ -139,9 +204,9 @@ class PromptBuilder:
             raise FileNotFoundError(f"{card_path}: model card missing; is {model_dir} an IntentOps model folder?")
         card = json.loads(card_path.read_text(encoding="utf-8"))
         # Cards written before a prompt knob was removed (e.g. `similarity`) still load: only current knobs are read.
-        cfg = PromptConfig.model_validate(
-            {k: v for k, v in card.get("prompt", {}).items() if k in PromptConfig.model_fields}
-        )
+        # Cards written before `thought_template` existed were trained with the <think>/<answer> tags.
+        prompt = {"thought_template": "think_answer"} | card.get("prompt", {})
+        cfg = PromptConfig.model_validate({k: v for k, v in prompt.items() if k in PromptConfig.model_fields})
         examples = []
         if (model_dir / FEWSHOT_FILE).exists():
             from intentops.io import read_jsonl
@@ -183,14 +248,12 @@ class PromptBuilder:
             lines.append(f"- {prefix}{intent.signature()}: {intent.description}")
             lines.extend(f"    {p.name}: {p.description}" for p in intent.parameters if p.description)
         label = "the tool's number" if self.cfg.numeric_labels else "the tool's name"
-        if self.cfg.output_mode == "answer":
+        template = self.template
+        if template is None:
             lines += ["", f"Answer with the call only, using {label}, e.g. {self._example_answer()}."]
         else:
-            lines += [
-                "",
-                "First reason briefly inside <think></think>, then give the call inside <answer></answer>, "
-                f"using {label}, e.g. <think>...</think><answer>{self._example_answer()}</answer>.",
-            ]
+            example = template.render(template.example_thought, self._example_answer())
+            lines += ["", f"{template.instruction}, using {label}, e.g.", example]
         lines.append("Several requests: separate the calls with ';'. Copy argument values from the user's words.")
         return "\n".join(lines)
 
@@ -198,16 +261,6 @@ class PromptBuilder:
         intent = next((i for i in self.catalog.intents if i.parameters), self.catalog.intents[0])
         args = tuple(f"<{p.name}>" for p in intent.parameters)
         return render_calls([Call(self._label_token(intent.name), args)])
-
-    def _reasoning(self, calls: list[Call]) -> str:
-        parts = []
-        for call in calls:
-            intent = self.catalog.get(call.name)
-            purpose = intent.description.split(".")[0].split("。")[0] if intent else "no tool fits"
-            params = intent.parameters if intent else ()
-            named = ", ".join(f"{p.name}={v}" for p, v in zip(params, call.args, strict=False))
-            parts.append(f"The user wants: {purpose}; tool {call.name}" + (f" with {named}" if named else ""))
-        return ". ".join(parts) + "."
 
     def _pick_fixed_examples(self) -> list[dict[str, Any]]:
         """The same k examples for every prompt, spread over intents, chosen reproducibly."""

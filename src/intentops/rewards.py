@@ -7,8 +7,10 @@ dataset columns, and weights the columns with `GRPOConfig.reward_weights`.
 Definitions (calls are compared after `intentops.grammar` parsing, so `a(x)` and `a（x）` are the same answer):
 
 - format, strict: the completion is exactly the template and nothing else. Answer mode: a parseable call list.
-  Thought mode: `<think>…</think><answer>call list</answer>`. Loose: a parseable call list appears somewhere
-  (answer mode) or an `<answer>` tag with one appears anywhere (thought mode). The prompt builder owns the template.
+  Thought mode (`prompt.thought_template`): `Thought: …` / `Action: call list` / `Finish!` lines (react) or
+  `<think>…</think><answer>call list</answer>` (think_answer); the reasoning may be empty and is never scored, so GRPO
+  rewards only the format and the answer. Loose: a parseable call list appears somewhere (answer mode), or an
+  `Action:` line / `<answer>` tag with one appears anywhere (thought mode). The prompt builder owns the templates.
 - intent: 1 when the predicted call names equal the reference's as a multiset (order-free: `a();b()` equals
   `b();a()`), or as a sequence with `ordered=True`. With `partial=True` a multi-intent answer that gets some calls
   right earns the multiset Jaccard overlap |P∩R| / |P∪R| instead of 0; single-intent answers are unaffected (0 or 1).
@@ -19,8 +21,9 @@ Definitions (calls are compared after `intentops.grammar` parsing, so `a(x)` and
 - total: the weighted sum; a perfect rollout scores the sum of the weights.
 
 Intent and params are scored on the calls `PromptBuilder.extract_calls` reads from the completion, the same parser
-evaluation and serving use: in thought mode the `<answer>` tag wherever it is; in answer mode the whole completion,
-so chatter around a call may earn loose format credit but no content credit, because serving could not read it.
+evaluation and serving use: in thought mode the first `Action:` line or `<answer>` tag wherever it is; in answer mode
+the whole completion, so chatter around a call may earn loose format credit but no content credit, because serving
+could not read it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 The server's constraint (`intentops.serving.client.structured_outputs`) is a regex: one to `MAX_CALLS` calls joined by
 `;`, each a catalog label with its number of arguments (required ones always, optional ones in order), arguments bare
-or double-quoted, wrapped in `<think>...</think><answer>...</answer>` in thought mode. `CallGrammar` is that language as
-a character automaton; `TokenGrammar` lifts it to the tokenizer's byte-level tokens (a multi-byte character split
+or double-quoted, wrapped in the builder's thought template in thought mode (`Thought:...`, `Action: calls`,
+`Finish!` lines, or `<think>...</think><answer>calls</answer>`; the reasoning may be empty and never holds the
+character that starts the template's middle, a newline or `<`). `CallGrammar` is that language as a character
+automaton; `TokenGrammar` lifts it to the tokenizer's byte-level tokens (a multi-byte character split
 over tokens is tracked byte by byte), and `CallGrammarProcessor` masks every token that would leave the language.
 
 Each step also keeps only tokens after which the answer can still be closed within the remaining token budget, so an
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import LogitsProcessor
 
 from intentops.catalog import UNCERTAIN_INTENT
-from intentops.prompting import PromptBuilder
+from intentops.prompting import PromptBuilder, ThoughtTemplate
 from intentops.serving.client import MAX_CALLS
 
 if TYPE_CHECKING:
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 
 _NOT_BARE = set(" \t\n,;()\"'\\（），；")
 _BLANKS = set(" \t")
-THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE = "<think>", "</think><answer>", "</answer>"
 # Characters that can take the automaton towards acceptance from any state: closing punctuation, a bare argument,
 # the literals of the thought template and every label character. Shortest closings are searched over these.
 _CLOSING_CHARS = '()",;a'
@@ -47,21 +48,29 @@ State = tuple[Any, ...]
 class CallGrammar:
     """The catalog's call language as a deterministic character automaton (states are hashable tuples).
 
-    States: ("lit", text, pos, next) emits a literal; ("think", nonempty) the free reasoning text; ("name", n, prefix)
+    States: ("lit", text, pos, next) emits a literal; ("think",) the free reasoning text; ("name", n, prefix)
     a label being written in call n; ("arg", n, required_left, total_left, first, sub) inside the argument list, where
     sub is open/bare/blank/quoted/escape/closed; ("end", n) after call n's ')'; ("done",) after the thought template.
     """
 
-    def __init__(self, labels: dict[str, tuple[int, int]], *, thought: bool = False, max_calls: int = MAX_CALLS):
+    def __init__(
+        self,
+        labels: dict[str, tuple[int, int]],
+        *,
+        template: ThoughtTemplate | None = None,
+        max_calls: int = MAX_CALLS,
+    ):
         if not labels:
             raise ValueError("the call grammar needs at least one label")
         if max_calls < 1:
             raise ValueError(f"max_calls must be at least 1, got {max_calls}")
         self.labels = dict(labels)  # label token as written -> (required, total) arguments
-        self.thought = thought
+        self.template = template
+        self.thought = template is not None
         self.max_calls = max_calls
         self.prefixes = {label[:k] for label in self.labels for k in range(len(label) + 1)}
-        self.alphabet = sorted(set(_CLOSING_CHARS + THINK_OPEN + THINK_CLOSE + ANSWER_CLOSE + "".join(self.labels)))
+        literals = template.opening + template.middle + template.closing if template else ""
+        self.alphabet = sorted(set(_CLOSING_CHARS + literals + "".join(self.labels)))
         self.min_close = cache(self._min_close)
 
     @classmethod
@@ -73,12 +82,12 @@ class CallGrammar:
             intent = None if name == UNCERTAIN_INTENT else builder.catalog.get(name)
             arity = (len(intent.required_parameters), len(intent.parameters)) if intent else (0, 0)
             labels[continuation.removesuffix("(")] = arity
-        return cls(labels, thought=builder.cfg.output_mode == "thought", max_calls=max_calls)
+        return cls(labels, template=builder.template, max_calls=max_calls)
 
     @property
     def start(self) -> State:
         first_call = ("name", 0, "")
-        return ("lit", THINK_OPEN, 0, ("think", False)) if self.thought else first_call
+        return ("lit", self.template.opening, 0, ("think",)) if self.template else first_call
 
     def after_label(self, label: str) -> State:
         """The state once `label` (as written) has been emitted as the first call's name."""
@@ -98,9 +107,9 @@ class CallGrammar:
                 return None
             return after if pos + 1 == len(text) else ("lit", text, pos + 1, after)
         if kind == "think":
-            if ch == "<":
-                return ("lit", THINK_CLOSE, 1, ("name", 0, "")) if state[1] else None
-            return ("think", True)
+            assert self.template is not None
+            middle = self.template.middle
+            return ("lit", middle, 1, ("name", 0, "")) if ch == middle[0] else state
         if kind == "name":
             _, n, prefix = state
             if ch == "(" and prefix in self.labels:
@@ -113,8 +122,8 @@ class CallGrammar:
             n = state[1]
             if ch == ";" and n + 1 < self.max_calls:
                 return ("name", n + 1, "")
-            if ch == "<" and self.thought:
-                return ("lit", ANSWER_CLOSE, 1, ("done",))
+            if self.template is not None and ch == self.template.closing[0]:
+                return ("lit", self.template.closing, 1, ("done",))
         return None
 
     def _step_arg(self, state: State, ch: str) -> State | None:

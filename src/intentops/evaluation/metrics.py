@@ -24,7 +24,6 @@ per-record outcomes, so the numbers can never disagree with each other.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.grammar import Call, GrammarError, parse_calls
+from intentops.prompting import THOUGHT_TEMPLATES
 
 INVALID_LABEL = "<invalid>"
 """Confusion-matrix label for predictions that do not parse into a call."""
@@ -76,13 +76,14 @@ def predicted_calls(call: str | None) -> list[Call] | None:
         return None
 
 
-_ANSWER_SPAN = re.compile(r"<answer>(?P<answer>.*?)</answer>", re.DOTALL)
-
-
 def answer_text(raw: str) -> str:
-    """What the model answered: the `<answer>` span of a reasoning completion, else the completion itself."""
-    match = _ANSWER_SPAN.search(raw)
-    return match.group("answer") if match else raw
+    """What the model answered: the answer span of a reasoning completion in either thought template (the `<answer>`
+    tag, or the `Action:` line), else the completion itself."""
+    for template in THOUGHT_TEMPLATES.values():
+        match = template.answer.search(raw)
+        if match:
+            return match.group("answer")
+    return raw
 
 
 def strict_outcome(gold_output: str, pred: str) -> tuple[bool, bool]:

@@ -89,19 +89,21 @@ def structured_outputs(builder: PromptBuilder, max_calls: int = MAX_CALLS) -> di
     """vLLM's `structured_outputs` request field limiting the answer to the catalog.
 
     `choice` when the answer can only be one of finitely many strings (parameterless labels, one call, no reasoning),
-    else `regex` over the call grammar (several calls joined by ';', wrapped in the think/answer template in
-    thought mode).
+    else `regex` over the call grammar (several calls joined by ';', wrapped in the builder's thought template in
+    thought mode: the reasoning may be empty and holds no character that starts the template's middle).
     """
     if max_calls < 1:
         raise ValueError(f"max_calls must be at least 1, got {max_calls}")
-    thought = builder.cfg.output_mode == "thought"
-    if max_calls == 1 and not thought and all(_arity(builder, label)[1] == 0 for label in builder.labels):
+    template = builder.template
+    if max_calls == 1 and template is None and all(_arity(builder, label)[1] == 0 for label in builder.labels):
         tokens = _answer_tokens(builder)
         return {"choice": [f"{tokens[label]}()" for label in builder.labels]}
     one = call_regex(builder)
     calls = one if max_calls == 1 else f"{one}(?:;{one}){{0,{max_calls - 1}}}"
-    if thought:
-        return {"regex": f"<think>[^<]+</think><answer>{calls}</answer>"}
+    if template is not None:
+        stop = _literal(template.middle[0]).replace("\n", "\\n")
+        middle, closing = (_literal(part).replace("\n", "\\n") for part in (template.middle, template.closing))
+        return {"regex": f"{_literal(template.opening)}[^{stop}]*{middle}{calls}{closing}"}
     return {"regex": calls}
 
 

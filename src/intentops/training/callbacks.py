@@ -118,9 +118,12 @@ class CollapseRules:
     zero_std_share: float = 0.9
     max_kl: float = 5.0
     length_ratio: float = 4.0
+    # Thought mode: the reasoning starts empty (the SFT target) and is meant to grow in RL, so only a shrinking
+    # length is a collapse sign; max_completion_length bounds the growth (truncated rollouts are masked out).
+    length_may_grow: bool = False
 
     @classmethod
-    def from_config(cls, grpo: Any, total_weight: float) -> CollapseRules:
+    def from_config(cls, grpo: Any, total_weight: float, thought: bool = False) -> CollapseRules:
         return cls(
             total_weight=total_weight,
             threshold=grpo.collapse_threshold,
@@ -129,6 +132,7 @@ class CollapseRules:
             zero_std_share=grpo.collapse_zero_std_share,
             max_kl=grpo.collapse_max_kl,
             length_ratio=grpo.collapse_length_ratio,
+            length_may_grow=thought,
         )
 
 
@@ -138,7 +142,8 @@ class CollapseGuard(TrainerCallback):
     Signs, each checked on every logged step: the mean reward share or the format validity at or below
     `threshold`; the intent reward below `intent_drop` x its first logged value; at least `zero_std_share` of the
     groups with no reward variety while the reward is not near perfect (stuck on one answer, no gradient); KL above
-    `max_kl`; mean completion length outside [first / length_ratio, first x length_ratio]. A logged step stands for
+    `max_kl`; mean completion length outside [first / length_ratio, first x length_ratio] (only below it in thought
+    mode, whose reasoning may grow). A logged step stands for
     the optimizer steps since the previous log, so the streak counts those, whatever `logging_steps` is.
     """
 
@@ -178,7 +183,7 @@ class CollapseGuard(TrainerCallback):
         length, first_length = logs.get(LENGTH_KEY), self.first.get(LENGTH_KEY, 0.0)
         if length is not None and rules.length_ratio > 0 and first_length > 0:
             ratio = float(length) / first_length
-            if ratio > rules.length_ratio or ratio < 1 / rules.length_ratio:
+            if (ratio > rules.length_ratio and not rules.length_may_grow) or ratio < 1 / rules.length_ratio:
                 found.append(f"completion length {float(length):.1f} is {ratio:.2f} x the first {first_length:.1f}")
         return found
 

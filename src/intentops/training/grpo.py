@@ -153,7 +153,11 @@ def _fill_one_batch(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str
 
 def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights: list[float]) -> Any:
     """TRL `GRPOConfig` (`RLOOConfig` for grpo.algorithm=rloo) from the run configuration (bf16 only where the
-    hardware has it; DeepSpeed passed through; the algorithm's options from `advantages.trainer_options`)."""
+    hardware has it; DeepSpeed passed through; the algorithm's options from `advantages.trainer_options`).
+
+    In thought mode a completion cut off at max_completion_length is left out of the loss
+    (`mask_truncated_completions`): its missing answer says nothing about whether the reasoning was good, and
+    penalising it would push every reasoning block to be short rather than useful."""
     import torch
     from trl import GRPOConfig, RLOOConfig
 
@@ -169,6 +173,7 @@ def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights
         **trainer_options(grpo),
         temperature=grpo.temperature,
         max_completion_length=grpo.max_completion_length,
+        mask_truncated_completions=cfg.prompt.output_mode == "thought",
         reward_weights=reward_weights,
         use_vllm=grpo.use_vllm,
         vllm_mode="colocate",
@@ -273,7 +278,7 @@ def run_grpo(
         **{f"grpo__{k}": v for k, v in grpo.model_dump().items()},
         "model__lora": cfg.model.lora,
     }
-    guard = CollapseGuard(CollapseRules.from_config(grpo, weights.total))
+    guard = CollapseGuard(CollapseRules.from_config(grpo, weights.total, thought=builder.template is not None))
     state = distributed_state()
     main = state.is_main_process
     stage_run = tracking.stage_run(stage, cfg, pipeline_run_id, params=params) if main else nullcontext(None)
