@@ -26,6 +26,7 @@ from intentops.catalog import UNCERTAIN_INTENT, Catalog, load_catalog
 from intentops.config import PromptConfig
 from intentops.grammar import Call, GrammarError, parse_calls, render_calls
 
+
 @dataclass(frozen=True)
 class ThoughtTemplate:
     """A thought-mode answer: `opening`, the reasoning, `middle`, the calls, `closing`.
