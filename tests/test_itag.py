@@ -218,6 +218,13 @@ def test_last_line_without_newline_and_empty_file(tmp_path: Path, monkeypatch: p
     assert report.total_lines == 0 and not report.passed and report.manifest_bytes == 0
 
 
+def test_a_manifest_of_only_a_byte_order_mark_is_one_empty_line(tmp_path: Path) -> None:
+    for workers in (1, 2):
+        (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf")
+        report = convert_manifest(tmp_path / "bom.jsonl", tmp_path / f"out{workers}", workers=workers)
+        assert (report.total_lines, report.empty_lines, report.converted) == (1, 1, 0)
+
+
 def test_multi_turn_instructions_join_user_turns(tmp_path: Path) -> None:
     lines = [
         itag_line(["我想聽音樂。", "給我放個周杰倫的音樂吧。"], "play_music(周杰倫)"),

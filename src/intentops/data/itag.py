@@ -139,12 +139,15 @@ class _Chunker:
     """Cuts a binary stream into blocks of whole lines, counting lines and bytes on the way.
 
     A helper thread hashes the blocks (hashlib releases the GIL on large buffers), so the manifest digest costs
-    the converting thread nothing. Use as a context manager; `sha256()` waits for the last block.
+    the converting thread nothing. Lines are counted only with `count_lines` (worker processes need each block's
+    first line number up front; one process numbers on from the previous block's batch, which saves a pass
+    over the bytes). Use as a context manager; `sha256()` waits for the last block.
     """
 
-    def __init__(self, stream: IO[bytes], progress: tqdm) -> None:
+    def __init__(self, stream: IO[bytes], progress: tqdm, count_lines: bool) -> None:
         self.stream = stream
         self.progress = progress
+        self.count_lines = count_lines
         self.bytes_read = 0
         self.lines = 0
         self._digest = hashlib.sha256()
@@ -161,15 +164,26 @@ class _Chunker:
         return self._digest.hexdigest()
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
-        """(number of the first line, byte offset, block of whole lines including their newlines)."""
+        """(number of the first line, or 0 without `count_lines`; byte offset; block of whole lines including
+        their newlines)."""
         while block := self.stream.read(_CHUNK):
             if not block.endswith(b"\n"):
                 block += self.stream.readline()  # finish the last line
             self._hasher.submit(self._digest.update, block)
-            yield self.lines + 1, self.bytes_read, block
+            yield (self.lines + 1 if self.count_lines else 0), self.bytes_read, block
             self.bytes_read += len(block)
-            self.lines += block.count(b"\n") + (not block.endswith(b"\n"))
+            if self.count_lines:
+                self.lines += block.count(b"\n") + (not block.endswith(b"\n"))
             self.progress.update(len(block))
+
+
+def _sequential(chunks: Iterator[tuple[int, int, bytes]]) -> Iterator[itag_chunk.Batch]:
+    """Convert chunks one after the other in this process, numbering each on from the previous one."""
+    first = 1
+    for _, _, chunk in chunks:
+        batch = _convert_chunk(first, chunk)
+        first += batch.lines
+        yield batch
 
 
 def _parallel(
@@ -252,18 +266,15 @@ def convert_manifest(
         open_uri(uri, "rb") as stream,
         atomic_path(out_dir) as tmp,
         tqdm(total=size, unit="B", unit_scale=True, desc="convert-itag", disable=None) as progress,
-        _Chunker(stream, progress) as chunker,
+        _Chunker(stream, progress, count_lines=processes > 1) as chunker,
     ):
         writer = _Writer(tmp)
         chunks = iter(chunker)
-        batches = (
-            (_convert_chunk(first, chunk) for first, _, chunk in chunks)
-            if processes <= 1
-            else _parallel(chunks, processes, None if is_s3(uri) else uri)
-        )
+        batches = _sequential(chunks) if processes <= 1 else _parallel(chunks, processes, None if is_s3(uri) else uri)
         for batch in batches:
             writer.write(batch)
             for name in (
+                "lines",
                 "converted",
                 "empty",
                 "abandoned",
@@ -278,7 +289,7 @@ def convert_manifest(
                 for key, count in getattr(batch, name).items():
                     merged[key] = merged.get(key, 0) + count
         writer.close()
-        report.total_lines = chunker.lines
+        report.total_lines = totals.lines
         report.converted = totals.converted
         report.empty_lines = totals.empty
         report.abandoned = totals.abandoned

@@ -62,6 +62,7 @@ class Batch:
     reviewed: int = 0
     multi_intent: int = 0
     multi_turn: int = 0
+    lines: int = 0
     careful: int = 0  # lines that took the careful path (not reported; the tests read it)
     rejected: dict[str, int] = field(default_factory=dict)
     languages: dict[str, int] = field(default_factory=dict)
@@ -226,6 +227,8 @@ def convert_chunk(first_line: int, chunk: bytes, fast: bool = True) -> Batch:
     end = len(chunk)
     pos = 3 if first_line == 1 and chunk.startswith(_BOM) else 0
     number = first_line - 1
+    if pos == end == 3:  # a manifest holding nothing but a byte order mark: one empty line
+        number, batch.empty = first_line, 1
     while pos < end:
         stop = find(b"\n", pos)
         if stop < 0:
@@ -304,6 +307,7 @@ def convert_chunk(first_line: int, chunk: bytes, fast: bool = True) -> Batch:
         train.append(b'{"instruction":%b,"output":%b}' % (text_json, train_output))
         kinds.append(kind)
     _count_kinds(batch, kinds)
+    batch.lines = number - first_line + 1
     batch.abandoned = abandoned
     batch.human_overrides = overrides
     batch.converted = len(records)
