@@ -7,6 +7,12 @@ Generates the bench manifest (bench/convert_itag.py) and times, in this one proc
 does), with orjson and msgspec (untyped, typed to the fields conversion reads, and a decode that validates the
 JSON but keeps nothing), hashing, and then `itag_chunk.convert_chunk` whole, on its fast path and with every
 line on the careful path. The machine's load is printed: other processes inflate CPU times too.
+
+    git archive 8152fa2 src | tar -x -C /tmp/before      # an earlier converter's source tree
+    python bench/convert_itag_floor.py --against /tmp/before/src
+
+`--against` also times the block loop (`intentops.data.itag._convert_chunk`) of that source tree and of this one,
+alternately in fresh subprocesses, for a same-run ratio.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +36,38 @@ from intentops.io import content_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_itag import LABEL_ID, generate
+
+_BLOCK_LOOP = """
+import sys, time
+from intentops.data import itag
+data = open(sys.argv[1], "rb").read()
+start, first, blocks = 0, 1, []
+while start < len(data):
+    stop = data.find(b"\\n", start + (4 << 20))
+    stop = len(data) if stop < 0 else stop + 1
+    blocks.append(data[start:stop])
+    start = stop
+started = time.process_time()
+for block in blocks:
+    itag._convert_chunk(first, block)
+    first += block.count(b"\\n")
+print((time.process_time() - started) * 1e6 / data.count(b"\\n"))
+"""
+
+
+def _against(manifest: Path, other_src: str, repeat: int) -> None:
+    """Best-of-`repeat` CPU per line of the block loop of two source trees, run alternately."""
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    best = {other_src: float("inf"), here: float("inf")}
+    for _ in range(repeat):
+        for src in best:
+            env = {**os.environ, "PYTHONPATH": src}
+            out = subprocess.run([sys.executable, "-c", _BLOCK_LOOP, str(manifest)], env=env, capture_output=True)
+            best[src] = min(best[src], float(out.stdout))
+    print(
+        f"block loop, CPU us per line (best of {repeat}): {other_src} {best[other_src]:.2f}, this tree "
+        f"{best[here]:.2f}, ratio {best[other_src] / best[here]:.2f}"
+    )
 
 
 class _Nothing(msgspec.Struct):
@@ -49,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=100_000, help="Manifest lines to generate.")
     parser.add_argument("--repeat", type=int, default=5, help="Runs per step; the best one counts.")
     parser.add_argument("--unique-texts", action="store_true", help="Make every utterance distinct.")
+    parser.add_argument("--against", help="The src folder of another converter to compare the block loop with.")
     args = parser.parse_args(argv)
     import orjson
 
@@ -56,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = Path(scratch) / "manifest.jsonl"
         generate(manifest, args.lines, unique_texts=args.unique_texts)
         data = manifest.read_bytes()
+        if args.against:
+            _against(manifest, args.against, args.repeat)
     lines = [line for line in data.split(b"\n") if line.strip()]
     texts = [
         text
