@@ -4,7 +4,7 @@
 
 Generates the bench manifest (bench/convert_itag.py) and times, in this one process, each step on its own
 (CPU time, best of --repeat runs, microseconds per line): parsing a line with the stdlib (what the seed script
-does), with orjson and msgspec (untyped, typed to the fields conversion reads, and a decode that validates the
+does), with orjson (when installed) and msgspec (untyped, typed to the fields conversion reads, and a decode that validates the
 JSON but keeps nothing), hashing, and then `itag_chunk.convert_chunk` whole, on its fast path and with every
 line on the careful path. The machine's load is printed: other processes inflate CPU times too.
 
@@ -83,6 +83,15 @@ def _per_line(lines: list[bytes], step: Callable[[bytes], object]) -> Callable[[
     return run
 
 
+def _orjson_step(lines: list[bytes]) -> list[tuple[str, Callable[[], None]]]:
+    """orjson is not a dependency of intentops: its row is there when it is installed."""
+    try:
+        import orjson
+    except ImportError:
+        return []
+    return [("orjson.loads, whole line", _per_line(lines, orjson.loads))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=100_000, help="Manifest lines to generate.")
@@ -90,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unique-texts", action="store_true", help="Make every utterance distinct.")
     parser.add_argument("--against", help="The src folder of another converter to compare the block loop with.")
     args = parser.parse_args(argv)
-    import orjson
-
     with tempfile.TemporaryDirectory(prefix="bench-itag-floor-") as scratch:
         manifest = Path(scratch) / "manifest.jsonl"
         generate(manifest, args.lines, unique_texts=args.unique_texts)
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("json.loads, stdlib (the seed script's parser)", _per_line(lines, json.loads)),
-        ("orjson.loads, whole line", _per_line(lines, orjson.loads)),
+        *_orjson_step(lines),
         ("msgspec decode, whole line untyped", _per_line(lines, msgspec.json.decode)),
         ("msgspec decode, typed to the fields conversion reads", _per_line(lines, typed)),
         ("msgspec decode, validate only (keeps nothing)", _per_line(lines, nothing)),
