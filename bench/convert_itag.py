@@ -90,8 +90,12 @@ def _result(output: str, index: int, user_mark: bool) -> dict:
     }
 
 
-def generate(path: Path, lines: int, seed: int = 7) -> dict[str, int]:
-    """Write a manifest of `lines` lines; returns what a correct converter must find in it."""
+def generate(path: Path, lines: int, seed: int = 7, unique_texts: bool = False) -> dict[str, int]:
+    """Write a manifest of `lines` lines; returns what a correct converter must find in it.
+
+    Utterances come from a few templates, so they repeat; `unique_texts` appends the line index to each one,
+    as in a real export where nearly every utterance differs (nothing can then be cached per utterance).
+    """
     rng = random.Random(seed)
     truth = {"converted": 0, "abandoned": 0, "rejected": 0, "empty": 0, "human_overrides": 0}
     with open(path, "wb", buffering=1 << 20) as handle:
@@ -109,6 +113,8 @@ def generate(path: Path, lines: int, seed: int = 7) -> dict[str, int]:
             intent, pool, zh, en = INTENTS[index % len(INTENTS)]
             arg = rng.choice(pool)
             text = rng.choice(zh if rng.random() < 0.6 else en).format(arg)
+            if unique_texts:
+                text += f" #{index}"
             output = f"{intent}({arg})"
             if rng.random() < 0.05 and intent == "play_music":
                 output = "play_music();volume_down()"
@@ -194,12 +200,13 @@ def _intentops_command(manifest: Path, out: Path, workers: int | None) -> list[s
 
 
 def _table(rows: list[dict[str, object]]) -> str:
-    header = "| approach | processes | lines | wall s | lines/s | CPU s | peak RSS MiB (all processes) |"
-    out = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    header = "| approach | processes | lines | wall s | lines/s | MB/s | CPU s | peak RSS MiB (all processes) |"
+    out = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         out.append(
             f"| {row['approach']} | {row['processes']} | {row['lines']:,} | {row['seconds']:.1f} | "
-            f"{row['lines_per_s']:,.0f} | {row['cpu_s']:.1f} | {row['peak_mib']:.0f} |"
+            f"{row['lines_per_s']:,.0f} | {row['mb'] / row['seconds']:,.0f} | {row['cpu_s']:.1f} | "
+            f"{row['peak_mib']:.0f} |"
         )
     return "\n".join(out)
 
@@ -208,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=1_000_000, help="Manifest lines to generate.")
     parser.add_argument("--workdir", help="Keep the manifest and outputs here (default: a temporary folder).")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="Worker processes of the multi-process run (0: the default)."
+    )
+    parser.add_argument(
+        "--unique-texts", action="store_true", help="Make every utterance distinct (append the line index)."
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-itag-") as scratch:
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         manifest = work / "manifest.jsonl"
         started = time.perf_counter()
-        truth = generate(manifest, args.lines)
+        truth = generate(manifest, args.lines, unique_texts=args.unique_texts)
         size = manifest.stat().st_size
         print(f"generated {args.lines:,} lines ({size / 1e6:,.0f} MB) in {time.perf_counter() - started:.1f}s")
         tenth = work / "manifest-tenth.jsonl"
@@ -234,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                 small,
             ),
             _run("intentops, 1 process", _intentops_command(manifest, work / "out-1", 1), args.lines, size),
-            _run("intentops, default workers", _intentops_command(manifest, work / "out", None), args.lines, size),
+            _run(
+                f"intentops, {args.workers} workers" if args.workers else "intentops, default workers",
+                _intentops_command(manifest, work / "out", args.workers or None),
+                args.lines,
+                size,
+            ),
             _run(
                 "seed 002 script (load, loop, json.dump)",
                 [sys.executable, str(SEED_SCRIPT), str(manifest), str(work / "seed-train.json")],
@@ -254,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows[1:3]:
         print(
             f"{row['approach']}: {row['lines_per_s'] / seed['lines_per_s']:.1f}x the seed's lines/s, "
-            f"{seed['cpu_s'] / row['cpu_s']:.1f}x less CPU time"
+            f"{seed['cpu_s'] / row['cpu_s']:.1f}x less CPU time, {row['mb'] / row['seconds']:,.0f} MB/s of manifest"
         )
-    print(f"workers used by default: {report['workers']}; output identical to the 1-process run: {identical}")
+    print(f"workers used: {report['workers']}; output identical to the 1-process run: {identical}")
     print(
         f"intentops accounted for every line: converted {report['converted']:,}, abandoned {report['abandoned']:,}, "
         f"rejected {report['rejected_total']:,} {report['rejected']}, empty {report['empty_lines']:,}, "
@@ -268,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         f"for the {truth['human_overrides']:,} lines a reviewer corrected"
     )
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}")
-    print(f"reproduce: python bench/convert_itag.py --lines {args.lines}")
+    unique = " --unique-texts" if args.unique_texts else ""
+    print(f"reproduce: python bench/convert_itag.py --lines {args.lines} --workers {args.workers}{unique}")
     mismatch = {
         key: (report[name], truth[key])
         for key, name in (

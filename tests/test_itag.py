@@ -12,8 +12,9 @@ import msgspec
 import pytest
 
 from intentops.artifacts import CONVERT_REPORT_FILE, QUICKSTART_FILE, RECORDS_FILE, REJECTS_FILE
-from intentops.data import itag
+from intentops.data import itag, itag_chunk, itag_rules
 from intentops.data.itag import RejectRateError, convert_manifest, detect_lang, join_turns
+from intentops.io import content_id
 
 LABEL_ID = "1947839552568066048"
 
@@ -217,6 +218,13 @@ def test_last_line_without_newline_and_empty_file(tmp_path: Path, monkeypatch: p
     assert report.total_lines == 0 and not report.passed and report.manifest_bytes == 0
 
 
+def test_a_manifest_of_only_a_byte_order_mark_is_one_empty_line(tmp_path: Path) -> None:
+    for workers in (1, 2):
+        (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf")
+        report = convert_manifest(tmp_path / "bom.jsonl", tmp_path / f"out{workers}", workers=workers)
+        assert (report.total_lines, report.empty_lines, report.converted) == (1, 1, 0)
+
+
 def test_multi_turn_instructions_join_user_turns(tmp_path: Path) -> None:
     lines = [
         itag_line(["我想聽音樂。", "給我放個周杰倫的音樂吧。"], "play_music(周杰倫)"),
@@ -330,45 +338,87 @@ def test_small_chunks_and_worker_processes_give_identical_output(
     assert reference.total_lines == len(lines) and reference.human_overrides == 300 - 34
 
 
+def _chunk(lines: list[Any]) -> bytes:
+    return b"".join((msgspec.json.encode(line) if isinstance(line, dict) else line) + b"\n" for line in lines)
+
+
+def _same_batch(fast: itag_chunk.Batch, careful: itag_chunk.Batch) -> bool:
+    return [(name, value) for name, value in vars(fast).items() if name != "careful"] == [
+        (name, value) for name, value in vars(careful).items() if name != "careful"
+    ]
+
+
 def test_fast_path_agrees_with_the_careful_rules() -> None:
+    """Every line converts to the same bytes and counts whether it takes the fast path or the careful rules."""
     odd_results = itag_line("放歌")
     odd_results[f"label-{LABEL_ID}"]["results"].insert(0, {"MarkResult": _mark("")})
     dict_mark = itag_line("放歌")
     dict_mark[f"label-{LABEL_ID}"]["results"][0]["MarkResult"] = json.loads(_mark("volume_down()"))
     reviewed_abandon = itag_line("放歌")
     reviewed_abandon[f"label-{LABEL_ID}"]["abandonFlag"] = "1"
+    prelabel_abandon = itag_line("放歌")
+    prelabel_abandon[f"label-{LABEL_ID}-system"]["abandonFlag"] = 1
     second_task_first = {"data": {"instruction": "放歌"}, "label-42": _label("music_exit()"), **itag_line("放歌")}
     quoted_key_in_text = itag_line('say "label-1" please')
-    samples = [
+    no_prelabel_output = itag_line("放歌", "play_music()", system_output="")
+    empty_prelabel = itag_line("放歌")
+    empty_prelabel[f"label-{LABEL_ID}-system"]["results"] = []
+    # the pre-label MarkResult decodes to the reviewed one but is written with an escape: other bytes, same label
+    escaped_mark = msgspec.json.encode(itag_line("放歌")).replace(b'{\\"tabId', b"{\\u0022tabId", 1)
+    assert escaped_mark.count(b"u0022") == 1
+    samples: list[Any] = [
         itag_line(),
         itag_line("放歌", "play_music()", system_output="music_exit()"),
-        itag_line("放歌", reviewed=False),
-        itag_line("放歌", system_output=None),
+        itag_line("放歌", "play_music()", system_output="play_music（）"),
+        itag_line("Play some music", "play_music()", system_output="play_music(x"),
         itag_line("  放歌  "),
+        itag_line("𠀀 rare ideograph"),
+        itag_line("放歌", "play_music(周杰伦);volume_down()"),
+        itag_line("放歌", "play_music(", system_output="play_music()"),
+        itag_line("放歌", system_output=None),
+        itag_line("放歌", reviewed=False),
         itag_line(["a", "b"]),
         itag_line(None),
+        itag_line("   "),
         itag_line("放歌", abandon=1),
         itag_line("放歌", ""),
         itag_line("放歌", 3),
         odd_results,
         dict_mark,
         reviewed_abandon,
+        prelabel_abandon,
         second_task_first,
         quoted_key_in_text,
+        no_prelabel_output,
+        empty_prelabel,
+        escaped_mark,
         {"data": "not an object", f"label-{LABEL_ID}": _label("play_music()")},
+        {**itag_line("放歌"), "newKey": 1},
+        b"",
+        b"[1]",
+        b'{"data": {"instruction": "truncated',
     ]
-    decoder = itag._line_decoder(f"label-{LABEL_ID}", ("abandonRemark",))
-    accepted = 0
-    for sample in samples:
-        fast = itag._regular(msgspec.json.encode(sample), decoder)
-        careful = itag._careful(sample)
-        if fast is not None:
-            accepted += 1
-            assert isinstance(careful, itag._Labelled), sample
-            assert careful == itag._Labelled(fast[0], 1, fast[1], True, False), sample
-    assert accepted == 4  # the common shapes take the fast path: plain, no pre-label, padded, quotes in text
-    assert itag._careful(second_task_first).output == "music_exit()"  # the first reviewed key wins
-    assert itag._careful(quoted_key_in_text).text == 'say "label-1" please'
+    fast_lines = []
+    for index, sample in enumerate(samples):
+        chunk = _chunk([itag_line("第一行"), sample])  # the first line teaches the chunk its fast decoder
+        fast, careful = itag_chunk.convert_chunk(1, chunk), itag_chunk.convert_chunk(1, chunk, fast=False)
+        assert _same_batch(fast, careful), sample
+        assert fast.careful >= 1 and careful.careful == 2 - careful.empty
+        if fast.careful == 1 and not fast.empty:
+            fast_lines.append(index)
+    # the usual shapes take the fast path: corrected, abandoned and pre-label-less lines and dict MarkResults too
+    assert fast_lines == [0, 1, 2, 3, 4, 5, 6, 8, 13, 17, 18, 19, 21, 22, 23, 24]
+    assert itag_rules.careful(second_task_first).output == "music_exit()"  # the first reviewed key wins
+    assert itag_rules.careful(quoted_key_in_text).text == 'say "label-1" please'
+
+
+def test_fast_path_records_carry_the_content_id() -> None:
+    lines = [itag_line("第一行"), itag_line("我想去杭州玩", "weather_search（杭州）"), itag_line("play jazz")]
+    batch = itag_chunk.convert_chunk(1, _chunk(lines))
+    assert batch.careful == 1
+    records = [json.loads(line) for line in batch.records.splitlines()]
+    assert [record["id"] for record in records] == [content_id(r["text"], r["output"]) for r in records]
+    assert [record["lang"] for record in records] == ["zh", "zh", "en"]
 
 
 def test_s3_manifest_is_streamed(tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -395,3 +445,24 @@ def test_a_rejected_line_is_not_counted_as_a_human_override(tmp_path: Path) -> N
     report = convert_manifest(write_manifest(tmp_path / "m.jsonl", lines), tmp_path / "out", workers=1)
     assert report.rejected == {"unparseable_output": 1}
     assert report.converted == 2 and report.human_overrides == 1
+
+
+def test_a_mixed_block_converts_the_same_on_both_paths() -> None:
+    """BOM, CRLF, empty and broken lines, keys learnt midway, corrections and repeats: one block, both paths."""
+    lines: list[Any] = []
+    for i in range(60):
+        line = itag_line(
+            f"放第{i % 7}首歌", f"play_music(歌手{i % 5})", system_output="music_exit()" if i % 4 else "same"
+        )
+        if i % 11 == 0:
+            line["abandonRemark"] = "remark"
+        if i % 13 == 0:
+            line["extraKey"] = {"nested": [1, 2]}
+        lines += [line, b"", b"  ", b"{broken"] if i % 17 == 0 else [line]
+    payload = b"\xef\xbb\xbf" + b"\r\n".join(
+        msgspec.json.encode(line) if isinstance(line, dict) else line for line in lines
+    )
+    fast, careful = itag_chunk.convert_chunk(1, payload), itag_chunk.convert_chunk(1, payload, fast=False)
+    assert _same_batch(fast, careful)
+    assert fast.converted == 60 and fast.empty == 8 and fast.rejected == {"not_json": 4}
+    assert fast.careful < 15 and careful.careful == len(lines) - 8
