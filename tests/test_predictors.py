@@ -19,8 +19,11 @@ from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
 from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
 from intentops.evaluation.constrained import CallGrammar, TokenGrammar
 from intentops.evaluation.decoding import (
+    PrefixCache,
     assemble,
     common_prefix_length,
+    greedy_continue,
+    greedy_tails,
     plan_batches,
     shared_head,
     stop_token_ids,
@@ -272,6 +275,29 @@ def test_label_scoring_predictions_follow_the_best_label(sft_model_dir: Path, te
             # no arguments to fill: the answer is complete without generating
             assert (prediction.raw, prediction.call, prediction.intent) == (f"{best}()", f"{best}()", best)
     assert with_arguments > 0
+
+
+def test_greedy_tails_equal_generate_while_stopped_rows_leave_the_batch(sft_model_dir: Path, texts: list[str]) -> None:
+    model, tokenizer = load_model_and_tokenizer(sft_model_dir, ModelConfig(), for_training=False)
+    builder = PromptBuilder.from_model_dir(sft_model_dir)
+    sequences = tokenize_prompts(tokenizer, builder, texts)
+    prefix = PrefixCache.shared_by(model, sequences)
+    assert prefix is not None
+    ids, mask = assemble(sequences, prefix.ids, tokenizer.pad_token_id)
+    ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
+    eos = stop_token_ids(model, tokenizer)
+    reference = greedy_continue(model, ids_t, mask_t, 12, tokenizer.pad_token_id, eos, prefix.expand(len(texts)))
+    tails = greedy_tails(model, ids_t, mask_t, 12, eos, prefix.expand(len(texts)))
+    expected = []
+    for row in reference.tolist():
+        stops = [i for i, t in enumerate(row) if t in eos]
+        expected.append(row[: stops[0] + 1] if stops else row)
+    assert tails == expected
+    assert len({len(t) for t in tails}) > 1  # rows stopped at different steps: the batch did shrink
+    # the first token restricted per row (an empty set leaves a row free)
+    first = [[], [tokenizer.convert_tokens_to_ids("(")], [], []][: len(texts)]
+    restricted = greedy_tails(model, ids_t, mask_t, 3, eos, prefix.expand(len(texts)), first)
+    assert restricted[1][0] == first[1][0] and restricted[0] == expected[0][:3]
 
 
 def test_batched_generation_equals_one_by_one(loaded, texts: list[str]) -> None:

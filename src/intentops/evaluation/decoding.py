@@ -205,6 +205,77 @@ def greedy_continue(
     return generated[:, input_ids.shape[1] :]
 
 
+def greedy_tails(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    cache: DynamicCache,
+    first_allowed: Sequence[Sequence[int]] | None = None,
+) -> list[list[int]]:
+    """Greedy new tokens per row (ending with the stop token when one came), `generate`'s answers without its
+    per-step overhead, and rows that have stopped leave the batch, so a step costs what the rows still writing cost.
+
+    `cache` holds a leading part of the laid-out rows; `first_allowed[row]` restricts the row's first token (empty:
+    free). Used where no logits processor follows the rows' own states (label scoring's argument completion).
+    """
+    import torch
+
+    rows = input_ids.shape[0]
+    tails: list[list[int]] = [[] for _ in range(rows)]
+    if rows == 0 or max_new_tokens < 1:
+        return tails
+    stop = torch.tensor(list(eos_ids), device=input_ids.device)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cached = cache.get_seq_length()
+    active = torch.arange(rows, device=input_ids.device)
+    with torch.inference_mode():
+        out = model(
+            input_ids=input_ids[:, cached:],
+            attention_mask=attention_mask,
+            position_ids=positions[:, cached:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1]
+        if first_allowed is not None:
+            keep = torch.zeros_like(logits, dtype=torch.bool)
+            for row, tokens in enumerate(first_allowed):
+                keep[row, list(tokens) if tokens else slice(None)] = True
+            logits = logits.masked_fill(~keep, float("-inf"))
+        position = positions[:, -1]
+        for step in range(max_new_tokens):
+            chosen = logits.argmax(dim=-1)
+            for row, token in zip(active.tolist(), chosen.tolist(), strict=True):
+                tails[row].append(token)
+            going = ~torch.isin(chosen, stop)
+            if step == max_new_tokens - 1 or not bool(going.any()):
+                break
+            if not bool(going.all()):
+                kept = going.nonzero().squeeze(1)
+                active, chosen, position, attention_mask = (
+                    active[kept],
+                    chosen[kept],
+                    position[kept],
+                    attention_mask[kept],
+                )
+                for layer in cache.layers:
+                    layer.batch_select_indices(kept)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+            position = position + 1
+            out = model(
+                input_ids=chosen[:, None],
+                attention_mask=attention_mask,
+                position_ids=position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
+    return tails
+
+
 def greedy_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from transformers import LogitsProcessor
 
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.evaluation.decoding import (
     PrefixCache,
     assemble,
     greedy_continue,
+    greedy_tails,
     left_pad,
     make_cache,
     plan_batches,
@@ -172,24 +172,6 @@ def score_label_batch(
     return ScoredBatch(scores.cpu(), input_ids, attention, prompt_layers)
 
 
-class FirstTokenProcessor(LogitsProcessor):
-    """Restricts each row's first generated token to its own set (the opening tokens its label was scored on); an
-    empty set leaves the row free (its path already wrote the whole answer prefix)."""
-
-    def __init__(self, allowed: Sequence[Sequence[int]]) -> None:
-        self.allowed = allowed
-        self.first_call = True
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if not self.first_call:
-            return scores
-        self.first_call = False
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        for row, tokens in enumerate(self.allowed):
-            keep[row, list(tokens) if tokens else slice(None)] = True
-        return scores.masked_fill(~keep, float("-inf"))
-
-
 class LabelScoringPredictor(Predictor):
     """Label scoring plus short argument completion.
 
@@ -314,14 +296,16 @@ class LabelScoringPredictor(Predictor):
         attention = torch.cat([scored.attention_mask[rows], torch.tensor(label_mask, device=device)], dim=1)
         cache = make_cache(self.model, [(k[rows], v[rows]) for k, v in scored.prompt_layers])
         if self.grammar is not None:
-            processor: LogitsProcessor = CallGrammarProcessor(
+            processor = CallGrammarProcessor(
                 self.grammar, self.max_new_tokens, [self._grammar_state(path.text) for path in paths]
             )
-        else:  # the first token opens the argument list, as scored; the rest is free
-            processor = FirstTokenProcessor([path.openers for path in paths])
-        tails = greedy_continue(
-            self.model, input_ids, attention, self.max_new_tokens, self.pad_id, self.eos_ids, cache, processor
-        )
+            tails: Sequence[Sequence[int]] | torch.Tensor = greedy_continue(
+                self.model, input_ids, attention, self.max_new_tokens, self.pad_id, self.eos_ids, cache, processor
+            )
+        else:  # the first token opens the argument list, as scored (where the path left an opening set); then free
+            tails = greedy_tails(
+                self.model, input_ids, attention, self.max_new_tokens, self.eos_ids, cache, [p.openers for p in paths]
+            )
         for row, path, tail in zip(
             need, paths, self.tokenizer.batch_decode(tails, skip_special_tokens=True), strict=True
         ):
