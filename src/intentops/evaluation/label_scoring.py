@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from intentops.evaluation.constrained import ByteState
 
 Normalization = Literal["vocabulary", "catalog"]
+# Rows waiting for argument completion are completed together once this many batches' worth have been scored.
+COMPLETION_POOL = 4
 
 
 @dataclass
@@ -62,6 +64,56 @@ class ScoredBatch:
     input_ids: torch.Tensor  # (rows, T) `[prefix][pad][suffix]`
     attention_mask: torch.Tensor  # (rows, T)
     prompt_layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) of those T positions
+
+    def select(self, rows: Sequence[int]) -> ScoredBatch:
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        return ScoredBatch(
+            self.scores[index.cpu()],
+            self.input_ids[index],
+            self.attention_mask[index],
+            [(keys[index], values[index]) for keys, values in self.prompt_layers],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[ScoredBatch], n_prefix: int, pad_id: int) -> ScoredBatch:
+        """The rows of several batches as one: narrower rows get masked padding after the shared prefix, where each
+        batch already has its own, so every row keeps its positions and sees the same tokens."""
+        width = max(part.input_ids.shape[1] for part in parts)
+
+        def widen(tensor: torch.Tensor, dim: int, gap: int, fill: int) -> torch.Tensor:
+            if not gap:
+                return tensor
+            shape = list(tensor.shape)
+            shape[dim] = gap
+            head, tail = tensor.split([n_prefix, tensor.shape[dim] - n_prefix], dim=dim)
+            return torch.cat([head, tensor.new_full(shape, fill), tail], dim=dim)
+
+        gaps = [width - part.input_ids.shape[1] for part in parts]
+        return ScoredBatch(
+            torch.cat([part.scores for part in parts]),
+            torch.cat([widen(p.input_ids, 1, gap, pad_id) for p, gap in zip(parts, gaps, strict=True)]),
+            torch.cat([widen(p.attention_mask, 1, gap, 0) for p, gap in zip(parts, gaps, strict=True)]),
+            [
+                tuple(
+                    torch.cat(
+                        [widen(p.prompt_layers[layer][kv], 2, gap, 0) for p, gap in zip(parts, gaps, strict=True)]
+                    )
+                    for kv in (0, 1)
+                )
+                for layer in range(len(parts[0].prompt_layers))
+            ],
+        )
+
+
+@dataclass
+class _Waiting:
+    """Rows of one scored batch that still need their arguments, and what their predictions carry."""
+
+    scored: ScoredBatch
+    indices: list[int]
+    best: list[int]
+    confidences: list[float]
+    latency_s: float
 
 
 def _trie_attention(
@@ -262,8 +314,13 @@ class LabelScoringPredictor(Predictor):
         return scores / torch.tensor([path.steps for path in self.paths], dtype=scores.dtype)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Score each batch; rows whose label takes arguments wait until COMPLETION_POOL batches' worth have been
+        scored and are completed together: a greedy step costs a fixed overhead plus its rows, so fewer, fuller
+        completion passes are cheaper (rows that stopped leave the pass)."""
         sequences, prefix = self._prepare(texts)
+        n_prefix = len(prefix) if prefix is not None else 0
         results: list[Prediction | None] = [None] * len(texts)
+        waiting: list[_Waiting] = []
         with progress_bar(len(texts), "label scoring", self.progress) as bar:
             for batch in plan_batches([len(s) for s in sequences], self.batch_size):
                 start = time.perf_counter()
@@ -271,14 +328,61 @@ class LabelScoringPredictor(Predictor):
                 ranked = self._ranked(scored.scores)
                 best = ranked.argmax(dim=1).tolist()
                 confidences = ranked.softmax(dim=1).max(dim=1).values.tolist()
-                completions = self._complete(scored, best)
-                latency = time.perf_counter() - start
-                for row, index in enumerate(batch):
-                    results[index] = prediction_from_completion(
-                        self.builder, texts[index], completions[row], confidence=confidences[row], latency_s=latency
+                need = [row for row, b in enumerate(best) if self.takes_arguments[b]]
+                if need:
+                    picked = scored.select(need)
+                    waiting.append(
+                        _Waiting(
+                            picked,
+                            [batch[r] for r in need],
+                            [best[r] for r in need],
+                            [confidences[r] for r in need],
+                            0.0,
+                        )
                     )
-                bar.update(len(batch))
+                latency = time.perf_counter() - start
+                if need:
+                    waiting[-1].latency_s = latency
+                for row, index in enumerate(batch):
+                    if not self.takes_arguments[best[row]]:  # complete without generating: `name()`
+                        results[index] = prediction_from_completion(
+                            self.builder,
+                            texts[index],
+                            self.names[best[row]] + NO_ARGUMENTS,
+                            confidence=confidences[row],
+                            latency_s=latency,
+                        )
+                bar.update(len(batch) - len(need))
+                if sum(len(w.indices) for w in waiting) >= COMPLETION_POOL * self.batch_size:
+                    bar.update(self._complete_waiting(waiting, texts, results, n_prefix))
+                    waiting = []
+            bar.update(self._complete_waiting(waiting, texts, results, n_prefix))
         return [r for r in results if r is not None]
+
+    def _complete_waiting(
+        self, waiting: list[_Waiting], texts: Sequence[str], results: list[Prediction | None], n_prefix: int
+    ) -> int:
+        """Complete the arguments of every waiting row in one pass; a row's latency is its batch's scoring plus it."""
+        if not waiting:
+            return 0
+        start = time.perf_counter()
+        scored = (
+            waiting[0].scored
+            if len(waiting) == 1
+            else ScoredBatch.concat([w.scored for w in waiting], n_prefix, self.pad_id)
+        )
+        completions = iter(self._complete(scored, [b for w in waiting for b in w.best]))
+        spent = time.perf_counter() - start
+        for group in waiting:
+            for index, confidence in zip(group.indices, group.confidences, strict=True):
+                results[index] = prediction_from_completion(
+                    self.builder,
+                    texts[index],
+                    next(completions),
+                    confidence=confidence,
+                    latency_s=group.latency_s + spent,
+                )
+        return sum(len(w.indices) for w in waiting)
 
     def _complete(self, scored: ScoredBatch, best: list[int]) -> list[str]:
         """Each row's answer: the chosen label's `name()`, or its path's text and a greedy continuation (arguments)."""
