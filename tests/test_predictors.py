@@ -294,7 +294,8 @@ def test_greedy_tails_equal_generate_while_stopped_rows_leave_the_batch(sft_mode
     ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
     eos = stop_token_ids(model, tokenizer)
     reference = greedy_continue(model, ids_t, mask_t, 12, tokenizer.pad_token_id, eos, prefix.expand(len(texts)))
-    tails = greedy_tails(model, ids_t, mask_t, 12, eos, prefix.expand(len(texts)))
+    expanded = [(k.expand(len(texts), -1, -1, -1), v.expand(len(texts), -1, -1, -1)) for k, v in prefix.layers]
+    tails = greedy_tails(model, ids_t, mask_t, 12, eos, expanded)
     expected = []
     for row in reference.tolist():
         stops = [i for i, t in enumerate(row) if t in eos]
@@ -303,7 +304,8 @@ def test_greedy_tails_equal_generate_while_stopped_rows_leave_the_batch(sft_mode
     assert len({len(t) for t in tails}) > 1  # rows stopped at different steps: the batch did shrink
     # the first token restricted per row (an empty set leaves a row free)
     first = [[], [tokenizer.convert_tokens_to_ids("(")], [], []][: len(texts)]
-    restricted = greedy_tails(model, ids_t, mask_t, 3, eos, prefix.expand(len(texts)), first)
+    restricted = greedy_tails(model, ids_t, mask_t, 3, eos, expanded, first)
+    assert greedy_tails(model, ids_t, mask_t, 12, eos, []) == expected  # nothing cached: every token is fed
     assert restricted[1][0] == first[1][0] and restricted[0] == expected[0][:3]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from intentops.evaluation.predictors import chat_prompts
@@ -205,20 +206,84 @@ def greedy_continue(
     return generated[:, input_ids.shape[1] :]
 
 
+@cache
+def _append_layer_class() -> type:
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class AppendLayer(DynamicLayer):
+        """A DynamicLayer with room to grow: a new position is written in place, where DynamicLayer concatenates
+        (copies) the whole cache at every step; rows leave with `batch_select_indices` as usual."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
+            super().__init__()
+            self.length = keys.shape[-2]
+            self.buffers = []
+            for tensor in (keys, values):
+                buffer = tensor.new_empty(*tensor.shape[:-2], self.length + spare, tensor.shape[-1])
+                buffer[..., : self.length, :] = tensor
+                self.buffers.append(buffer)
+            self.device, self.is_initialized = keys.device, True
+            self._view()
+
+        def _view(self) -> None:
+            self.keys, self.values = (buffer[..., : self.length, :] for buffer in self.buffers)
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            end = self.length + key_states.shape[-2]
+            if end > self.buffers[0].shape[-2]:  # out of room: grow (a copy, as DynamicLayer makes every step)
+                self.buffers = [
+                    torch.cat([b, b.new_empty(*b.shape[:-2], end - b.shape[-2], b.shape[-1])], dim=-2)
+                    for b in self.buffers
+                ]
+            for buffer, states in zip(self.buffers, (key_states, value_states), strict=True):
+                buffer[..., self.length : end, :] = states
+            self.length = end
+            self._view()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.buffers = [buffer[indices, ...] for buffer in self.buffers]
+            self._view()
+
+    return AppendLayer
+
+
+def growing_cache(
+    model: PreTrainedModel, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], spare: int
+) -> DynamicCache:
+    """A cache holding `layers` with room for `spare` more positions per layer written in place (full-attention
+    layers; any other kind is filled as `make_cache` does)."""
+    from transformers.cache_utils import DynamicLayer
+
+    result = make_cache(model, None)
+    append = _append_layer_class()
+    for index, (keys, values) in enumerate(layers):
+        if index < len(result.layers) and type(result.layers[index]) is DynamicLayer:
+            result.layers[index] = append(keys, values, spare)
+        elif index < len(result.layers):
+            result.layers[index].update(keys, values)
+        else:
+            return make_cache(model, layers)
+    return result
+
+
 def greedy_tails(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     max_new_tokens: int,
     eos_ids: Sequence[int],
-    cache: DynamicCache,
+    cached_layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
     first_allowed: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """Greedy new tokens per row (ending with the stop token when one came), `generate`'s answers without its
-    per-step overhead, and rows that have stopped leave the batch, so a step costs what the rows still writing cost.
+    per-step overhead: the cache grows in place, and rows that have stopped leave the batch, so a step costs what
+    the rows still writing cost.
 
-    `cache` holds a leading part of the laid-out rows; `first_allowed[row]` restricts the row's first token (empty:
-    free). Used where no logits processor follows the rows' own states (label scoring's argument completion).
+    `cached_layers` (per layer (keys, values)) hold a leading part of the laid-out rows; `first_allowed[row]`
+    restricts the row's first token (empty: free). Used where no logits processor follows the rows' own states
+    (label scoring's argument completion).
     """
     import torch
 
@@ -228,7 +293,8 @@ def greedy_tails(
         return tails
     stop = torch.tensor(list(eos_ids), device=input_ids.device)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    cached = cache.get_seq_length()
+    cached = cached_layers[0][0].shape[-2] if cached_layers else 0
+    cache = growing_cache(model, cached_layers, input_ids.shape[1] - cached + max_new_tokens)
     active = torch.arange(rows, device=input_ids.device)
     with torch.inference_mode():
         out = model(

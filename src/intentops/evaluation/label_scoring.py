@@ -398,17 +398,26 @@ class LabelScoringPredictor(Predictor):
         label_rows, label_mask = left_pad([path.tokens for path in paths], self.pad_id)
         input_ids = torch.cat([scored.input_ids[rows], torch.tensor(label_rows, device=device)], dim=1)
         attention = torch.cat([scored.attention_mask[rows], torch.tensor(label_mask, device=device)], dim=1)
-        cache = make_cache(self.model, [(k[rows], v[rows]) for k, v in scored.prompt_layers])
+        layers = scored.prompt_layers
+        if len(need) < len(best):
+            layers = [(keys[rows], values[rows]) for keys, values in layers]
         if self.grammar is not None:
             processor = CallGrammarProcessor(
                 self.grammar, self.max_new_tokens, [self._grammar_state(path.text) for path in paths]
             )
             tails: Sequence[Sequence[int]] | torch.Tensor = greedy_continue(
-                self.model, input_ids, attention, self.max_new_tokens, self.pad_id, self.eos_ids, cache, processor
+                self.model,
+                input_ids,
+                attention,
+                self.max_new_tokens,
+                self.pad_id,
+                self.eos_ids,
+                make_cache(self.model, layers),
+                processor,
             )
         else:  # the first token opens the argument list, as scored (where the path left an opening set); then free
             tails = greedy_tails(
-                self.model, input_ids, attention, self.max_new_tokens, self.eos_ids, cache, [p.openers for p in paths]
+                self.model, input_ids, attention, self.max_new_tokens, self.eos_ids, layers, [p.openers for p in paths]
             )
         for row, path, tail in zip(
             need, paths, self.tokenizer.batch_decode(tails, skip_special_tokens=True), strict=True
