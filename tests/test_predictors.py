@@ -16,7 +16,7 @@ import torch
 from intentops.artifacts import CATALOG_FILE, RECORDS_FILE, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
-from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
+from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, decoding, load_split
 from intentops.evaluation.constrained import CallGrammar, TokenGrammar
 from intentops.evaluation.decoding import (
     PrefixCache,
@@ -284,7 +284,13 @@ def test_label_scoring_predictions_follow_the_best_label(
     assert with_arguments > (1 if batch_size == 1 else 0)  # batch 1: rows of several batches completed together
 
 
-def test_greedy_tails_equal_generate_while_stopped_rows_leave_the_batch(sft_model_dir: Path, texts: list[str]) -> None:
+@pytest.mark.parametrize("compact_share", [4, 1])
+def test_greedy_tails_equal_generate_while_stopped_rows_leave_the_batch(
+    sft_model_dir: Path, texts: list[str], compact_share: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compact_share 4: a row that stops leaves the batch at once (1 of 4 rows); 1: stopped rows stay until all stop,
+    their further tokens ignored."""
+    monkeypatch.setattr(decoding, "COMPACT_SHARE", compact_share)
     model, tokenizer = load_model_and_tokenizer(sft_model_dir, ModelConfig(), for_training=False)
     builder = PromptBuilder.from_model_dir(sft_model_dir)
     sequences = tokenize_prompts(tokenizer, builder, texts)

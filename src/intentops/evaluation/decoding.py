@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix is not worth a separate forward pass
+# greedy_tails drops stopped rows once they are at least 1 / COMPACT_SHARE of the batch (each drop copies the cache).
+COMPACT_SHARE = 4
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool = True) -> list[list[int]]:
@@ -312,21 +314,25 @@ def greedy_tails(
                 keep[row, list(tokens) if tokens else slice(None)] = True
             logits = logits.masked_fill(~keep, float("-inf"))
         position = positions[:, -1]
+        writing = torch.ones(rows, dtype=torch.bool, device=input_ids.device)  # per active row: not stopped yet
         for step in range(max_new_tokens):
             chosen = logits.argmax(dim=-1)
-            for row, token in zip(active.tolist(), chosen.tolist(), strict=True):
-                tails[row].append(token)
-            going = ~torch.isin(chosen, stop)
-            if step == max_new_tokens - 1 or not bool(going.any()):
+            for row, token, live in zip(active.tolist(), chosen.tolist(), writing.tolist(), strict=True):
+                if live:
+                    tails[row].append(token)
+            writing &= ~torch.isin(chosen, stop)
+            stopped = len(active) - int(writing.sum())
+            if step == max_new_tokens - 1 or stopped == len(active):
                 break
-            if not bool(going.all()):
-                kept = going.nonzero().squeeze(1)
+            if stopped * COMPACT_SHARE >= len(active):  # compacting copies the cache: only once enough have stopped
+                kept = writing.nonzero().squeeze(1)
                 active, chosen, position, attention_mask = (
                     active[kept],
                     chosen[kept],
                     position[kept],
                     attention_mask[kept],
                 )
+                writing = writing[kept]
                 for layer in cache.layers:
                     layer.batch_select_indices(kept)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
