@@ -21,6 +21,7 @@ from intentops.evaluation.constrained import CallGrammar, TokenGrammar
 from intentops.evaluation.decoding import (
     PrefixCache,
     assemble,
+    assemble_tensors,
     common_prefix_length,
     greedy_continue,
     greedy_tails,
@@ -388,6 +389,11 @@ def test_shared_prefix_layout() -> None:
     ids, mask = assemble([[1, 2, 3, 4], [1, 2, 5]], [1, 2], pad_id=0)
     assert ids == [[1, 2, 3, 4], [1, 2, 0, 5]]
     assert mask == [[1, 1, 1, 1], [1, 1, 0, 1]]
+    ids_t, mask_t = assemble_tensors([[1, 2, 3, 4], [1, 2, 5]], [1, 2], 0, "cpu")
+    assert ids_t.tolist() == ids and mask_t.tolist() == mask
+    with pytest.raises(ValueError, match="sequence 1 does not extend"):
+        assemble_tensors([[1, 2, 3], [7, 2, 3]], [1, 2], 0, "cpu")
+    assert common_prefix_length([[5, 1, 2, 9], [5, 1, 2, 7, 7], [5, 1, 3, 0], [5, 1, 2, 0]]) == 2  # not in order
     with pytest.raises(ValueError, match="sequence 1 does not extend"):
         assemble([[1, 2, 3], [7, 2, 3]], [1, 2], pad_id=0)
 

@@ -48,9 +48,10 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     if not sequences:
         return 0
     limit = min(len(s) for s in sequences) - 1
-    first = sequences[0]
+    # what every sequence shares is what the lexicographically first and last share (compared in C, not per token)
+    first, last = min(map(list, sequences)), max(map(list, sequences))
     length = 0
-    while length < limit and all(s[length] == first[length] for s in sequences):
+    while length < limit and first[length] == last[length]:
         length += 1
     return max(length, 0)
 
@@ -77,6 +78,27 @@ def assemble(
             raise ValueError(f"sequence {index} does not extend the shared prefix of {n} tokens")
     ids, mask = left_pad([s[n:] for s in sequences], pad_id)
     return [list(prefix_ids) + row for row in ids], [[1] * n + row for row in mask]
+
+
+def assemble_tensors(
+    sequences: Sequence[Sequence[int]], prefix_ids: Sequence[int], pad_id: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`assemble` as (rows, T) tensors on `device`; the shared prefix is converted once, not once per row."""
+    import torch
+
+    n = len(prefix_ids)
+    for index, sequence in enumerate(sequences):
+        if len(sequence) <= n or list(sequence[:n]) != list(prefix_ids):
+            raise ValueError(f"sequence {index} does not extend the shared prefix of {n} tokens")
+    ids, mask = left_pad([s[n:] for s in sequences], pad_id)
+    rows = len(sequences)
+    head = torch.tensor(list(prefix_ids), dtype=torch.long, device=device).expand(rows, n)
+    input_ids = torch.cat([head, torch.tensor(ids, dtype=torch.long, device=device)], dim=1)
+    attention = torch.cat(
+        [torch.ones(rows, n, dtype=torch.long, device=device), torch.tensor(mask, dtype=torch.long, device=device)],
+        dim=1,
+    )
+    return input_ids, attention
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -31,7 +31,7 @@ import torch
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.evaluation.decoding import (
     PrefixCache,
-    assemble,
+    assemble_tensors,
     greedy_continue,
     greedy_tails,
     left_pad,
@@ -189,9 +189,7 @@ def score_label_batch(
     """
     device = model.device
     n_prefix = len(prefix) if prefix is not None else 0
-    ids, mask = assemble(sequences, prefix_ids(prefix), pad_id)
-    input_ids = torch.tensor(ids, device=device)
-    attention = torch.tensor(mask, device=device)
+    input_ids, attention = assemble_tensors(sequences, prefix_ids(prefix), pad_id, device)
     rows, width = input_ids.shape
     n_suffix, n_nodes = width - n_prefix, len(trie.nodes)
     additive, positions = _trie_attention(model, attention, n_prefix, trie)
