@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         CATALOG_INTENT_ONLY: (args.batch_size, lambda t: label_scoring_intents_only(catalog_scoring, t)),
     }
     results: dict[str, tuple[list[Prediction], float, float]] = {}
+    load_at_start = os.getloadavg()[0]
     for name, (_, run) in methods.items():
         run(texts[:2])  # warm-up: first-call allocations and kernel selection are not what we measure
         log.info("timing %s on %d records (best of %d)", name, len(texts), args.repeats)
@@ -370,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", CPU only")
-        + f", load average {os.getloadavg()[0]:.1f} when the timings ended (other processes share the CPUs)",
+        + f", load average {load_at_start:.1f} when the timings started and {os.getloadavg()[0]:.1f} when they "
+        "ended (other processes share the CPUs)",
         "measured_at": datetime.now(UTC).isoformat(timespec="minutes"),
         "methods": rows,
         "labels": len(scoring.labels),

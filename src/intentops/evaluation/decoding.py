@@ -337,6 +337,11 @@ def greedy_tails(
             logits = logits.masked_fill(~keep, float("-inf"))
         position = positions[:, -1]
         writing = torch.ones(rows, dtype=torch.bool, device=input_ids.device)  # per active row: not stopped yet
+        # the decode steps' additive 4D mask, with room for every new column (0: attend), so the model takes it as
+        # is instead of building one from the 2D mask at every step
+        width = attention_mask.shape[1]
+        additive = torch.zeros(rows, 1, 1, width + max_new_tokens, dtype=model.dtype, device=input_ids.device)
+        additive[:, 0, 0, :width].masked_fill_(attention_mask == 0, torch.finfo(model.dtype).min)
         for step in range(max_new_tokens):
             chosen = logits.argmax(dim=-1)
             for row, token, live in zip(active.tolist(), chosen.tolist(), writing.tolist(), strict=True):
@@ -348,20 +353,15 @@ def greedy_tails(
                 break
             if stopped * COMPACT_SHARE >= len(active):  # compacting copies the cache: only once enough have stopped
                 kept = writing.nonzero().squeeze(1)
-                active, chosen, position, attention_mask = (
-                    active[kept],
-                    chosen[kept],
-                    position[kept],
-                    attention_mask[kept],
-                )
+                active, chosen, position, additive = active[kept], chosen[kept], position[kept], additive[kept]
                 writing = writing[kept]
                 for layer in cache.layers:
                     layer.batch_select_indices(kept)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+            width += 1
             position = position + 1
             out = model(
                 input_ids=chosen[:, None],
-                attention_mask=attention_mask,
+                attention_mask=additive[..., :width],
                 position_ids=position[:, None],
                 past_key_values=cache,
                 use_cache=True,
