@@ -16,18 +16,23 @@ import torch
 from intentops.artifacts import CATALOG_FILE, RECORDS_FILE, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import EXAMPLE_DIR, ModelConfig, PromptConfig, RunConfig
-from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, load_split
+from intentops.evaluation import UNCONSTRAINED_FIGURES, _unconstrained_figures, decoding, load_split
 from intentops.evaluation.constrained import CallGrammar, TokenGrammar
 from intentops.evaluation.decoding import (
+    PrefixCache,
     assemble,
+    assemble_tensors,
     common_prefix_length,
+    greedy_continue,
+    greedy_tails,
     plan_batches,
     shared_head,
     stop_token_ids,
     tokenize_prompts,
 )
 from intentops.evaluation.generation import GenerationPredictor
-from intentops.evaluation.label_scoring import LabelScoringPredictor, LabelTrie, label_name_ids
+from intentops.evaluation.label_paths import LabelTrie, label_name_ids
+from intentops.evaluation.label_scoring import LabelScoringPredictor
 from intentops.evaluation.metrics import compute_metrics
 from intentops.evaluation.predictors import chat_prompts, make_predictor, prediction_from_completion
 from intentops.evaluation.vllm_predictor import VllmPredictor
@@ -67,10 +72,11 @@ def _brute_force_scores(
 ) -> torch.Tensor:
     """Every (prompt, label) pair as its own unpadded forward pass: the definition label scoring must match.
 
-    A label's score: its name tokens, then the mass of the tokens that open its argument list. `vocabulary`
-    normalises over the whole vocabulary; `catalog` over what any label takes after the same prefix.
+    A label's score: its path's fixed tokens, then the mass of its opening tokens. `vocabulary` normalises over the
+    whole vocabulary; `catalog` over what any label takes after the same prefix.
     """
-    names, openers = predictor.name_ids, predictor.openers
+    names = [list(path.tokens) for path in predictor.paths]
+    openers = [path.openers for path in predictor.paths]
 
     def allowed_after(prefix: list[int]) -> set[int]:
         tokens = set()
@@ -87,7 +93,7 @@ def _brute_force_scores(
             for ids, opener in zip(names, openers, strict=True):
                 logits = model(torch.tensor([prompt_ids + ids])).logits[0].float()
                 start, total = len(prompt_ids) - 1, 0.0
-                for k, targets in enumerate([[t] for t in ids] + [list(opener)]):
+                for k, targets in enumerate([[t] for t in ids] + ([list(opener)] if opener else [])):
                     step = logits[start + k]
                     if normalization == "catalog":
                         allowed = torch.tensor(sorted(allowed_after(ids[:k])))
@@ -119,8 +125,8 @@ def test_label_scoring_matches_brute_force(
         normalization=normalization,
         progress=False,
     )
-    assert any(len(ids) > 1 for ids in predictor.name_ids)  # the block-mask pass has work to do
-    assert all(len(opener) > 1 for opener in predictor.openers)  # `(` merges: a set of tokens, not one
+    assert any(len(path.tokens) > 1 for path in predictor.paths)  # the block-mask pass has work to do
+    assert all(len(path.openers) > 1 for path in predictor.paths)  # `(` merges: a set of tokens, not one
     texts = texts if not numeric_labels else texts[:2]  # the brute force is slow: one variant sees all texts
     fast = torch.tensor(predictor.score(texts))
     slow = _brute_force_scores(model, tokenizer, builder, predictor, texts, normalization)
@@ -131,46 +137,101 @@ def test_label_scoring_matches_brute_force(
         assert len(predictor.trie.nodes) < len(predictor.full_trie.nodes)
 
 
+@pytest.fixture(scope="module")
+def copy_loaded(tmp_path_factory: pytest.TempPathFactory, small_dataset_dir: Path, training_config: RunConfig):
+    """A random-init tiny model with the default profile's copy tokens (`name(` is one token)."""
+    model_cfg = training_config.model.model_copy(update={"tiny_copy_tokens": True})
+    catalog = load_catalog(small_dataset_dir / CATALOG_FILE)
+    model_dir = create_tiny_model(small_dataset_dir, catalog, model_cfg, tmp_path_factory.mktemp("copy") / "m")
+    model, tokenizer = load_model_and_tokenizer(model_dir, model_cfg, for_training=False)
+    return model, tokenizer, PromptBuilder.from_model_dir(model_dir)
+
+
+@pytest.mark.parametrize("normalization", ["vocabulary", "catalog"])
+def test_copy_token_label_scoring_matches_brute_force_and_continues_after_the_merged_token(
+    copy_loaded, texts: list[str], normalization: str
+) -> None:
+    model, tokenizer, builder = copy_loaded
+    predictor = LabelScoringPredictor(
+        model, tokenizer, builder, batch_size=3, max_new_tokens=4, normalization=normalization, progress=False
+    )
+    assert all(path.tokens[0] == tokenizer.convert_tokens_to_ids(f"{path.label}(") for path in predictor.paths)
+    fast = torch.tensor(predictor.score(texts))
+    torch.testing.assert_close(
+        fast, _brute_force_scores(model, tokenizer, builder, predictor, texts, normalization), atol=2e-4, rtol=1e-4
+    )
+    # a label with arguments, forced on every row: they continue greedily right after `name(`, no opening set
+    prompts = chat_prompts(tokenizer, builder, texts)
+    for label, path in enumerate(predictor.paths):
+        if not predictor.takes_arguments[label]:
+            continue
+        scored = predictor._score(tokenize_prompts(tokenizer, builder, texts), None)
+        completions = predictor._complete(scored, [label] * len(texts))
+        for prompt, completion in zip(prompts, completions, strict=True):
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + list(path.tokens)
+            assert completion == f"{path.label}(" + _plain_generate(model, tokenizer, ids, 4)
+        break
+
+
 def test_length_normalized_scores_are_mean_log_likelihoods(loaded, texts: list[str]) -> None:
     model, tokenizer, builder = loaded
     total = LabelScoringPredictor(model, tokenizer, builder, batch_size=8, progress=False)
     mean = LabelScoringPredictor(model, tokenizer, builder, batch_size=8, length_normalized=True, progress=False)
-    lengths = torch.tensor([len(ids) + 1 for ids in total.name_ids], dtype=torch.float32)  # name + opening token
+    lengths = torch.tensor([len(p.tokens) + 1 for p in total.paths], dtype=torch.float32)  # name + opening token
     torch.testing.assert_close(
         torch.tensor(mean.score(texts[:2])), torch.tensor(total.score(texts[:2])) / lengths, atol=1e-5, rtol=1e-5
     )
 
 
-@pytest.mark.parametrize("numeric_labels", [False, True])
-def test_every_gold_target_begins_with_its_labels_scored_tokens(tmp_path: Path, numeric_labels: bool) -> None:
-    """On the bundled example, with the tokenizer the tiny profile trains: what label scoring scores for a label is
-    what the model is trained to write first (name tokens, then a token of the label's opening set)."""
+@pytest.mark.parametrize(
+    ("copy_tokens", "numeric_labels"), [(False, False), (False, True), (True, False), (True, True)]
+)
+def test_every_gold_target_begins_with_its_labels_scored_tokens(
+    tmp_path: Path, copy_tokens: bool, numeric_labels: bool
+) -> None:
+    """On the bundled example, with the tokenizers the tiny profile trains (plain byte-level BPE, and the copy tokens
+    that make `name(` one token): what label scoring scores for a label is what the model is trained to write first
+    (the path's fixed tokens, then a token of the label's opening set where it has one), after each record's prompt."""
     catalog = load_catalog(EXAMPLE_DIR / CATALOG_FILE)
     records = list(read_jsonl(EXAMPLE_DIR / RECORDS_FILE))
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     write_jsonl(dataset / TRAIN_FILE, records)
     prompt_cfg = PromptConfig(numeric_labels=numeric_labels)
-    model_cfg = ModelConfig(tiny_hidden_size=16, tiny_num_heads=2, tiny_num_kv_heads=1, tiny_num_layers=1)
+    model_cfg = ModelConfig(
+        tiny_hidden_size=16, tiny_num_heads=2, tiny_num_kv_heads=1, tiny_num_layers=1, tiny_copy_tokens=copy_tokens
+    )
     model_dir = create_tiny_model(dataset, catalog, model_cfg, tmp_path / "model", prompt_cfg)
     model, tokenizer = load_model_and_tokenizer(model_dir, model_cfg, for_training=False)
     builder = PromptBuilder(catalog, prompt_cfg)
     predictor = LabelScoringPredictor(model, tokenizer, builder, progress=False)
-    index = {label: i for i, label in enumerate(predictor.labels)}
-    prompt = chat_prompts(tokenizer, builder, ["probe"])[0]
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    paths = {path.label: path for path in predictor.paths}
+    token = tokenizer.convert_tokens_to_ids
+    if copy_tokens and not numeric_labels:  # hand-checked: `name(` is one token, `)` another, nothing left to sum
+        assert (paths["weather_search"].tokens, paths["weather_search"].openers) == ((token("weather_search("),), ())
+        assert paths["volume_down"].tokens == (token("volume_down("), token(")")) and not paths["volume_down"].openers
+    if not copy_tokens and not numeric_labels:  # hand-checked: the bare name's tokens, then the `(`-token mass
+        assert paths["weather_search"].text == "weather_search" and paths["weather_search"].rest == "("
+        assert token("(") in paths["weather_search"].openers and token("()") in paths["volume_down"].openers
+        assert tokenizer.decode(paths["weather_search"].tokens) == "weather_search"
     old_style = label_name_ids(tokenizer, builder, [f"{name}(" for name in predictor.names])  # `name(` scoring
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    prompts = chat_prompts(tokenizer, builder, [record["text"] for record in records])
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    golds = tokenizer(
+        [p + builder.target(r["output"]) for p, r in zip(prompts, records, strict=True)], add_special_tokens=False
+    )["input_ids"]
     old_misses = 0
-    for record in records:
-        gold = tokenizer(prompt + builder.target(record["output"]), add_special_tokens=False)["input_ids"]
-        assert gold[: len(prompt_ids)] == prompt_ids
-        answer = gold[len(prompt_ids) :]
-        label = index[record["calls"][0]["name"]]
-        name = predictor.name_ids[label]
-        assert answer[: len(name)] == name, record["output"]
-        assert answer[len(name)] in predictor.openers[label], record["output"]
-        old_misses += answer[: len(old_style[label])] != old_style[label]
-    assert old_misses > len(records) / 2  # the defect this replaces: most golds did not begin with `name(` tokens
+    for record, own_prompt, gold in zip(records, prompt_ids, golds, strict=True):
+        assert gold[: len(own_prompt)] == own_prompt
+        answer = gold[len(own_prompt) :]
+        path = paths[record["calls"][0]["name"]]
+        assert tuple(answer[: len(path.tokens)]) == path.tokens, record["output"]
+        if path.openers:
+            assert answer[len(path.tokens)] in path.openers, record["output"]
+        old_misses += answer[: len(old_style[index[path.label]])] != old_style[index[path.label]]
+    if not copy_tokens and not numeric_labels:
+        assert old_misses > len(records) / 2  # the defect this replaced: most golds did not begin with `name(` tokens
 
 
 def _plain_generate(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
@@ -186,10 +247,17 @@ def _plain_generate(model, tokenizer, ids: list[int], max_new_tokens: int) -> st
     return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
-def test_label_scoring_predictions_follow_the_best_label(sft_model_dir: Path, texts: list[str]) -> None:
+@pytest.mark.parametrize("batch_size", [4, 1])
+def test_label_scoring_predictions_follow_the_best_label(
+    sft_model_dir: Path, texts: list[str], batch_size: int
+) -> None:
+    """batch_size 1: each text is its own scored batch, of its own width, and the rows that need arguments are
+    completed together in one pass (`ScoredBatch.concat` pads the narrower ones)."""
     model, tokenizer = load_model_and_tokenizer(sft_model_dir, ModelConfig(), for_training=False)
     builder = PromptBuilder.from_model_dir(sft_model_dir)
-    predictor = LabelScoringPredictor(model, tokenizer, builder, batch_size=4, max_new_tokens=6, progress=False)
+    predictor = LabelScoringPredictor(
+        model, tokenizer, builder, batch_size=batch_size, max_new_tokens=6, progress=False
+    )
     scores = torch.tensor(predictor.score(texts))
     predictions = predictor.predict(texts)
     prompts = chat_prompts(tokenizer, builder, texts)
@@ -202,10 +270,10 @@ def test_label_scoring_predictions_follow_the_best_label(sft_model_dir: Path, te
         assert prediction.latency_s is not None and prediction.latency_s > 0
         if builder.catalog.get(best).parameters:
             # arguments: the likeliest opening token after the prompt and the chosen name, then plain greedy
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + predictor.name_ids[label]
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + list(predictor.paths[label].tokens)
             with torch.inference_mode():
                 logits = model(torch.tensor([ids])).logits[0, -1]
-            openers = torch.tensor(predictor.openers[label])
+            openers = torch.tensor(predictor.paths[label].openers)
             first = int(openers[logits[openers].argmax()])
             rest = _plain_generate(model, tokenizer, [*ids, first], 5)
             assert prediction.raw == best + tokenizer.decode([first]) + rest
@@ -214,7 +282,38 @@ def test_label_scoring_predictions_follow_the_best_label(sft_model_dir: Path, te
         else:
             # no arguments to fill: the answer is complete without generating
             assert (prediction.raw, prediction.call, prediction.intent) == (f"{best}()", f"{best}()", best)
-    assert with_arguments > 0
+    assert with_arguments > (1 if batch_size == 1 else 0)  # batch 1: rows of several batches completed together
+
+
+@pytest.mark.parametrize("compact_share", [4, 1])
+def test_greedy_tails_equal_generate_while_stopped_rows_leave_the_batch(
+    sft_model_dir: Path, texts: list[str], compact_share: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compact_share 4: a row that stops leaves the batch at once (1 of 4 rows); 1: stopped rows stay until all stop,
+    their further tokens ignored."""
+    monkeypatch.setattr(decoding, "COMPACT_SHARE", compact_share)
+    model, tokenizer = load_model_and_tokenizer(sft_model_dir, ModelConfig(), for_training=False)
+    builder = PromptBuilder.from_model_dir(sft_model_dir)
+    sequences = tokenize_prompts(tokenizer, builder, texts)
+    prefix = PrefixCache.shared_by(model, sequences)
+    assert prefix is not None
+    ids, mask = assemble(sequences, prefix.ids, tokenizer.pad_token_id)
+    ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
+    eos = stop_token_ids(model, tokenizer)
+    reference = greedy_continue(model, ids_t, mask_t, 12, tokenizer.pad_token_id, eos, prefix.expand(len(texts)))
+    expanded = [(k.expand(len(texts), -1, -1, -1), v.expand(len(texts), -1, -1, -1)) for k, v in prefix.layers]
+    tails = greedy_tails(model, ids_t, mask_t, 12, eos, expanded)
+    expected = []
+    for row in reference.tolist():
+        stops = [i for i, t in enumerate(row) if t in eos]
+        expected.append(row[: stops[0] + 1] if stops else row)
+    assert tails == expected
+    assert len({len(t) for t in tails}) > 1  # rows stopped at different steps: the batch did shrink
+    # the first token restricted per row (an empty set leaves a row free)
+    first = [[], [tokenizer.convert_tokens_to_ids("(")], [], []][: len(texts)]
+    restricted = greedy_tails(model, ids_t, mask_t, 3, eos, expanded, first)
+    assert greedy_tails(model, ids_t, mask_t, 12, eos, []) == expected  # nothing cached: every token is fed
+    assert restricted[1][0] == first[1][0] and restricted[0] == expected[0][:3]
 
 
 def test_batched_generation_equals_one_by_one(loaded, texts: list[str]) -> None:
@@ -290,6 +389,11 @@ def test_shared_prefix_layout() -> None:
     ids, mask = assemble([[1, 2, 3, 4], [1, 2, 5]], [1, 2], pad_id=0)
     assert ids == [[1, 2, 3, 4], [1, 2, 0, 5]]
     assert mask == [[1, 1, 1, 1], [1, 1, 0, 1]]
+    ids_t, mask_t = assemble_tensors([[1, 2, 3, 4], [1, 2, 5]], [1, 2], 0, "cpu")
+    assert ids_t.tolist() == ids and mask_t.tolist() == mask
+    with pytest.raises(ValueError, match="sequence 1 does not extend"):
+        assemble_tensors([[1, 2, 3], [7, 2, 3]], [1, 2], 0, "cpu")
+    assert common_prefix_length([[5, 1, 2, 9], [5, 1, 2, 7, 7], [5, 1, 3, 0], [5, 1, 2, 0]]) == 2  # not in order
     with pytest.raises(ValueError, match="sequence 1 does not extend"):
         assemble([[1, 2, 3], [7, 2, 3]], [1, 2], pad_id=0)
 

@@ -123,11 +123,6 @@ def _model(cfg: RunConfig) -> list[str]:
                 f"model__tiny_num_heads: model__tiny_hidden_size={model.tiny_hidden_size} is not divisible by "
                 f"{model.tiny_num_heads} heads"
             )
-        if model.tiny_copy_tokens and cfg.evaluation.decoding == "label_scoring":
-            found.append(
-                "model__tiny_copy_tokens: the tiny tokenizer then writes `intent(` as one token, which label scoring "
-                "cannot split into name and opening bracket; set it false or use evaluation__decoding=generate"
-            )
         if model.tiny_num_heads % model.tiny_num_kv_heads:
             found.append(
                 f"model__tiny_num_kv_heads: model__tiny_num_heads={model.tiny_num_heads} is not divisible by "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from intentops.evaluation.predictors import chat_prompts
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix is not worth a separate forward pass
+# greedy_tails drops stopped rows once they are at least 1 / COMPACT_SHARE of the batch (each drop copies the cache).
+COMPACT_SHARE = 4
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool = True) -> list[list[int]]:
@@ -45,9 +48,10 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     if not sequences:
         return 0
     limit = min(len(s) for s in sequences) - 1
-    first = sequences[0]
+    # what every sequence shares is what the lexicographically first and last share (compared in C, not per token)
+    first, last = min(map(list, sequences)), max(map(list, sequences))
     length = 0
-    while length < limit and all(s[length] == first[length] for s in sequences):
+    while length < limit and first[length] == last[length]:
         length += 1
     return max(length, 0)
 
@@ -74,6 +78,27 @@ def assemble(
             raise ValueError(f"sequence {index} does not extend the shared prefix of {n} tokens")
     ids, mask = left_pad([s[n:] for s in sequences], pad_id)
     return [list(prefix_ids) + row for row in ids], [[1] * n + row for row in mask]
+
+
+def assemble_tensors(
+    sequences: Sequence[Sequence[int]], prefix_ids: Sequence[int], pad_id: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`assemble` as (rows, T) tensors on `device`; the shared prefix is converted once, not once per row."""
+    import torch
+
+    n = len(prefix_ids)
+    for index, sequence in enumerate(sequences):
+        if len(sequence) <= n or list(sequence[:n]) != list(prefix_ids):
+            raise ValueError(f"sequence {index} does not extend the shared prefix of {n} tokens")
+    ids, mask = left_pad([s[n:] for s in sequences], pad_id)
+    rows = len(sequences)
+    head = torch.tensor(list(prefix_ids), dtype=torch.long, device=device).expand(rows, n)
+    input_ids = torch.cat([head, torch.tensor(ids, dtype=torch.long, device=device)], dim=1)
+    attention = torch.cat(
+        [torch.ones(rows, n, dtype=torch.long, device=device), torch.tensor(mask, dtype=torch.long, device=device)],
+        dim=1,
+    )
+    return input_ids, attention
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -203,6 +228,146 @@ def greedy_continue(
             **kwargs,
         )
     return generated[:, input_ids.shape[1] :]
+
+
+@cache
+def _append_layer_class() -> type:
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class AppendLayer(DynamicLayer):
+        """A DynamicLayer with room to grow: a new position is written in place, where DynamicLayer concatenates
+        (copies) the whole cache at every step; rows leave with `batch_select_indices` as usual."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
+            super().__init__()
+            self.length = keys.shape[-2]
+            self.buffers = []
+            for tensor in (keys, values):
+                buffer = tensor.new_empty(*tensor.shape[:-2], self.length + spare, tensor.shape[-1])
+                buffer[..., : self.length, :] = tensor
+                self.buffers.append(buffer)
+            self.device, self.is_initialized = keys.device, True
+            self._view()
+
+        def _view(self) -> None:
+            self.keys, self.values = (buffer[..., : self.length, :] for buffer in self.buffers)
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            end = self.length + key_states.shape[-2]
+            if end > self.buffers[0].shape[-2]:  # out of room: grow (a copy, as DynamicLayer makes every step)
+                self.buffers = [
+                    torch.cat([b, b.new_empty(*b.shape[:-2], end - b.shape[-2], b.shape[-1])], dim=-2)
+                    for b in self.buffers
+                ]
+            for buffer, states in zip(self.buffers, (key_states, value_states), strict=True):
+                buffer[..., self.length : end, :] = states
+            self.length = end
+            self._view()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.buffers = [buffer[indices, ...] for buffer in self.buffers]
+            self._view()
+
+    return AppendLayer
+
+
+def growing_cache(
+    model: PreTrainedModel, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], spare: int
+) -> DynamicCache:
+    """A cache holding `layers` with room for `spare` more positions per layer written in place (full-attention
+    layers; any other kind is filled as `make_cache` does)."""
+    from transformers.cache_utils import DynamicLayer
+
+    result = make_cache(model, None)
+    append = _append_layer_class()
+    for index, (keys, values) in enumerate(layers):
+        if index < len(result.layers) and type(result.layers[index]) is DynamicLayer:
+            result.layers[index] = append(keys, values, spare)
+        elif index < len(result.layers):
+            result.layers[index].update(keys, values)
+        else:
+            return make_cache(model, layers)
+    return result
+
+
+def greedy_tails(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    cached_layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    first_allowed: Sequence[Sequence[int]] | None = None,
+) -> list[list[int]]:
+    """Greedy new tokens per row (ending with the stop token when one came), `generate`'s answers without its
+    per-step overhead: the cache grows in place, and rows that have stopped leave the batch, so a step costs what
+    the rows still writing cost.
+
+    `cached_layers` (per layer (keys, values)) hold a leading part of the laid-out rows; `first_allowed[row]`
+    restricts the row's first token (empty: free). Used where no logits processor follows the rows' own states
+    (label scoring's argument completion).
+    """
+    import torch
+
+    rows = input_ids.shape[0]
+    tails: list[list[int]] = [[] for _ in range(rows)]
+    if rows == 0 or max_new_tokens < 1:
+        return tails
+    stop = torch.tensor(list(eos_ids), device=input_ids.device)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cached = cached_layers[0][0].shape[-2] if cached_layers else 0
+    cache = growing_cache(model, cached_layers, input_ids.shape[1] - cached + max_new_tokens)
+    active = torch.arange(rows, device=input_ids.device)
+    with torch.inference_mode():
+        out = model(
+            input_ids=input_ids[:, cached:],
+            attention_mask=attention_mask,
+            position_ids=positions[:, cached:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1]
+        if first_allowed is not None:
+            keep = torch.zeros_like(logits, dtype=torch.bool)
+            for row, tokens in enumerate(first_allowed):
+                keep[row, list(tokens) if tokens else slice(None)] = True
+            logits = logits.masked_fill(~keep, float("-inf"))
+        position = positions[:, -1]
+        writing = torch.ones(rows, dtype=torch.bool, device=input_ids.device)  # per active row: not stopped yet
+        # the decode steps' additive 4D mask, with room for every new column (0: attend), so the model takes it as
+        # is instead of building one from the 2D mask at every step
+        width = attention_mask.shape[1]
+        additive = torch.zeros(rows, 1, 1, width + max_new_tokens, dtype=model.dtype, device=input_ids.device)
+        additive[:, 0, 0, :width].masked_fill_(attention_mask == 0, torch.finfo(model.dtype).min)
+        for step in range(max_new_tokens):
+            chosen = logits.argmax(dim=-1)
+            for row, token, live in zip(active.tolist(), chosen.tolist(), writing.tolist(), strict=True):
+                if live:
+                    tails[row].append(token)
+            writing &= ~torch.isin(chosen, stop)
+            stopped = len(active) - int(writing.sum())
+            if step == max_new_tokens - 1 or stopped == len(active):
+                break
+            if stopped * COMPACT_SHARE >= len(active):  # compacting copies the cache: only once enough have stopped
+                kept = writing.nonzero().squeeze(1)
+                active, chosen, position, additive = active[kept], chosen[kept], position[kept], additive[kept]
+                writing = writing[kept]
+                for layer in cache.layers:
+                    layer.batch_select_indices(kept)
+            width += 1
+            position = position + 1
+            out = model(
+                input_ids=chosen[:, None],
+                attention_mask=additive[..., :width],
+                position_ids=position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
+    return tails
 
 
 def greedy_generate(

@@ -1,39 +1,39 @@
 """Label scoring: rank every catalog label by how likely the model is to answer with it, then fill in arguments.
 
-A label is scored on what a trained model writes for it: the bare name's tokens, then one token that opens the
-argument list. Byte-level BPE merges the bracket with what follows (`()`, `(Grandma`, `();`), so that last token is not
-one fixed id: it is the probability mass of every token that begins with `(` (intents with parameters) or `()`
-(parameterless intents and `uncertain`). All labels are scored in ONE forward pass per batch: each row holds its
-prompt followed by the labels' token trie, and a 4D attention mask lets every trie node see the prompt and its own
-ancestors only, so each label is scored exactly as if it were appended alone while shared prefixes (`music_`) and
-the prompt's cache are computed once.
+A label is scored on what a trained model writes for it (`intentops.evaluation.label_paths`): the tokens every answer
+for the label begins with, then, where the argument bracket merges with what follows (`(Grandma`, `()`), the
+probability mass of every token that begins with the rest of the label's answer prefix. With the tiny profile's copy
+tokens `name(` is one token and nothing is left to sum over. All labels are scored in ONE forward pass per batch:
+each row holds its prompt followed by the labels' token trie, and a 4D attention mask lets every trie node see the
+prompt and its own ancestors only, so each label is scored exactly as if it were appended alone while shared prefixes
+(`music_`) and the prompt's cache are computed once.
 
 Two normalisations: `vocabulary` takes each token's probability against the whole vocabulary (the model's own
 probability of the label); `catalog` against only the tokens some label can take at that point, i.e. the
 distribution a decoder constrained to the catalog chooses from. `catalog` projects the hidden states onto just those
 rows of the output head, and drops trie nodes where only one continuation is possible, which is most of the cost.
+Two rankings: the sum of the label's log-probabilities, or their mean per scored token (lowest perplexity).
 
 The best label wins, a softmax over the label scores is its confidence, and only intents that take parameters get a
-short greedy `generate` (optionally grammar-constrained), continuing from the prompt cache after the chosen name.
+short greedy `generate` (optionally grammar-constrained), continuing from the prompt cache after the label's path.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from transformers import LogitsProcessor
 
 from intentops.catalog import UNCERTAIN_INTENT
 from intentops.evaluation.decoding import (
     PrefixCache,
-    assemble,
+    assemble_tensors,
     greedy_continue,
+    greedy_tails,
     left_pad,
     make_cache,
     plan_batches,
@@ -42,127 +42,18 @@ from intentops.evaluation.decoding import (
     stop_token_ids,
     tokenize_prompts,
 )
+from intentops.evaluation.label_paths import NO_ARGUMENTS, LabelPath, LabelTrie, label_paths
 from intentops.evaluation.predictors import Prediction, Predictor, prediction_from_completion
 from intentops.prompting import PromptBuilder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-log = logging.getLogger(__name__)
+    from intentops.evaluation.constrained import ByteState
 
 Normalization = Literal["vocabulary", "catalog"]
-_PROBE_USER_TEXT = "probe"
-OPEN_ARGUMENTS, NO_ARGUMENTS = "(", "()"
-
-
-def label_name_ids(tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, names: Sequence[str]) -> list[list[int]]:
-    """Token ids of each label name exactly as they follow the generation prompt.
-
-    BPE may merge across the prompt/answer boundary, so each name is tokenized after a real rendered prompt and the
-    prompt's own tokens are stripped; only if the prompt tokens are not a prefix (a merge did happen) is the name
-    tokenized on its own.
-    """
-    probe = tokenizer.apply_chat_template(
-        builder.messages(_PROBE_USER_TEXT), add_generation_prompt=True, tokenize=False
-    )
-    base = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    result = []
-    for name in names:
-        joint = tokenizer(probe + name, add_special_tokens=False)["input_ids"]
-        if joint[: len(base)] == base and len(joint) > len(base):
-            result.append(joint[len(base) :])
-        else:
-            log.debug("label %r merges with the prompt when tokenized; scoring its standalone tokens", name)
-            result.append(tokenizer(name, add_special_tokens=False)["input_ids"])
-        if not result[-1]:
-            raise ValueError(f"label {name!r} tokenizes to nothing")
-    return result
-
-
-def tokens_starting_with(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Every ordinary token whose text begins with `text` (special tokens excluded; added non-special tokens, such
-    as the tiny tokenizer's whole-word call tokens, are ordinary text the model can emit)."""
-    special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
-    skip = set(tokenizer.all_special_ids) | special
-    ids = sorted(i for i in tokenizer.get_vocab().values() if i not in skip)
-    texts = tokenizer.batch_decode([[i] for i in ids])
-    found = [i for i, piece in zip(ids, texts, strict=True) if piece.startswith(text)]
-    if not found:
-        raise ValueError(f"no token of the vocabulary begins with {text!r}")
-    return found
-
-
-@dataclass(frozen=True)
-class LabelTrie:
-    """The labels as a token trie over the answer, and the edges a label's score adds up.
-
-    `nodes` are the token prefixes fed to the model after the prompt (each stands for its last token). A scoring
-    position is 0 for the prompt's last token, p > 0 for node p - 1. `edges[e] = (position, tokens)`: the log of the
-    probability mass of `tokens` at that position; `paths[label]` lists the label's edges, name tokens first, then its
-    argument-opening set. Shared prefixes share edges.
-    """
-
-    nodes: tuple[tuple[int, ...], ...]
-    edges: tuple[tuple[int, tuple[int, ...]], ...]
-    paths: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def build(cls, names: Sequence[Sequence[int]], openers: Sequence[Sequence[int]]) -> LabelTrie:
-        """The trie of label names `names[l]`, each followed by one token of the set `openers[l]`."""
-        nodes: dict[tuple[int, ...], int] = {}
-        for ids in names:
-            if not ids:
-                raise ValueError("a label name has no tokens")
-            for end in range(1, len(ids) + 1):
-                nodes.setdefault(tuple(ids[:end]), len(nodes))
-        edges: dict[tuple[int, tuple[int, ...]], int] = {}
-        paths = []
-        for ids, opener in zip(names, openers, strict=True):
-            path = []
-            for end in range(len(ids) + 1):
-                position = 1 + nodes[tuple(ids[:end])] if end else 0
-                tokens = (ids[end],) if end < len(ids) else tuple(sorted(set(opener)))
-                path.append(edges.setdefault((position, tokens), len(edges)))
-            paths.append(tuple(path))
-        return cls(tuple(nodes), tuple(edges), tuple(paths))
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.paths)
-
-    def lengths(self) -> list[int]:
-        """Tokens each label's score covers (its name plus the opening token)."""
-        return [len(path) for path in self.paths]
-
-    def allowed(self, position: int) -> list[int]:
-        """Every token some label takes at `position`."""
-        return sorted({t for p, tokens in self.edges if p == position for t in tokens})
-
-    def for_catalog(self) -> LabelTrie:
-        """The same scores under catalog normalisation with less work: a position where only one edge leaves has
-        probability 1 there, so its edge is dropped, and nodes that neither score nor lead to a scoring node go too."""
-        edges_at: dict[int, int] = {}
-        for position, _ in self.edges:
-            edges_at[position] = edges_at.get(position, 0) + 1
-        kept_edges = [e for e, (position, _) in enumerate(self.edges) if edges_at[position] > 1]
-        scoring = {self.nodes[position - 1] for e in kept_edges if (position := self.edges[e][0]) > 0}
-        nodes = [node for node in self.nodes if any(s[: len(node)] == node for s in scoring)]
-        new_position = {0: 0, **{1 + self.nodes.index(node): 1 + i for i, node in enumerate(nodes)}}
-        renumber = {e: i for i, e in enumerate(kept_edges)}
-        edges = tuple((new_position[self.edges[e][0]], self.edges[e][1]) for e in kept_edges)
-        paths = tuple(tuple(renumber[e] for e in path if e in renumber) for path in self.paths)
-        return LabelTrie(tuple(nodes), edges, paths)
-
-    def tokens(self) -> list[int]:
-        """The token each node feeds to the model."""
-        return [node[-1] for node in self.nodes]
-
-    def depths(self) -> list[int]:
-        return [len(node) - 1 for node in self.nodes]
-
-    def ancestry(self) -> list[list[bool]]:
-        """ancestry[n][m]: node m is node n or one of its ancestors, i.e. what node n may attend to."""
-        return [[n_prefix[: len(m_prefix)] == m_prefix for m_prefix in self.nodes] for n_prefix in self.nodes]
+# Rows waiting for argument completion are completed together once this many batches' worth have been scored.
+COMPLETION_POOL = 4
 
 
 @dataclass
@@ -173,6 +64,56 @@ class ScoredBatch:
     input_ids: torch.Tensor  # (rows, T) `[prefix][pad][suffix]`
     attention_mask: torch.Tensor  # (rows, T)
     prompt_layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) of those T positions
+
+    def select(self, rows: Sequence[int]) -> ScoredBatch:
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        return ScoredBatch(
+            self.scores[index.cpu()],
+            self.input_ids[index],
+            self.attention_mask[index],
+            [(keys[index], values[index]) for keys, values in self.prompt_layers],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[ScoredBatch], n_prefix: int, pad_id: int) -> ScoredBatch:
+        """The rows of several batches as one: narrower rows get masked padding after the shared prefix, where each
+        batch already has its own, so every row keeps its positions and sees the same tokens."""
+        width = max(part.input_ids.shape[1] for part in parts)
+
+        def widen(tensor: torch.Tensor, dim: int, gap: int, fill: int) -> torch.Tensor:
+            if not gap:
+                return tensor
+            shape = list(tensor.shape)
+            shape[dim] = gap
+            head, tail = tensor.split([n_prefix, tensor.shape[dim] - n_prefix], dim=dim)
+            return torch.cat([head, tensor.new_full(shape, fill), tail], dim=dim)
+
+        gaps = [width - part.input_ids.shape[1] for part in parts]
+        return ScoredBatch(
+            torch.cat([part.scores for part in parts]),
+            torch.cat([widen(p.input_ids, 1, gap, pad_id) for p, gap in zip(parts, gaps, strict=True)]),
+            torch.cat([widen(p.attention_mask, 1, gap, 0) for p, gap in zip(parts, gaps, strict=True)]),
+            [
+                tuple(
+                    torch.cat(
+                        [widen(p.prompt_layers[layer][kv], 2, gap, 0) for p, gap in zip(parts, gaps, strict=True)]
+                    )
+                    for kv in (0, 1)
+                )
+                for layer in range(len(parts[0].prompt_layers))
+            ],
+        )
+
+
+@dataclass
+class _Waiting:
+    """Rows of one scored batch that still need their arguments, and what their predictions carry."""
+
+    scored: ScoredBatch
+    indices: list[int]
+    best: list[int]
+    confidences: list[float]
+    latency_s: float
 
 
 def _trie_attention(
@@ -248,9 +189,7 @@ def score_label_batch(
     """
     device = model.device
     n_prefix = len(prefix) if prefix is not None else 0
-    ids, mask = assemble(sequences, prefix_ids(prefix), pad_id)
-    input_ids = torch.tensor(ids, device=device)
-    attention = torch.tensor(mask, device=device)
+    input_ids, attention = assemble_tensors(sequences, prefix_ids(prefix), pad_id, device)
     rows, width = input_ids.shape
     n_suffix, n_nodes = width - n_prefix, len(trie.nodes)
     additive, positions = _trie_attention(model, attention, n_prefix, trie)
@@ -281,23 +220,6 @@ def score_label_batch(
             scores = scores.index_add(1, label, edge_logp[:, edge])
         prompt_layers = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in out.past_key_values.layers]
     return ScoredBatch(scores.cpu(), input_ids, attention, prompt_layers)
-
-
-class FirstTokenProcessor(LogitsProcessor):
-    """Restricts each row's first generated token to its own set (the opening tokens its label was scored on)."""
-
-    def __init__(self, allowed: Sequence[Sequence[int]]) -> None:
-        self.allowed = allowed
-        self.first_call = True
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if not self.first_call:
-            return scores
-        self.first_call = False
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        for row, tokens in enumerate(self.allowed):
-            keep[row, list(tokens)] = True
-        return scores.masked_fill(~keep, float("-inf"))
 
 
 class LabelScoringPredictor(Predictor):
@@ -343,10 +265,8 @@ class LabelScoringPredictor(Predictor):
         self.takes_arguments = [
             label != UNCERTAIN_INTENT and bool(builder.catalog.get(label).parameters) for label in self.labels
         ]
-        self.name_ids = label_name_ids(tokenizer, builder, self.names)
-        opening = {text: tokens_starting_with(tokenizer, text) for text in (OPEN_ARGUMENTS, NO_ARGUMENTS)}
-        self.openers = [opening[OPEN_ARGUMENTS if args else NO_ARGUMENTS] for args in self.takes_arguments]
-        self.full_trie = LabelTrie.build(self.name_ids, self.openers)
+        self.paths: list[LabelPath] = label_paths(tokenizer, builder, self.names, self.takes_arguments, self.labels)
+        self.full_trie = LabelTrie.build([p.tokens for p in self.paths], [p.openers for p in self.paths])
         self.trie = self.full_trie.for_catalog() if normalization == "catalog" else self.full_trie
         self.eos_ids = stop_token_ids(model, tokenizer)
         self.grammar = None
@@ -389,11 +309,16 @@ class LabelScoringPredictor(Predictor):
     def _ranked(self, scores: torch.Tensor) -> torch.Tensor:
         if not self.length_normalized:
             return scores
-        return scores / torch.tensor(self.full_trie.lengths(), dtype=scores.dtype)
+        return scores / torch.tensor([path.steps for path in self.paths], dtype=scores.dtype)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Score each batch; rows whose label takes arguments wait until COMPLETION_POOL batches' worth have been
+        scored and are completed together: a greedy step costs a fixed overhead plus its rows, so fewer, fuller
+        completion passes are cheaper (rows that stopped leave the pass)."""
         sequences, prefix = self._prepare(texts)
+        n_prefix = len(prefix) if prefix is not None else 0
         results: list[Prediction | None] = [None] * len(texts)
+        waiting: list[_Waiting] = []
         with progress_bar(len(texts), "label scoring", self.progress) as bar:
             for batch in plan_batches([len(s) for s in sequences], self.batch_size):
                 start = time.perf_counter()
@@ -401,17 +326,64 @@ class LabelScoringPredictor(Predictor):
                 ranked = self._ranked(scored.scores)
                 best = ranked.argmax(dim=1).tolist()
                 confidences = ranked.softmax(dim=1).max(dim=1).values.tolist()
-                completions = self._complete(scored, best)
-                latency = time.perf_counter() - start
-                for row, index in enumerate(batch):
-                    results[index] = prediction_from_completion(
-                        self.builder, texts[index], completions[row], confidence=confidences[row], latency_s=latency
+                need = [row for row, b in enumerate(best) if self.takes_arguments[b]]
+                if need:
+                    picked = scored.select(need)
+                    waiting.append(
+                        _Waiting(
+                            picked,
+                            [batch[r] for r in need],
+                            [best[r] for r in need],
+                            [confidences[r] for r in need],
+                            0.0,
+                        )
                     )
-                bar.update(len(batch))
+                latency = time.perf_counter() - start
+                if need:
+                    waiting[-1].latency_s = latency
+                for row, index in enumerate(batch):
+                    if not self.takes_arguments[best[row]]:  # complete without generating: `name()`
+                        results[index] = prediction_from_completion(
+                            self.builder,
+                            texts[index],
+                            self.names[best[row]] + NO_ARGUMENTS,
+                            confidence=confidences[row],
+                            latency_s=latency,
+                        )
+                bar.update(len(batch) - len(need))
+                if sum(len(w.indices) for w in waiting) >= COMPLETION_POOL * self.batch_size:
+                    bar.update(self._complete_waiting(waiting, texts, results, n_prefix))
+                    waiting = []
+            bar.update(self._complete_waiting(waiting, texts, results, n_prefix))
         return [r for r in results if r is not None]
 
+    def _complete_waiting(
+        self, waiting: list[_Waiting], texts: Sequence[str], results: list[Prediction | None], n_prefix: int
+    ) -> int:
+        """Complete the arguments of every waiting row in one pass; a row's latency is its batch's scoring plus it."""
+        if not waiting:
+            return 0
+        start = time.perf_counter()
+        scored = (
+            waiting[0].scored
+            if len(waiting) == 1
+            else ScoredBatch.concat([w.scored for w in waiting], n_prefix, self.pad_id)
+        )
+        completions = iter(self._complete(scored, [b for w in waiting for b in w.best]))
+        spent = time.perf_counter() - start
+        for group in waiting:
+            for index, confidence in zip(group.indices, group.confidences, strict=True):
+                results[index] = prediction_from_completion(
+                    self.builder,
+                    texts[index],
+                    next(completions),
+                    confidence=confidence,
+                    latency_s=group.latency_s + spent,
+                )
+        return sum(len(w.indices) for w in waiting)
+
     def _complete(self, scored: ScoredBatch, best: list[int]) -> list[str]:
-        """Each row's answer: the chosen label's `name()`, or its name and a greedy continuation (the arguments)."""
+        """Each row's answer: the chosen label's `name()`, or its path's text and a greedy continuation (arguments)."""
         from intentops.evaluation.constrained import CallGrammarProcessor
 
         completions = [self.names[b] + NO_ARGUMENTS for b in best]
@@ -420,18 +392,43 @@ class LabelScoringPredictor(Predictor):
             return completions
         device = self.model.device
         rows = torch.tensor(need, device=device)
-        label_rows, label_mask = left_pad([self.name_ids[best[row]] for row in need], self.pad_id)
+        paths = [self.paths[best[row]] for row in need]
+        label_rows, label_mask = left_pad([path.tokens for path in paths], self.pad_id)
         input_ids = torch.cat([scored.input_ids[rows], torch.tensor(label_rows, device=device)], dim=1)
         attention = torch.cat([scored.attention_mask[rows], torch.tensor(label_mask, device=device)], dim=1)
-        cache = make_cache(self.model, [(k[rows], v[rows]) for k, v in scored.prompt_layers])
+        layers = scored.prompt_layers
+        if len(need) < len(best):
+            layers = [(keys[rows], values[rows]) for keys, values in layers]
         if self.grammar is not None:
-            starts = [(self.grammar.grammar.after_label(self.names[best[row]]), b"") for row in need]
-            processor: LogitsProcessor = CallGrammarProcessor(self.grammar, self.max_new_tokens, starts)
-        else:  # the first token opens the argument list, as scored; the rest is free
-            processor = FirstTokenProcessor([self.openers[best[row]] for row in need])
-        tails = greedy_continue(
-            self.model, input_ids, attention, self.max_new_tokens, self.pad_id, self.eos_ids, cache, processor
-        )
-        for row, tail in zip(need, self.tokenizer.batch_decode(tails, skip_special_tokens=True), strict=True):
-            completions[row] = self.names[best[row]] + tail
+            processor = CallGrammarProcessor(
+                self.grammar, self.max_new_tokens, [self._grammar_state(path.text) for path in paths]
+            )
+            tails: Sequence[Sequence[int]] | torch.Tensor = greedy_continue(
+                self.model,
+                input_ids,
+                attention,
+                self.max_new_tokens,
+                self.pad_id,
+                self.eos_ids,
+                make_cache(self.model, layers),
+                processor,
+            )
+        else:  # the first token opens the argument list, as scored (where the path left an opening set); then free
+            tails = greedy_tails(
+                self.model, input_ids, attention, self.max_new_tokens, self.eos_ids, layers, [p.openers for p in paths]
+            )
+        for row, path, tail in zip(
+            need, paths, self.tokenizer.batch_decode(tails, skip_special_tokens=True), strict=True
+        ):
+            completions[row] = path.text + tail
         return completions
+
+    def _grammar_state(self, text: str) -> ByteState:
+        """The call grammar's state once the answer has written `text` (a label path's fixed tokens)."""
+        assert self.grammar is not None
+        state = self.grammar.start
+        for byte in text.encode("utf-8"):
+            state = self.grammar.step_byte(state, byte)
+            if state is None:
+                raise ValueError(f"the call grammar does not accept {text!r} as the start of an answer")
+        return state
