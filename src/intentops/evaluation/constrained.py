@@ -198,14 +198,19 @@ def _utf8_length(lead: int) -> int:
 
 
 def token_bytes(tokenizer: PreTrainedTokenizerBase) -> dict[int, bytes]:
-    """The bytes each ordinary token writes (special and added tokens are left out): byte-level BPE vocabularies."""
+    """The bytes each token the model may write produces: byte-level BPE vocabularies.
+
+    Special tokens write nothing. Added non-special tokens (the tiny profile's `name(` and Chinese-character tokens)
+    are stored as their text, not in the byte-level alphabet, and write that text's UTF-8.
+    """
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     byte_of = {ch: byte for byte, ch in bytes_to_unicode().items()}
-    added = set(tokenizer.get_added_vocab().values()) | set(tokenizer.all_special_ids)
-    result = {}
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if i not in special}
+    result = {token_id: text.encode("utf-8") for token_id, text in added.items()}
     for token, token_id in tokenizer.get_vocab().items():
-        if token_id in added:
+        if token_id in special or token_id in added:
             continue
         if any(ch not in byte_of for ch in token):
             raise ValueError(
