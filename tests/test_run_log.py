@@ -30,7 +30,7 @@ RAW = (
     "      0%|          | 0/7 [00:00<?, ?it/s]\r 14%|█▍        | 1/7 [00:00<00:00,  8.54it/s]"
     "[KFP Executor 2026-12-01 23:14:07,958 INFO]: sft step 7/7: mean_token_accuracy=0.0122\n"
     "    {'train_runtime': '0.234', 'train_loss': '6.21', 'epoch': '1'}\n"
-    "    \r100%|██████████| 7/7 [00:00<00:00,  8.54it/s]\n"
+    "    \r100%|██████████| 7/7 [00:00<00:00,  8.54it/s][KFP Executor 2026-12-01 23:14:07,959 INFO]: sft done\n"
     "    \r100%|██████████| 7/7 [00:00<00:00, 28.88it/s]\n"
     "    /venv/lib/python3.11/site-packages/transformers/modeling_utils.py:3312: FutureWarning: "
     "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` instead.\n"
@@ -56,10 +56,10 @@ EXPECTED = [
     "    [23:14:05] training a 400-token byte-level BPE tokenizer on 54 records",
     "    [23:14:07] sft step 7/7: mean_token_accuracy=0.0122",
     "    100%|██████████| 7/7 [00:00<00:00,  8.54it/s]",
+    "    [23:14:07] sft done",
     "    /work/src/mine.py:10: UserWarning: something new",
     "      warn_here()",
     "    [23:14:08 WARNING] SFT model written",
-    "",
     "23:14:09.698 - INFO - Task \x1b[96m'sft-warmup'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
     "--------------------------------------------------------------------------------",
     "23:14:09.703 - INFO - Executing task \x1b[96m'grpo-stage1'\x1b[0m",

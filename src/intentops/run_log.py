@@ -48,6 +48,7 @@ KNOWN_WARNINGS = (
 _WARNING = re.compile(r"^\s*\S+:\d+: \w*Warning: ")
 _EXECUTOR_INPUT = re.compile(r"Got executor_input:\s*$")
 _EXECUTOR_LINE = re.compile(r"^(\s*)\[KFP Executor \d{4}-\d\d-\d\d (\d\d:\d\d:\d\d),\d+ (\w+)\]: ")
+_NEW_TASK = re.compile(r" - INFO - Executing task ")
 _TASK_OUTPUTS = re.compile(r" - INFO - Task .* outputs:\s*$")
 _BAR = re.compile(
     r"^(?P<indent>\s*)(?P<desc>[^|\r]*?)\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[[^\]]*\]"
@@ -63,8 +64,7 @@ class ConsoleFilter:
         self._json_next = False  # the executor input's opening brace comes next
         self._skip_indented = False
         self._skip_warning_context = False
-        self._bars_shown: set[tuple[str, str]] = set()  # complete bars shown since the last text line
-        self._blank = False
+        self._bars_shown: set[tuple[str, str]] = set()  # complete bars shown in the current task
 
     def feed(self, line: str) -> list[str]:
         """The console lines for one raw line (without its newline): none, it, or its parts."""
@@ -85,7 +85,7 @@ class ConsoleFilter:
         return self._line(text)
 
     def _bar(self, bar: re.Match[str], indent: str) -> list[str]:
-        """A progress bar is shown once, complete; tqdm's second complete copy of the same bar (on close) is not."""
+        """A progress bar is shown once per task, complete (tqdm draws the last state again when it closes)."""
         if bar.group("n") != bar.group("total"):
             return []
         key = (bar.group("desc").strip(), bar.group("total"))
@@ -124,12 +124,9 @@ class ConsoleFilter:
         if any(pattern.search(text) for pattern in DROPPED_LINES):
             return []
         if not text.strip():
-            if self._blank:
-                return []
-            self._blank = True
-            return [""]
-        self._blank = False
-        self._bars_shown.clear()
+            return []  # kfp.local's spacing and the stages' empty lines: the task separators structure the view
+        if _NEW_TASK.search(text):
+            self._bars_shown.clear()
         return [_EXECUTOR_LINE.sub(_short_prefix, text, count=1)]
 
 

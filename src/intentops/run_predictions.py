@@ -178,18 +178,28 @@ def serve_command(version: str, cli_options: Sequence[str] = ()) -> str:
     return shlex.join(parts)
 
 
+def _columns(text: str) -> int:
+    """Terminal columns of `text`: East Asian wide and full-width characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _columns(text))
+
+
 def format_predictions(report: PredictionsReport, cli_options: Sequence[str] = ()) -> list[str]:
     """The predictions section: each answer against its expected call, then the commands to call and stop it."""
     text = report.predictions[0].text if report.predictions else HANGZHOU.text
     if report.skipped and not report.predictions:
         return [f"predictions: none - {report.skipped}"]
     lines = [f"predictions through the deployed endpoint {report.endpoint} (version {report.version}):"]
-    width = max((len(p.text) for p in report.predictions), default=0)
-    width = min(width, 40)
+    width = min(40, max((_columns(p.text) for p in report.predictions), default=0))
     for p in report.predictions:
         answer = p.call if p.call is not None else f"error: {p.error}" if p.error else "(no valid call)"
         mark = "ok" if p.correct else f"expected {p.expected}"
-        lines.append(f"  {p.text:<{width}}  -> {answer:<28} {mark:<28} {p.latency_ms:>6.0f} ms")
+        lines.append(f"  {_pad(p.text, width)}  -> {_pad(answer, 28)} {_pad(mark, 34)} {p.latency_ms:>5.0f} ms")
     right = sum(p.correct for p in report.predictions)
     lines.append(f"  {right}/{len(report.predictions)} as expected")
     predict = shlex.join(["intentops", "predict", text])
