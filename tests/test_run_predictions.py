@@ -169,3 +169,18 @@ def test_examples_are_the_hangzhou_utterance_then_one_test_record_per_intent(tmp
         rp.Example("lights on", "turn_on_light()"),
     ]
     assert rp.pick_examples(test, ["play_music"], n=5)[0] == rp.Example("北京天气", "weather_search(北京)")
+
+
+def test_the_job_does_not_start_while_a_server_it_did_not_start_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    """The pipeline's local deploy step replaces the recorded server: the run stops before anything is touched."""
+    from intentops.cli import main
+
+    other = {"pid": 777, "endpoint": "http://127.0.0.1:5000", "version": "1", "model_uri": "models:/intent-detector/1"}
+    server = _LocalServer(monkeypatch, dict(other))
+    assert main(["run", "--workdir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "a local model server is running (models:/intent-detector/1 at http://127.0.0.1:5000, pid 777)" in err
+    assert "intentops serve stop" in err
+    assert server.stopped == [] and server.deployed == [] and not (tmp_path / "run").exists()

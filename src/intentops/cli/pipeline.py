@@ -54,6 +54,7 @@ def _explicit_config(args: argparse.Namespace) -> bool:
 def _run(args: argparse.Namespace) -> int:
     """Run the pipeline with the log in WORKDIR/run.log, then print the summary (also appended to the log)."""
     cfg = config_from_args(args)
+    _refuse_to_replace_a_running_server(cfg)
     workdir = Path(args.workdir).resolve()
     with run_log(workdir, full=args.full_log) as log_path:
         lines, status = _run_logged(args, cfg, workdir)
@@ -63,6 +64,21 @@ def _run(args: argparse.Namespace) -> int:
     with open(log_path, "a", encoding="utf-8") as handle:
         handle.write(text + "\n")
     return status
+
+
+def _refuse_to_replace_a_running_server(cfg: RunConfig) -> None:
+    """The pipeline's local deploy step replaces the recorded local server: stop before that server is touched."""
+    if cfg.serving.target != "local":
+        return
+    from intentops.serving.deploy import process_alive, read_local_state
+
+    state = read_local_state()
+    if state is not None and process_alive(int(state["pid"])):
+        raise PipelineError(
+            f"a local model server is running ({state.get('model_uri')} at {state.get('endpoint')}, pid "
+            f"{state['pid']}); the pipeline's local deploy step would replace it, and this run did not start it: "
+            "stop it first (intentops serve stop), or deploy elsewhere (--set serving__target=...)"
+        )
 
 
 def _run_logged(args: argparse.Namespace, cfg: RunConfig, workdir: Path) -> tuple[list[str], int]:
