@@ -138,16 +138,15 @@ def test_the_job_stops_only_the_server_it_started(
 
 
 def test_a_server_the_job_did_not_start_is_left_alone(monkeypatch: pytest.MonkeyPatch, endpoint: str, prompt_dir: Path):
-    other = {"pid": 777, "endpoint": endpoint, "version": "1", "kind": "mlflow", "prompt_dir": str(prompt_dir)}
+    other = {"pid": 777, "endpoint": endpoint, "version": "1", "model_uri": "models:/intent-detector/1"}
     server = _LocalServer(monkeypatch, dict(other))
     report = rp.serve_and_predict(RunConfig(), "2", EXAMPLES)
     assert server.deployed == [] and server.stopped == [] and server.state == other
-    assert report.predictions == [] and "did not start (pid 777, version 1)" in report.skipped
-    # The same version already served: asked through it, and still not stopped.
+    assert report.predictions == [] and "did not start (pid 777, models:/intent-detector/1)" in report.skipped
+    # Not even the same version number is asked: it may be another MLflow store's version 1.
     report = rp.serve_and_predict(RunConfig(), "1", EXAMPLES)
-    assert [p.correct for p in report.predictions] == [True, False]
-    assert server.stopped == [] and report.serving and not report.started
-    assert "this job did not start it" in "\n".join(rp.format_predictions(report))
+    assert report.predictions == [] and server.stopped == [] and server.deployed == []
+    assert "predictions: none - a local server this job did not start" in "\n".join(rp.format_predictions(report))
 
 
 def test_examples_are_the_hangzhou_utterance_then_one_test_record_per_intent(tmp_path: Path) -> None:

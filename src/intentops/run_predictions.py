@@ -4,8 +4,8 @@ The pipeline's deploy step serves the new champion only for its smoke test. Afte
 local deployment passed that test, `serve_and_predict` serves the version again exactly as a user would
 (`intentops deploy --target local --detach`: MLflow's model server behind the request limits), asks it a few
 utterances over HTTP with the client `intentops predict` uses, and stops the server again unless asked to keep it
-(`--keep-serving`). A server this job did not start is never stopped or replaced: when one is already recorded it
-is used if it serves the same version, otherwise the predictions are skipped with the reason.
+(`--keep-serving`). A server this job did not start is never stopped, replaced or asked: when one is recorded the
+predictions are skipped with the reason (`intentops run` refuses to start while one runs, so this is a guard).
 """
 
 from __future__ import annotations
@@ -134,16 +134,12 @@ def serve_and_predict(
     report = PredictionsReport(version=str(version))
     state = dp.read_local_state()
     if state is not None and dp.process_alive(int(state["pid"])):
-        report.endpoint = str(state.get("endpoint", ""))
-        if str(state.get("version")) != str(version) or not state.get("prompt_dir"):
-            report.skipped = (
-                f"a local server this job did not start (pid {state['pid']}, version {state.get('version')}) serves "
-                f"at {report.endpoint}; it was left as it is. Stop it (intentops serve stop) to see version {version}"
-            )
-            report.serving = True
-            return report
-        report.predictions = _ask(state, examples, timeout_s)
-        report.serving = True
+        # Not asked either: the recorded version number may belong to another MLflow store than this run's.
+        report.endpoint, report.serving = str(state.get("endpoint", "")), True
+        report.skipped = (
+            f"a local server this job did not start (pid {state['pid']}, {state.get('model_uri')}) serves at "
+            f"{report.endpoint}; it was left as it is. Stop it (intentops serve stop) to see version {version}"
+        )
         return report
     try:
         result = dp.deploy(cfg, version=version, target="local", record=False)
