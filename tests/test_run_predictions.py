@@ -24,7 +24,11 @@ from intentops.config import EXAMPLE_DIR, RunConfig
 from intentops.io import write_jsonl
 from intentops.serving import deploy as dp
 
-ANSWERS = {rp.HANGZHOU.text: "weather_search(杭州)", "把音量调小一点": "volume_up()"}
+ANSWERS = {
+    rp.HANGZHOU.text: "weather_search(杭州)",
+    "把音量调小一点": "volume_up()",
+    "lights": "turn the lights on",
+}
 
 
 class _Invocations(BaseHTTPRequestHandler):
@@ -37,8 +41,9 @@ class _Invocations(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["dataframe_records"][0]["text"]
-        call = ANSWERS.get(text, "")
-        reply = json.dumps({"predictions": [{"call": call, "raw": call}]}).encode()
+        raw = ANSWERS.get(text, "")
+        call = raw if "(" in raw else None  # the pyfunc's call is None when the answer does not parse
+        reply = json.dumps({"predictions": [{"call": call, "raw": raw}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
@@ -99,16 +104,18 @@ def test_predictions_go_through_the_endpoint_and_say_how_to_call_it(endpoint: st
     from intentops.serving.client import IntentClient
 
     with IntentClient(endpoint, "mlflow", builder=PromptBuilder.from_model_dir(prompt_dir)) as client:
-        rows = rp.predict_examples(client, EXAMPLES)
+        rows = rp.predict_examples(client, [*EXAMPLES, rp.Example("lights", "turn_on_light()")])
     assert [(r.call, r.valid, r.correct) for r in rows] == [
         ("weather_search(杭州)", True, True),
         ("volume_up()", True, False),
+        (None, False, False),
     ]
     report = rp.PredictionsReport(endpoint=endpoint, version="3", predictions=rows, started=True, serving=False)
     text = "\n".join(rp.format_predictions(report, ["--set", "registry__tracking_uri=sqlite:////w/mlflow.db"]))
     assert f"predictions through the deployed endpoint {endpoint} (version 3):" in text
     assert "我想去杭州玩，帮我查下天气预报" in text and "-> weather_search(杭州)" in text
-    assert "expected volume_down()" in text and "1/2 as expected" in text
+    assert "expected volume_down()" in text and "1/3 as expected" in text
+    assert '-> (not a call: "turn the lights on")' in text
     assert (
         "intentops deploy --target local --version 3 --detach --set registry__tracking_uri=sqlite:////w/mlflow.db"
         in text

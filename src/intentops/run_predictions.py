@@ -48,6 +48,7 @@ class Prediction:
     valid: bool
     latency_ms: float
     error: str = ""
+    raw: str = ""  # what the model wrote, shown when it is not a call
 
     @property
     def correct(self) -> bool:
@@ -103,7 +104,12 @@ def predict_examples(client: Any, examples: Sequence[Example]) -> list[Predictio
             continue
         rows.append(
             Prediction(
-                example.text, example.expected, answer["call"], bool(answer["valid"]), float(answer["latency_ms"])
+                example.text,
+                example.expected,
+                answer["call"],
+                bool(answer["valid"]),
+                float(answer["latency_ms"]),
+                raw=str(answer.get("raw") or ""),
             )
         )
     return rows
@@ -174,6 +180,12 @@ def serve_command(version: str, cli_options: Sequence[str] = ()) -> str:
     return shlex.join(parts)
 
 
+def _not_a_call(raw: str, limit: int = 24) -> str:
+    """An answer that is not a call, shortened: what the model wrote instead."""
+    text = " ".join(raw.split())
+    return f"(not a call: {json.dumps(text[:limit] + ('…' if len(text) > limit else ''), ensure_ascii=False)})"
+
+
 def _columns(text: str) -> int:
     """Terminal columns of `text`: East Asian wide and full-width characters take two."""
     import unicodedata
@@ -193,7 +205,7 @@ def format_predictions(report: PredictionsReport, cli_options: Sequence[str] = (
     lines = [f"predictions through the deployed endpoint {report.endpoint} (version {report.version}):"]
     width = min(40, max((_columns(p.text) for p in report.predictions), default=0))
     for p in report.predictions:
-        answer = p.call if p.call is not None else f"error: {p.error}" if p.error else "(no valid call)"
+        answer = p.call if p.call is not None else f"error: {p.error}" if p.error else _not_a_call(p.raw)
         mark = "ok" if p.correct else f"expected {p.expected}"
         lines.append(f"  {_pad(p.text, width)}  -> {_pad(answer, 28)} {_pad(mark, 34)} {p.latency_ms:>5.0f} ms")
     right = sum(p.correct for p in report.predictions)
