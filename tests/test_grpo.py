@@ -371,6 +371,23 @@ def test_thought_mode_masks_truncated_completions(
     assert (args.mask_truncated_completions, args.max_completion_length) == (masked, length)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_args_name_activation_checkpointing_without_a_deprecation_warning(
+    tmp_path: Path, checkpointing: bool
+) -> None:
+    """transformers 5 renamed `gradient_checkpointing` (the old name warns on every GRPO stage, issue 14's log)."""
+    import warnings
+
+    from intentops.training.grpo import grpo_training_args
+
+    cfg = RunConfig.from_flat({"grpo__gradient_checkpointing": checkpointing})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = grpo_training_args(cfg, tmp_path, max_steps=1, reward_weights=[1.0, 1.0, 1.0])
+    assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
+    assert args.gradient_checkpointing is checkpointing
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "reinforce_pp_baseline", "reinforce_pp", "rloo"])
 def test_trainer_advantages_follow_the_algorithm(
     tmp_path: Path, sft_model_dir: Path, small_dataset_dir: Path, grpo_config, algorithm: str, monkeypatch

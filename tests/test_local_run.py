@@ -8,6 +8,8 @@ within a few minutes on two cores; what they check is the orchestration, not mod
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import socket
@@ -97,13 +99,16 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_server_left_behind():
+def _no_server_left_behind(tmp_path_factory):
+    """The module's local servers are recorded in a cache of its own (a developer's running server is not ours to
+    see or stop); whatever a failing test leaves there is stopped."""
     from intentops.serving.deploy import read_local_state, stop_local
 
-    before = read_local_state()
-    yield
-    if read_local_state() != before:
-        stop_local()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("INTENTOPS_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+        if read_local_state() is not None:
+            stop_local()
 
 
 def _config(small_inputs: dict[str, str], gate: dict) -> object:
@@ -122,10 +127,44 @@ def _mlflow_runs(tracking_uri: str, pipeline_run_id: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def passed_run(small_inputs, workdir):
-    from intentops.cli.pipeline import run_local
+def passed_job(small_inputs, workdir) -> tuple[int, str]:
+    """`intentops run` as a user types it (gate lowered so the 1-layer model passes): exit status and console."""
+    from intentops.cli import main
 
-    return run_local(_config(small_inputs, PASS_GATE), workdir)
+    argv = ["run", "--workdir", str(workdir)]
+    for key, value in {**SMALL_KNOBS, **small_inputs, **PASS_GATE, "serving__local_port": _free_port()}.items():
+        argv += ["--set", f"{key}={value}"]
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        status = main(argv)
+    return status, console.getvalue()
+
+
+@pytest.fixture(scope="module")
+def passed_run(passed_job, workdir):
+    from intentops.cli.pipeline import summarize_run
+
+    written = json.loads((workdir / "summary.json").read_text())
+    return summarize_run(Path(written["run_dir"]), written["wall_seconds"], written["tracking_uri"])
+
+
+def test_the_job_ends_with_predictions_through_the_endpoint_and_a_readable_log(passed_job, passed_run, workdir):
+    from intentops.serving.deploy import read_local_state
+
+    status, console = passed_job
+    assert status == 0, console
+    endpoint = passed_run.deployment["endpoint"]
+    assert f"predictions through the deployed endpoint {endpoint} (version 1):" in console
+    assert "我想去杭州玩，帮我查下天气预报" in console and "as expected" in console
+    assert "intentops deploy --target local --version 1 --detach" in console and "intentops serve stop" in console
+    assert "champion/challenger: promoted version 1 to @champion, the first champion" in console
+    # The job stopped the server it started for the predictions (no --keep-serving).
+    assert "the job stopped the server it started" in console and read_local_state() is None
+    # The console is the readable view; run.log has every line, and its path is printed.
+    log = (workdir / "run.log").read_text(encoding="utf-8")
+    assert f"full log: {workdir / 'run.log'}" in console
+    assert "Got executor_input" in log and "Got executor_input" not in console
+    assert "Downloading artifacts" not in log and "is deprecated" not in log
 
 
 def test_gate_pass_branch_registers_and_deploys(passed_run, workdir):
@@ -192,6 +231,10 @@ def test_gate_fail_branch_registers_a_challenger_and_skips_deploy(passed_run, sm
     assert champion_info(cfg).version == "1"  # nothing new was promoted
     text = format_summary(summary)
     assert "gate (enabled): FAILED" in text
+    # The second run on the same work folder: compared with the champion, which stays.
+    assert "champion/challenger: kept champion v1; version 2 is registered as @challenger only" in text
+    assert "paired with champion v1 on the same 12 test records" in text
+    assert "deployment: skipped - the gate did not pass" in text and "predictions through" not in text
     assert "deploy-vllm" in text and "skipped" in text
     assert f"mlflow ui --backend-store-uri {summary.tracking_uri}" in text
 

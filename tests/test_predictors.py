@@ -628,3 +628,30 @@ def test_call_grammar_in_thought_mode_matches_the_served_template(template: str)
     for text in targets + good + broken:
         assert grammar.matches(text) == bool(pattern.fullmatch(text)), text
     assert all(grammar.matches(t) for t in targets + good) and not any(grammar.matches(t) for t in broken)
+
+
+def test_decoding_passes_the_key_value_cache_under_its_current_name(loaded, texts: list[str]) -> None:
+    """transformers 5 renamed `past_key_values` to `cache`: the old name warns once per process (issue 14's log)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    model, tokenizer, builder = loaded
+    hf_logging.warning_once.cache_clear()  # an earlier test may have had its one warning already
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            GenerationPredictor(
+                model, tokenizer, builder, batch_size=3, max_new_tokens=4, prefix_cache=True, progress=False
+            ).predict(texts)
+            LabelScoringPredictor(model, tokenizer, builder, batch_size=8, progress=False).predict(texts[:2])
+    finally:
+        hf_logger.removeHandler(handler)
+    old_name = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    old_name += [r.getMessage() for r in records if "past_key_values" in r.getMessage()]
+    assert old_name == []

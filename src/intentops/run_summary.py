@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intentops.artifacts import GATE_MD
+from intentops.run_verdict import UNDERPOWERED_NOTE, champion_version, verdict_lines
+
 EXECUTOR_OUTPUT = "executor_output.json"
 # Stage order of the summary (task names in the compiled pipeline).
 STAGES = (
@@ -44,6 +47,11 @@ class RunSummary:
     registered: dict[str, Any] = field(default_factory=dict)
     deployment: dict[str, Any] = field(default_factory=dict)
     tracking_uri: str = ""
+    # The whole gate decision (gate.json: checks, paired comparisons with the champion, detectability), the
+    # dataset folder (the test split the predictions draw on) and the gate folder (its report), when they exist.
+    decision: dict[str, Any] = field(default_factory=dict)
+    dataset_dir: str = ""
+    gate_dir: str = ""
 
     @property
     def stages_total(self) -> float:
@@ -68,16 +76,30 @@ class RunSummary:
 
 
 def task_outputs(task_dir: Path) -> dict[str, Any]:
-    """One task's executor output as {parameters, artifacts: {name: metadata}}; {} when the task did not run."""
+    """One task's executor output as {parameters, artifacts: {name: metadata}, uris: {name: folder}}; {} when the
+    task did not run."""
     path = task_dir / EXECUTOR_OUTPUT
     if not path.is_file():
         return {}
     raw = json.loads(path.read_text(encoding="utf-8"))
-    artifacts = {
-        name: (block.get("artifacts") or [{}])[0].get("metadata", {})
-        for name, block in (raw.get("artifacts") or {}).items()
+    first = {name: (block.get("artifacts") or [{}])[0] for name, block in (raw.get("artifacts") or {}).items()}
+    return {
+        "parameters": raw.get("parameterValues") or {},
+        "artifacts": {name: artifact.get("metadata", {}) for name, artifact in first.items()},
+        "uris": {name: str(artifact.get("uri", "")) for name, artifact in first.items()},
     }
-    return {"parameters": raw.get("parameterValues") or {}, "artifacts": artifacts}
+
+
+def _gate_decision(gate_dir: str) -> dict[str, Any]:
+    """gate.json of the gate's output folder; {} when there is none (the gate did not run, or another layout)."""
+    from intentops.artifacts import ArtifactMissingError, GateResult
+
+    if not gate_dir:
+        return {}
+    try:
+        return GateResult(gate_dir).decision()
+    except (ArtifactMissingError, ValueError):
+        return {}
 
 
 def summarize_run(run_dir: Path, wall_seconds: float, tracking_uri: str) -> RunSummary:
@@ -90,6 +112,7 @@ def summarize_run(run_dir: Path, wall_seconds: float, tracking_uri: str) -> RunS
             stage_seconds[stage] = float(max(seconds))
     artifacts = {stage: out.get("artifacts", {}) for stage, out in outputs.items()}
     gate = dict(artifacts["gate"].get("decision", {}))
+    gate_dir = outputs["gate"].get("uris", {}).get("decision", "")
     if "Output" in outputs["gate"].get("parameters", {}):
         gate["passed"] = bool(outputs["gate"]["parameters"]["Output"])
     return RunSummary(
@@ -103,6 +126,9 @@ def summarize_run(run_dir: Path, wall_seconds: float, tracking_uri: str) -> RunS
         registered=dict(artifacts["register-model"].get("registered", {})),
         deployment=dict(artifacts["deploy-vllm"].get("endpoint", {})),
         tracking_uri=tracking_uri,
+        decision=_gate_decision(gate_dir),
+        dataset_dir=outputs["validate-dataset"].get("uris", {}).get("dataset", ""),
+        gate_dir=gate_dir,
     )
 
 
@@ -110,6 +136,35 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def deployment_lines(summary: RunSummary) -> list[str]:
+    """The deployment, or why there is none and what to do about it."""
+    dep = summary.deployment
+    if dep:
+        stopped = " - stopped after the smoke test" if dep.get("stopped_after_smoke_test") else ""
+        return [
+            f"deployment: {dep.get('target')} {dep.get('endpoint')} version {dep.get('version')}, smoke test "
+            f"{dep.get('smoke_valid_share', 0):.0%} valid{stopped}"
+        ]
+    if "deploy-vllm" not in summary.skipped:
+        return []
+    if summary.gate.get("passed") is False:
+        report = f"{summary.gate_dir}/{GATE_MD}" if summary.gate_dir else "the gate report"
+        lines = [
+            "deployment: skipped - the gate did not pass, so this candidate is not served (no predictions)",
+            f"  what to do: read why in {report}; train more (e.g. --set sft__epochs=...) or on more data and run",
+            "  again; to try the serving half with this model anyway, run with --set gate__mode=dry_run (records the",
+            "  failures and promotes regardless: for a demo, never for production)",
+        ]
+        champion = champion_version(summary.decision)
+        if champion:
+            lines.append(
+                f"  the champion v{champion} is unchanged; serve it: intentops deploy --target local --alias champion "
+                f"--detach --set registry__tracking_uri={summary.tracking_uri}"
+            )
+        return lines
+    return ["deployment: skipped (the deploy step did not run; its task folder holds no output)"]
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -137,7 +192,14 @@ def format_summary(summary: RunSummary) -> str:
         )
     if summary.gate:
         verdict = "PASSED" if summary.gate.get("passed") else "FAILED"
-        lines.append(f"gate ({summary.gate.get('mode', '?')}): {verdict} - {summary.gate.get('reasons', '')}")
+        reasons = str(summary.gate.get("reasons", ""))
+        if summary.decision:  # the failed checks are listed under the verdict: here only the gate's notes
+            failed = set(summary.decision.get("failed") or [])
+            notes = [str(r) for r in summary.decision.get("reasons") or [] if r not in failed]
+            # The detectability warnings are summarised under the paired comparisons.
+            reasons = "; ".join(r for r in notes if not r.startswith(UNDERPOWERED_NOTE))
+        lines.append(f"gate ({summary.gate.get('mode', '?')}): {verdict} - {reasons}")
+    lines += verdict_lines(summary.decision, summary.registered, summary.gate.get("passed"))
     reg = summary.registered
     if reg:
         lines.append(
@@ -146,15 +208,7 @@ def format_summary(summary: RunSummary) -> str:
         )
     else:
         lines.append("registry: nothing registered (the gate did not pass)")
-    dep = summary.deployment
-    if dep:
-        stopped = " - stopped after the smoke test" if dep.get("stopped_after_smoke_test") else ""
-        lines.append(
-            f"deployment: {dep.get('target')} {dep.get('endpoint')} version {dep.get('version')}, smoke test "
-            f"{dep.get('smoke_valid_share', 0):.0%} valid{stopped}"
-        )
-        if dep.get("target") == "local":
-            lines.append('  serve it: intentops deploy --target local   then: intentops predict "..."')
+    lines += deployment_lines(summary)
     lines += [
         f"look: {mlflow_ui_command(summary.tracking_uri)}",
         f"      pipeline outputs: {summary.run_dir}",

@@ -26,7 +26,9 @@ from intentops.cli.pipeline_build import (
 from intentops.cli.pipeline_cluster import cron_expression, schedule_retraining, submit_run
 from intentops.cli.pipeline_local import DEFAULT_WORKDIR, execute_local, retrain_check, run_local
 from intentops.config import RunConfig
-from intentops.run_summary import STAGES, format_summary, mlflow_ui_command, summarize_run
+from intentops.run_log import run_log
+from intentops.run_predictions import predictions_section
+from intentops.run_summary import STAGES, RunSummary, format_summary, mlflow_ui_command, summarize_run
 
 # Names other code imports from here (tests, bench): the pipeline CLI's public surface.
 __all__ = [
@@ -50,20 +52,68 @@ def _explicit_config(args: argparse.Namespace) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Run the pipeline with the log in WORKDIR/run.log, then print the summary (also appended to the log)."""
     cfg = config_from_args(args)
-    workdir = Path(args.workdir)
+    _refuse_to_replace_a_running_server(cfg)
+    workdir = Path(args.workdir).resolve()
+    with run_log(workdir, full=args.full_log) as log_path:
+        lines, status = _run_logged(args, cfg, workdir)
+    lines += [f"full log: {log_path}", ""]
+    text = "\n".join(lines)
+    print(text)
+    with open(log_path, "a", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return status
+
+
+def _refuse_to_replace_a_running_server(cfg: RunConfig) -> None:
+    """The pipeline's local deploy step replaces the recorded local server: stop before that server is touched."""
+    if cfg.serving.target != "local":
+        return
+    from intentops.serving.deploy import process_alive, read_local_state
+
+    state = read_local_state()
+    if state is not None and process_alive(int(state["pid"])):
+        raise PipelineError(
+            f"a local model server is running ({state.get('model_uri')} at {state.get('endpoint')}, pid "
+            f"{state['pid']}); the pipeline's local deploy step would replace it, and this run did not start it: "
+            "stop it first (intentops serve stop), or deploy elsewhere (--set serving__target=...)"
+        )
+
+
+def _run_logged(args: argparse.Namespace, cfg: RunConfig, workdir: Path) -> tuple[list[str], int]:
+    """The run itself: the summary lines to print, and the exit status."""
     if args.pipeline == "training":
-        print(format_summary(run_local(cfg, workdir, args.tracking_uri)))
-        return 0
+        summary = run_local(cfg, workdir, args.tracking_uri)
+        predictions, status = _predictions(args, cfg, summary)
+        return [format_summary(summary), *predictions], status
     run = execute_local(RETRAIN, cfg, workdir, args.tracking_uri)
     check = retrain_check(run)
     if not check.changed:
-        print(f"\nretrain-if-changed: nothing to do - {check.reason} ({run.wall_seconds:.1f} s)")
-        print(f"look: {mlflow_ui_command(run.tracking_uri)}\n")
-        return 0
-    print(f"\nretrain-if-changed: {check.reason}; the training pipeline ran:")
-    print(format_summary(summarize_run(run.run_dir, run.wall_seconds, run.tracking_uri)))
-    return 0
+        return [
+            f"\nretrain-if-changed: nothing to do - {check.reason} ({run.wall_seconds:.1f} s)",
+            f"look: {mlflow_ui_command(run.tracking_uri)}",
+        ], 0
+    summary = summarize_run(run.run_dir, run.wall_seconds, run.tracking_uri)
+    predictions, status = _predictions(args, cfg, summary)
+    return [
+        f"\nretrain-if-changed: {check.reason}; the training pipeline ran:",
+        format_summary(summary),
+        *predictions,
+    ], status
+
+
+def _cli_options(args: argparse.Namespace, tracking_uri: str) -> list[str]:
+    """What `intentops deploy` needs from this run's command line: its config, serving knobs and MLflow store."""
+    options = ["--config", args.config] if getattr(args, "config", None) else []
+    for item in getattr(args, "overrides", None) or []:
+        if item.startswith("serving__"):
+            options += ["--set", item]
+    return [*options, "--set", f"registry__tracking_uri={tracking_uri}"]
+
+
+def _predictions(args: argparse.Namespace, cfg: RunConfig, summary: RunSummary) -> tuple[list[str], int]:
+    return predictions_section(cfg, summary, args.keep_serving, _cli_options(args, summary.tracking_uri))
 
 
 def _warn_serving(cfg: RunConfig) -> None:
@@ -140,7 +190,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Compile the training pipeline and execute that compiled YAML locally with kfp.local's SubprocessRunner: "
             "every stage, the gate's dsl.If, registration and a bounded local deployment (served, smoke-tested, "
-            "stopped). Default: the tiny profile on the bundled example, MLflow in WORKDIR/mlflow.db."
+            "stopped). When the gate and the smoke test passed, the job serves the new version locally, prints a "
+            "few predictions made through it and the commands to call it, then stops it (--keep-serving leaves it "
+            "running). The console shows a readable view of the log; WORKDIR/run.log keeps all of it. Default: the "
+            "tiny profile on the bundled example, MLflow in WORKDIR/mlflow.db."
         ),
     )
     add_config_argument(run)
@@ -154,6 +207,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--workdir", default=DEFAULT_WORKDIR, help=f"Outputs and MLflow store (default: ./{DEFAULT_WORKDIR})."
+    )
+    run.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="After a passed gate and smoke test, leave the local server the job started for its predictions "
+        "running (stop it with `intentops serve stop`); default: the job stops it.",
+    )
+    run.add_argument(
+        "--full-log",
+        action="store_true",
+        help="Show every line of the stages' output on the console (WORKDIR/run.log always has all of it).",
     )
     run.set_defaults(handler=_reported(_run))
 

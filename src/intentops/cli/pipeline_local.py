@@ -57,6 +57,9 @@ def execute_local(stem: str, cfg: RunConfig, workdir: Path, tracking_uri: str | 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Stages download their inputs file by file: one progress bar per file is noise in the log.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # transformers' per-file bars ("Loading weights", "Writing model shards") too; the Trainer's step bar and the
+    # evaluation's bar are their own tqdm and stay: one bar per long stage.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = local_tracking(cfg, tracking_uri, workdir)

@@ -167,7 +167,7 @@ class PrefixCache:
         self.ids = list(prefix_ids)
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([self.ids], device=model.device), use_cache=True, logits_to_keep=1)
-        self.layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self.layers = [(layer.keys, layer.values) for layer in out.cache.layers]
 
     @classmethod
     def shared_by(
@@ -214,7 +214,7 @@ def greedy_continue(
     import torch
     from transformers import LogitsProcessorList
 
-    kwargs: dict[str, Any] = {"past_key_values": cache} if cache is not None else {}
+    kwargs: dict[str, Any] = {"cache": cache} if cache is not None else {}
     if logits_processor is not None:
         kwargs["logits_processor"] = LogitsProcessorList([logits_processor])
     with torch.inference_mode():

@@ -202,7 +202,7 @@ def score_label_batch(
             input_ids=torch.cat([input_ids[:, n_prefix:], tokens.expand(rows, -1)], dim=1),
             attention_mask=additive,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         hidden = out.last_hidden_state[:, n_suffix - 1 :]  # last prompt token, then the nodes
@@ -218,7 +218,7 @@ def score_label_batch(
         if label_of:
             edge, label = (torch.tensor(column, device=device) for column in zip(*label_of, strict=True))
             scores = scores.index_add(1, label, edge_logp[:, edge])
-        prompt_layers = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in out.past_key_values.layers]
+        prompt_layers = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in out.cache.layers]
     return ScoredBatch(scores.cpu(), input_ids, attention, prompt_layers)
 
 

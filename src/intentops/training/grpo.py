@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -181,7 +182,7 @@ def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights
         save_strategy="steps",
         save_steps=grpo.save_steps,
         save_total_limit=grpo.save_total_limit,
-        gradient_checkpointing=grpo.gradient_checkpointing,
+        **checkpointing_arg(config_class, grpo.gradient_checkpointing),
         bf16=bf16_available() and cfg.model.dtype in ("auto", "bfloat16"),
         fp16=False,
         deepspeed=deepspeed_config(grpo.deepspeed, "grpo.deepspeed"),
@@ -193,6 +194,21 @@ def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory only helps copies to a GPU
         use_cpu=not torch.cuda.is_available(),  # CPU workers under torchrun then form a gloo group
     )
+
+
+def checkpointing_arg(args_class: type, on: bool) -> dict[str, bool]:
+    """Activation checkpointing under the name the installed transformers reads: `activation_checkpointing` from
+    transformers 5 (the old `gradient_checkpointing` warns there), `gradient_checkpointing` in 4.x."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(args_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
+# TRL reads `model.is_gradient_checkpointing` (trl/models/utils.py, generation under the trainer), which transformers 5
+# deprecates in favour of `is_activation_checkpointing`: TRL's to change, so only that one warning is silenced while
+# the trainer runs.
+TRL_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
 
 
 def run_grpo(
@@ -302,7 +318,9 @@ def run_grpo(
         )
         log.info("%s: %d steps on %d prompts x %d generations", stage, max_steps, n_records, grpo.num_generations)
         try:
-            train_result = trainer.train(resume_from_checkpoint=resume_from)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=TRL_DEPRECATION, category=FutureWarning)
+                train_result = trainer.train(resume_from_checkpoint=resume_from)
         except RewardCollapseError as exc:
             kept = rollouts.close(out / COLLAPSED_ROLLOUTS_FILE)
             if run is not None:

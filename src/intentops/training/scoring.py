@@ -95,8 +95,12 @@ def _transformers_generate(
     if torch.cuda.is_available():
         model.to("cuda")
     torch.manual_seed(cfg.grpo.seed)
+    from intentops.evaluation.decoding import progress_bar
+
     out: list[list[str]] = []
     batch = cfg.mining.score_batch_size
+    # One bar for the pass (a log line per batch would be dozens of lines on the bundled example).
+    bar = progress_bar(len(prompts), "scoring pass", enabled=True)
     try:
         for start in range(0, len(prompts), batch):
             texts = [
@@ -117,8 +121,9 @@ def _transformers_generate(
                 )
             decoded = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
             out.extend(decoded[i : i + generations] for i in range(0, len(decoded), generations))
-            log.info("scoring pass: %d/%d records generated", min(start + batch, len(prompts)), len(prompts))
+            bar.update(min(batch, len(prompts) - start))
     finally:
+        bar.close()
         del model
         gc.collect()
     return out
