@@ -14,6 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from intentops.evaluation.predictors import chat_prompts
+from intentops.hf_cache import cache_arg, output_cache
 from intentops.prompting import PromptBuilder
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ class PrefixCache:
         self.ids = list(prefix_ids)
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([self.ids], device=model.device), use_cache=True, logits_to_keep=1)
-        self.layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+        self.layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
 
     @classmethod
     def shared_by(
@@ -325,9 +326,9 @@ def greedy_tails(
             input_ids=input_ids[:, cached:],
             attention_mask=attention_mask,
             position_ids=positions[:, cached:],
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_arg(model): cache},
         )
         logits = out.logits[:, -1]
         if first_allowed is not None:
@@ -363,8 +364,8 @@ def greedy_tails(
                 input_ids=chosen[:, None],
                 attention_mask=additive[..., :width],
                 position_ids=position[:, None],
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_arg(model): cache},
             )
             logits = out.logits[:, -1]
     return tails

@@ -44,6 +44,7 @@ from intentops.evaluation.decoding import (
 )
 from intentops.evaluation.label_paths import NO_ARGUMENTS, LabelPath, LabelTrie, label_paths
 from intentops.evaluation.predictors import Prediction, Predictor, prediction_from_completion
+from intentops.hf_cache import cache_arg, output_cache
 from intentops.prompting import PromptBuilder
 
 if TYPE_CHECKING:
@@ -202,8 +203,8 @@ def score_label_batch(
             input_ids=torch.cat([input_ids[:, n_prefix:], tokens.expand(rows, -1)], dim=1),
             attention_mask=additive,
             position_ids=positions,
-            cache=cache,
             use_cache=True,
+            **{cache_arg(model): cache},
         )
         hidden = out.last_hidden_state[:, n_suffix - 1 :]  # last prompt token, then the nodes
         if columns is None:
@@ -218,7 +219,7 @@ def score_label_batch(
         if label_of:
             edge, label = (torch.tensor(column, device=device) for column in zip(*label_of, strict=True))
             scores = scores.index_add(1, label, edge_logp[:, edge])
-        prompt_layers = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in out.cache.layers]
+        prompt_layers = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in output_cache(out).layers]
     return ScoredBatch(scores.cpu(), input_ids, attention, prompt_layers)
 
 

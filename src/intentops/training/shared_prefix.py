@@ -16,6 +16,8 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from intentops.hf_cache import cache_arg, output_cache
+
 # Below this many shared tokens the extra prefix pass costs more than it saves.
 MIN_SHARED_TOKENS = 16
 
@@ -54,11 +56,11 @@ class SharedPrefixSFTTrainer(SFTTrainer):
         prefix = model(
             input_ids=input_ids[:1, :split], attention_mask=attention_mask[:1, :split], use_cache=True, logits_to_keep=1
         )
-        cache = prefix.cache
+        cache = output_cache(prefix)
         cache.batch_repeat_interleave(input_ids.shape[0])
         return {
             "input_ids": input_ids[:, split:],
             "attention_mask": attention_mask,  # the whole row: the suffix attends to the cached prefix
             "labels": labels[:, split:],
-            "cache": cache,
+            cache_arg(model): cache,
         }
