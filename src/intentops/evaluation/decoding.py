@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from intentops.evaluation.predictors import chat_prompts
-from intentops.hf_cache import cache_arg, output_cache
+from intentops.hf_names import cache_arg, output_cache
 from intentops.prompting import PromptBuilder
 
 if TYPE_CHECKING:

@@ -44,7 +44,7 @@ from intentops.evaluation.decoding import (
 )
 from intentops.evaluation.label_paths import NO_ARGUMENTS, LabelPath, LabelTrie, label_paths
 from intentops.evaluation.predictors import Prediction, Predictor, prediction_from_completion
-from intentops.hf_cache import cache_arg, output_cache
+from intentops.hf_names import cache_arg, output_cache
 from intentops.prompting import PromptBuilder
 
 if TYPE_CHECKING:

@@ -32,6 +32,7 @@ from intentops.artifacts import (
     SCORES_FILE,
 )
 from intentops.config import RunConfig
+from intentops.hf_names import checkpointing_arg
 from intentops.io import write_jsonl
 from intentops.models import (
     base_card,
@@ -194,15 +195,6 @@ def grpo_training_args(cfg: RunConfig, out: Path, max_steps: int, reward_weights
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned host memory only helps copies to a GPU
         use_cpu=not torch.cuda.is_available(),  # CPU workers under torchrun then form a gloo group
     )
-
-
-def checkpointing_arg(args_class: type, on: bool) -> dict[str, bool]:
-    """Activation checkpointing under the name the installed transformers reads: `activation_checkpointing` from
-    transformers 5 (the old `gradient_checkpointing` warns there), `gradient_checkpointing` in 4.x."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(args_class)}
-    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
 # TRL reads `model.is_gradient_checkpointing` (trl/models/utils.py, generation under the trainer), which transformers 5

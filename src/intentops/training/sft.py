@@ -24,6 +24,7 @@ from intentops import tracking
 from intentops.artifacts import CATALOG_FILE, MODEL_CARD, TRAIN_FILE
 from intentops.catalog import load_catalog
 from intentops.config import RunConfig
+from intentops.hf_names import checkpointing_arg
 from intentops.io import read_json, read_jsonl, sha256_file, write_json
 from intentops.models import (
     base_card,
@@ -243,10 +244,7 @@ def version_dependent_args(args_class: type, warmup_ratio: float, checkpointing:
     args: dict[str, Any] = (
         {"warmup_ratio": warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": warmup_ratio}
     )
-    args["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = (
-        checkpointing
-    )
-    return args
+    return args | checkpointing_arg(args_class, checkpointing)
 
 
 def run_sft(

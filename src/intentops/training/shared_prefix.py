@@ -16,7 +16,7 @@ from typing import Any
 
 from trl import SFTTrainer
 
-from intentops.hf_cache import cache_arg, output_cache
+from intentops.hf_names import cache_arg, checkpointing_on, output_cache
 
 # Below this many shared tokens the extra prefix pass costs more than it saves.
 MIN_SHARED_TOKENS = 16
@@ -39,7 +39,7 @@ class SharedPrefixSFTTrainer(SFTTrainer):
     """TRL's `SFTTrainer` (completion-only loss, its metrics) with the batch's shared prompt prefix computed once."""
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
-        if self.model.training and not return_outputs and not self.args.activation_checkpointing:
+        if self.model.training and not return_outputs and not checkpointing_on(self.args):
             inputs = self._with_shared_prefix(model, inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from intentops.hf_cache import cache_arg, output_cache
+from intentops.hf_names import cache_arg, output_cache
 
 
 class Before:  # transformers <= 5.17
@@ -50,3 +50,22 @@ def test_the_returned_cache_is_found_under_either_name() -> None:
     assert output_cache(SimpleNamespace(cache=marker)) is marker
     name = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
     assert output_cache(CausalLMOutputWithPast(logits=None, **{name: marker})) is marker  # the installed release
+
+
+def test_checkpointing_is_named_as_the_arguments_class_reads_it() -> None:
+    import dataclasses
+
+    from intentops.hf_names import checkpointing_arg, checkpointing_on
+
+    @dataclasses.dataclass
+    class Old:  # transformers 5.17 TrainingArguments
+        gradient_checkpointing: bool = False
+
+    @dataclasses.dataclass
+    class New(Old):  # later 5.x: the new name, the old one kept (and warning)
+        activation_checkpointing: bool = False
+
+    assert checkpointing_arg(Old, True) == {"gradient_checkpointing": True}
+    assert checkpointing_arg(New, True) == {"activation_checkpointing": True}
+    assert checkpointing_on(Old(gradient_checkpointing=True)) and not checkpointing_on(Old())
+    assert checkpointing_on(New(activation_checkpointing=True)) and not checkpointing_on(New())
