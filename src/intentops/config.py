@@ -154,6 +154,14 @@ class SftConfig(_Section):
         description="With prompt.uncertain_label on: share of training records, the ones the warmed-up model is "
         "least confident of, relabelled `uncertain()` before GRPO; 0 = none.",
     )
+    argument_swaps: int = Field(
+        0,
+        ge=0,
+        description="Extra copies of each training record whose arguments appear in its utterance, with each such "
+        "argument swapped (in text and answer) for another value the same intent parameter takes in the training "
+        "split, so the model learns to copy arguments from the utterance instead of recalling them from the "
+        "phrasing; 0 = off. Each copy adds up to one training split's worth of steps per epoch.",
+    )
     seed: int = Field(42, description="Training seed.")
 
     _bundled = field_validator("deepspeed")(bundled_path)
