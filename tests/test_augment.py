@@ -21,9 +21,9 @@ RECORDS = [
 
 def test_pools_group_values_by_intent_position_and_script() -> None:
     pools = value_pools(RECORDS)
-    assert pools[("call_contact", 0, False)] == ["David", "Olivia"]
-    assert pools[("call_contact", 0, True)] == ["张伟", "李娜"]
-    assert pools[("send_message", 1, False)] == ["I'll be late", "dinner is ready"]
+    assert pools[("call_contact", 0, "latin")] == ["David", "Olivia"]
+    assert pools[("call_contact", 0, "zh")] == ["张伟", "李娜"]
+    assert pools[("send_message", 1, "latin")] == ["I'll be late", "dinner is ready"]
 
 
 def test_substitution_swaps_the_argument_in_text_and_answer_alike() -> None:
@@ -65,3 +65,12 @@ def test_copies_are_reproducible_and_keep_the_originals_out() -> None:
     for record in first:
         for arg in parse_calls(record["output"])[0].args:
             assert arg in record["text"]
+
+
+def test_a_shared_pool_draws_from_every_intent_in_the_same_script() -> None:
+    pools = value_pools(RECORDS, shared=True)
+    assert pools[("", -1, "zh")] == ["张伟", "李娜"]
+    assert "dinner is ready" in pools[("", -1, "latin")] and "David" in pools[("", -1, "latin")]
+    texts = {substitute(RECORDS[0], pools, random.Random(seed), shared=True)["text"] for seed in range(40)}
+    assert any("dinner is ready" in text or "I'll be late" in text for text in texts)
+    assert not any("张伟" in text for text in texts)

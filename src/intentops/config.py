@@ -162,6 +162,11 @@ class SftConfig(_Section):
         "split, so the model learns to copy arguments from the utterance instead of recalling them from the "
         "phrasing; 0 = off. Each copy adds up to one training split's worth of steps per epoch.",
     )
+    argument_swap_pool: Literal["intent", "shared"] = Field(
+        "intent",
+        description="Where swapped-in arguments come from: `intent` = values of the same parameter of the same "
+        "intent; `shared` = any argument value of the training split in the same script (Chinese, digits, other).",
+    )
     seed: int = Field(42, description="Training seed.")
 
     _bundled = field_validator("deepspeed")(bundled_path)

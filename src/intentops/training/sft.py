@@ -285,7 +285,8 @@ def run_sft(
         base_dir = _resolve_base(dataset_dir, base_model, cfg, out)
     builder = PromptBuilder(catalog, cfg.prompt, examples=records)
     tokenizer = load_tokenizer(base_dir)
-    swapped = substituted_copies(records, cfg.sft.argument_swaps, cfg.sft.seed)
+    shared_pool = cfg.sft.argument_swap_pool == "shared"
+    swapped = substituted_copies(records, cfg.sft.argument_swaps, cfg.sft.seed, shared_pool)
     dataset = Dataset.from_list(sft_rows(records + swapped, builder))
     checkpoints = out / CHECKPOINTS
     resume_key = {
