@@ -38,6 +38,7 @@ SMALL_KNOBS = {
     "sft__epochs": 1.0,
     "sft__max_length": 256,
     "sft__check_samples": 0,
+    "sft__argument_swaps": 0,
     "grpo__stage1_max_steps": 2,
     "grpo__stage2_max_steps": 1,
     "grpo__batch_size": 4,

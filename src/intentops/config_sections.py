@@ -172,6 +172,19 @@ class SftConfig(ConfigSection):
         description="With prompt.uncertain_label on: share of training records, the ones the warmed-up model is "
         "least confident of, relabelled `uncertain()` before GRPO; 0 = none.",
     )
+    argument_swaps: int = Field(
+        0,
+        ge=0,
+        description="Extra copies of each training record whose arguments appear in its utterance, with each such "
+        "argument swapped (in text and answer) for another value the same intent parameter takes in the training "
+        "split, so the model learns to copy arguments from the utterance instead of recalling them from the "
+        "phrasing; 0 = off. Each copy adds up to one training split's worth of steps per epoch.",
+    )
+    argument_swap_pool: Literal["intent", "shared"] = Field(
+        "intent",
+        description="Where swapped-in arguments come from: `intent` = values of the same parameter of the same "
+        "intent; `shared` = any argument value of the training split in the same script (Chinese, digits, other).",
+    )
     seed: int = Field(42, description="Training seed.")
 
     _bundled = field_validator("deepspeed")(bundled_path)

@@ -42,6 +42,7 @@ from intentops.models import (
 from intentops.prompting import PromptBuilder
 from intentops.rewards import intent_reward, params_reward
 from intentops.tiny_model import create_tiny_model
+from intentops.training.augment import substituted_copies
 from intentops.training.checkpoints import RemoteCheckpoints, check_model_weights, newest_usable, restore_once
 
 if TYPE_CHECKING:
@@ -284,7 +285,9 @@ def run_sft(
         base_dir = resolve_base_model(dataset_dir, base_model, cfg, out)
     builder = PromptBuilder(catalog, cfg.prompt, examples=records)
     tokenizer = load_tokenizer(base_dir)
-    dataset = Dataset.from_list(sft_rows(records, builder))
+    shared_pool = cfg.sft.argument_swap_pool == "shared"
+    swapped = substituted_copies(records, cfg.sft.argument_swaps, cfg.sft.seed, shared_pool)
+    dataset = Dataset.from_list(sft_rows(records + swapped, builder))
     checkpoints = out / CHECKPOINTS
     resume_key = {
         "train_sha256": sha256_file(dataset_dir / TRAIN_FILE),
@@ -308,6 +311,7 @@ def run_sft(
         "base_model": str(base_model or cfg.model.base_model or "tiny"),
         "base_dir": str(base_dir),
         "train_records": len(records),
+        "substituted_records": len(swapped),
         "resumed_from": resume_from or "",
         **{f"sft__{k}": v for k, v in cfg.sft.model_dump().items()},
         **{f"model__{k}": v for k, v in cfg.model.model_dump().items()},
