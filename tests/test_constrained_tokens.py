@@ -9,26 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from transformers import AutoTokenizer
-
 from intentops.artifacts import CATALOG_FILE, TRAIN_FILE
 from intentops.catalog import load_catalog
-from intentops.config import ModelConfig, PromptConfig
+from intentops.config import PromptConfig
 from intentops.evaluation.constrained import CallGrammar, TokenGrammar, token_bytes
 from intentops.io import read_jsonl
 from intentops.prompting import PromptBuilder
-from intentops.tiny_model import create_tiny_model
-
-
-@pytest.fixture(scope="module")
-def copy_tokenizer(tmp_path_factory: pytest.TempPathFactory, small_dataset_dir: Path):
-    model_cfg = ModelConfig(
-        tiny_hidden_size=16, tiny_num_heads=2, tiny_num_kv_heads=1, tiny_num_layers=1, tiny_copy_tokens=True
-    )
-    catalog = load_catalog(small_dataset_dir / CATALOG_FILE)
-    model_dir = create_tiny_model(small_dataset_dir, catalog, model_cfg, tmp_path_factory.mktemp("copy") / "m")
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def test_added_text_tokens_write_their_own_text_and_special_tokens_nothing(copy_tokenizer) -> None:

@@ -15,12 +15,11 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen2Config
 
 from intentops.artifacts import CATALOG_FILE
 from intentops.catalog import load_catalog
-from intentops.config import ModelConfig, PromptConfig
+from intentops.config import PromptConfig
 from intentops.evaluation.label_paths import LabelTrie, label_paths
 from intentops.evaluation.label_scoring import LabelScoringPredictor
 from intentops.evaluation.predictors import chat_prompts
 from intentops.prompting import PromptBuilder
-from intentops.tiny_model import create_tiny_model
 
 
 class _OneHotDecoder(torch.nn.Module):
@@ -69,17 +68,6 @@ class BigramLM(torch.nn.Module):
 
     def get_output_embeddings(self) -> torch.nn.Module:
         return self.head
-
-
-@pytest.fixture(scope="module")
-def copy_tokenizer(tmp_path_factory: pytest.TempPathFactory, small_dataset_dir: Path):
-    """The tiny profile's default tokenizer (copy tokens) trained on the small dataset."""
-    model_cfg = ModelConfig(
-        tiny_hidden_size=16, tiny_num_heads=2, tiny_num_kv_heads=1, tiny_num_layers=1, tiny_copy_tokens=True
-    )
-    catalog = load_catalog(small_dataset_dir / CATALOG_FILE)
-    model_dir = create_tiny_model(small_dataset_dir, catalog, model_cfg, tmp_path_factory.mktemp("copy") / "m")
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")
