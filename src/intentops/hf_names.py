@@ -10,6 +10,7 @@ that passes a cache, and every trainer argument that names checkpointing, goes t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any
 
@@ -24,8 +25,14 @@ def _unwrapped(model: Any) -> Any:
 
 
 def cache_arg(model: Any) -> str:
-    """The keyword under which `model`'s forward takes a key/value cache."""
-    parameters = inspect.signature(type(_unwrapped(model)).forward).parameters
+    """The keyword under which `model`'s forward takes a key/value cache (looked up once per model class: decoding
+    asks at every step)."""
+    return _cache_arg_of(type(_unwrapped(model)))
+
+
+@functools.cache
+def _cache_arg_of(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
