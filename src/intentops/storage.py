@@ -366,6 +366,12 @@ def upload(path: str | Path, uri: str, endpoint: str | None = None) -> str:
     return f"{S3_SCHEME}{bucket}/{prefix}"
 
 
+def run_scoped(base: str, pipeline_run_id: str | None, *parts: str) -> str:
+    """`<base>/<pipeline_run_id>/<parts...>` (run id `local` outside a pipeline): where a run's stage keeps what a
+    retried pod must find again (checkpoints, models by reference, a TrainJob's exchange)."""
+    return "/".join([base.rstrip("/"), pipeline_run_id or "local", *parts])
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("INTENTOPS_CACHE", Path.home() / ".cache" / "intentops"))
 

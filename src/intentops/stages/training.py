@@ -25,8 +25,9 @@ def _by_reference(cfg: RunConfig, model_dir: str | Path, stage: str, pipeline_ru
     `model_dir`; the UI metadata gains the URI and size. Nothing changes when the knob is empty."""
     if not cfg.storage.models_uri:
         return {}
-    uri = "/".join([cfg.storage.models_uri.rstrip("/"), pipeline_run_id or "local", stage])
-    ref = ModelFolder(model_dir).publish_by_reference(uri)
+    from intentops.storage import run_scoped
+
+    ref = ModelFolder(model_dir).publish_by_reference(run_scoped(cfg.storage.models_uri, pipeline_run_id, stage))
     log.info("%s model published by reference to %s (%d bytes)", stage, ref["uri"], ref["size"])
     return {"model_uri": ref["uri"], "model_bytes": ref["size"]}
 

@@ -115,7 +115,7 @@ class RemoteCheckpoints:
         CLI run) uses `local`, and the resume key keeps runs with other data or config apart."""
         if not checkpoint_uri:
             return None
-        return cls(_join(checkpoint_uri, pipeline_run_id or "local", stage), key)
+        return cls(storage.run_scoped(checkpoint_uri, pipeline_run_id, stage), key)
 
     def uri(self, name: str) -> str:
         return _join(self.prefix, name)

@@ -46,7 +46,7 @@ _MAX_ATTEMPTS = 20
 
 def staging_uri(cfg: RunConfig, stage: str, pipeline_run_id: str | None) -> str:
     """Where one stage's TrainJob exchanges inputs, spec, model and result with the stage's pod."""
-    return "/".join([cfg.storage.checkpoint_uri.rstrip("/"), pipeline_run_id or "local", "trainjob", stage])
+    return storage.run_scoped(cfg.storage.checkpoint_uri, pipeline_run_id, "trainjob", stage)
 
 
 def job_name(stage: str, pipeline_run_id: str | None, attempt: int) -> str:
