@@ -229,3 +229,25 @@ def test_a_failed_trainjob_raises_with_the_workers_error_and_the_rank0_log(
     assert "no-such-base-model: no such object or prefix" in message  # the workers' reported exception
     assert "last lines of the rank-0 node's log:\n--- intentops-sft-" in message
     assert not ModelFolder(tmp_path / "sft").exists()
+
+
+def test_a_grpo_result_travels_with_its_model_folder(tmp_path: Path) -> None:
+    """A node's result names files inside the model folder it uploads; the stage finds them in its download."""
+    from intentops.training.grpo import GrpoResult
+
+    node = tmp_path / "node" / "model"
+    result = GrpoResult("grpo1", node, node / "rollouts.parquet", 12, steps=3, scores_path=node / "scores.parquet")
+    sent = result.to_dict(relative_to=node)
+    assert (sent["model_dir"], sent["rollouts_path"], sent["scores_path"]) == (
+        ".",
+        "rollouts.parquet",
+        "scores.parquet",
+    )
+    here = tmp_path / "stage" / "model"
+    back = GrpoResult.from_dict(sent, base=here)
+    assert (back.model_dir, back.rollouts_path, back.scores_path) == (
+        here,
+        here / "rollouts.parquet",
+        here / "scores.parquet",
+    )
+    assert GrpoResult.from_dict(result.to_dict(), base=here) == result  # absolute paths (one pod) stay as they are

@@ -39,7 +39,8 @@ def resolved_model(cfg: RunConfig, model_dir: str | Path) -> Path:
 
 def _launched(trainer: str, cfg: RunConfig, **kwargs: Any) -> dict[str, Any] | None:
     """Train in other processes when the stage needs them: a TrainJob of `cluster.training_nodes` nodes, or one
-    torchrun worker per GPU of this pod. Returns rank 0's result; None: train in this process."""
+    torchrun worker per GPU of this pod. Returns rank 0's result (a TrainJob's paths relative to the out_dir it
+    downloaded); None: train in this process."""
     from intentops.training.launch import in_worker, processes_for, run_in_processes
 
     if in_worker():
@@ -125,7 +126,7 @@ def grpo(
         if reported is None:
             result = run_grpo(train_path, start, cfg, model_dir, stage, pipeline_run_id)
         else:
-            result = GrpoResult.from_dict(reported)
+            result = GrpoResult.from_dict(reported, base=Path(model_dir))  # TrainJob paths are relative to it
         result.move_rollouts(rollouts_dir)
         meta.update(result.summary())
         meta.update(_by_reference(cfg, model_dir, stage, pipeline_run_id))

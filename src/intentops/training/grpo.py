@@ -92,14 +92,25 @@ class GrpoResult:
             **{key: round(value, 4) for key, value in self.metrics.items() if value == value},  # drop NaN
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (a stage run in several processes hands its result back this way)."""
-        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """JSON-ready fields (a stage run in other processes hands its result back this way); paths relative to
+        `relative_to` when the files travel elsewhere with that folder (a TrainJob's model)."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value.resolve().relative_to(relative_to.resolve()) if relative_to else value)
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GrpoResult:
+    def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> GrpoResult:
+        """The result `to_dict` wrote; relative paths are taken inside `base`."""
         paths = ("model_dir", "rollouts_path", "scores_path")
-        return cls(**{key: Path(value) if key in paths and value is not None else value for key, value in data.items()})
+        return cls(
+            **{
+                key: (base / value if base else Path(value)) if key in paths and value is not None else value
+                for key, value in data.items()
+            }
+        )
 
     def move_rollouts(self, dest_dir: str | Path) -> None:
         """Hand the rollout log and the scoring pass on as their own artifact (mine-hard-samples reads the

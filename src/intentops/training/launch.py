@@ -113,8 +113,8 @@ def run_in_processes(trainer: str, cfg: RunConfig, processes: int, **kwargs: Any
         return json.loads(result_path.read_text(encoding="utf-8"))
 
 
-def _train(spec: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Run the stage's trainer in this worker; GRPO's result, or {} for SFT."""
+def _train(spec: dict[str, Any], kwargs: dict[str, Any], relative_to: Path | None = None) -> dict[str, Any]:
+    """Run the stage's trainer in this worker; GRPO's result (paths relative to `relative_to` if given), or {}."""
     cfg = RunConfig.model_validate(spec["config"])
     if spec["trainer"] == "sft":
         from intentops.training.sft import run_sft
@@ -125,7 +125,7 @@ def _train(spec: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
 
     return run_grpo(
         kwargs["train_path"], kwargs["model_dir"], cfg, kwargs["out_dir"], kwargs["stage"], kwargs["pipeline_run_id"]
-    ).to_dict()
+    ).to_dict(relative_to)
 
 
 def _work(spec: dict[str, Any]) -> None:
@@ -153,12 +153,9 @@ def _work_on_node(spec: dict[str, Any]) -> None:
                 kwargs[key] = str(storage.ensure_local(kwargs[key]))
     with tempfile.TemporaryDirectory(prefix="intentops-node-") as scratch:
         out_dir = Path(scratch) / "model"
-        result = _train(spec, {**kwargs, "out_dir": str(out_dir)})
+        result = _train(spec, {**kwargs, "out_dir": str(out_dir)}, relative_to=out_dir)
         if not state.is_main_process:
             return
-        for key, value in result.items():
-            if key in ("model_dir", "rollouts_path", "scores_path") and value is not None:
-                result[key] = str(Path(value).resolve().relative_to(out_dir.resolve()))
         result_file = Path(scratch) / RESULT_FILE
         result_file.write_text(json.dumps(result), encoding="utf-8")
         storage.upload(out_dir, spec["output"])

@@ -211,7 +211,7 @@ def _reported_errors(staging: str) -> str:
 
 def run_on_nodes(runner: TrainJobRunner, image: str, trainer: str, cfg: RunConfig, **kwargs: Any) -> dict[str, Any]:
     """Train on `cluster.training_nodes` nodes (`trainer` "sft", or "grpo" with `kwargs["stage"]`); the model lands
-    in `kwargs["out_dir"]`; returns rank 0's result with its paths inside that folder."""
+    in `kwargs["out_dir"]`; returns rank 0's result, its paths relative to that folder."""
     stage = kwargs.get("stage") or trainer
     run_id = kwargs.get("pipeline_run_id")
     staging = staging_uri(cfg, stage, run_id)
@@ -241,9 +241,6 @@ def run_on_nodes(runner: TrainJobRunner, image: str, trainer: str, cfg: RunConfi
     result_file = storage.ensure_local(f"{staging}/{RESULT_FILE}")
     result = json.loads(Path(result_file).read_text(encoding="utf-8"))
     storage.download(f"{staging}/{OUTPUT_DIR}", out_dir)
-    for key in ("model_dir", "rollouts_path", "scores_path"):
-        if result.get(key) is not None:
-            result[key] = str(out_dir / result[key])
     log.info("%s: TrainJob %s finished; model in %s", stage, name, out_dir)
     return result
 
