@@ -255,6 +255,7 @@ def _results(rows: list[dict]) -> dict:
     }
     machine = {"cpu_cores": 2, "memory_gib": 23.5, "gpu": None, "torch": "2", "python": "3.11"}
     return {
+        "name": "toy",
         "command": "python bench/public/run.py --datasets-dir d",
         "finished": "today",
         "commit": "abc",
@@ -281,16 +282,15 @@ def test_report_block_replaced_in_place_with_failures_visible(tmp_path: Path) ->
     results["protocols"][0]["comparisons"] = [vars(compared), vars(broken)]
     report = tmp_path / "RESULTS.md"
     report.write_text("# Results\n\nprose before\n")
-    rep.update_report(report, rep.render_block(results))
+    rep.update_report(report, rep.render_block(results), results["name"])
     report.write_text(report.read_text() + "\nprose after\n")
     results["finished"] = "tomorrow"
-    rep.update_report(report, rep.render_block(results))
+    rep.update_report(report, rep.render_block(results), results["name"])
 
     text = report.read_text()
-    assert text.count(rep.MARK_START) == 1 and text.count(rep.MARK_END) == 1
-    assert (
-        text.index("prose before") < text.index(rep.MARK_START) < text.index(rep.MARK_END) < text.index("prose after")
-    )
+    start, end = rep.marks(results["name"])
+    assert text.count(start) == 1 and text.count(end) == 1
+    assert text.index("prose before") < text.index(start) < text.index(end) < text.index("prose after")
     assert "Measured tomorrow" in text and "Measured today" not in text
     table = [line for line in text.splitlines() if line.startswith("| unseen |")]
     assert table[0].startswith("| unseen | SFT | generate | 50.0 | 40.0 |")

@@ -166,7 +166,7 @@ def test_copy_token_label_scoring_matches_brute_force_and_continues_after_the_me
         if not predictor.takes_arguments[label]:
             continue
         scored = predictor._score(tokenize_prompts(tokenizer, builder, texts), None)
-        completions = predictor._complete(scored, [label] * len(texts))
+        completions = predictor._complete(scored, [label] * len(texts), texts)
         for prompt, completion in zip(prompts, completions, strict=True):
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + list(path.tokens)
             assert completion == f"{path.label}(" + _plain_generate(model, tokenizer, ids, 4)

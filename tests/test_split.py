@@ -35,9 +35,10 @@ def _records() -> list[dict[str, Any]]:
         arity = len(CATALOG.get(intent).required_parameters)
         for i in range(PER_INTENT):
             args = ",".join(f"a{i}" for _ in range(arity))
-            records.append({"text": f"{intent} request number {i}", "output": f"{intent}({args})"})
+            said = f" for a{i}" if arity else ""  # arguments are spans of the utterance, as the profile decodes them
+            records.append({"text": f"{intent} request number {i}{said}", "output": f"{intent}({args})"})
     records.append({"text": "play a0 then quieter", "output": "play_music(a0);volume_down()"})
-    records.append({"text": "coffee near me and the weather", "output": "find_nearby(cafe);weather_search(here)"})
+    records.append({"text": "cafe near here and the weather", "output": "find_nearby(cafe);weather_search(here)"})
     records.append({"text": "music_exit request number 3!", "output": "music_exit()"})  # same text as another
     return [{"id": f"r{i:03d}", **record} for i, record in enumerate(records)]
 

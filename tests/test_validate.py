@@ -296,3 +296,17 @@ def test_duplicate_record_ids_with_different_content_are_rejected(tmp_path: Path
     write_jsonl(path, [{"id": "x1", "text": "a", "output": "f()"}, {"id": "x1", "text": "b", "output": "g()"}])
     with pytest.raises(ValueError, match=r"records\.jsonl: record id 'x1' is used by 2 different records"):
         load_records(path)
+
+
+def test_arguments_that_are_not_spans_warn_and_fail_when_decoding_copies(tmp_path: Path) -> None:
+    records = clean_records()
+    records[0] = {**records[0], "output": "play_music(Jay Chou)"}  # 放周杰伦的歌: the name as normalised, not as said
+    frame = pd.DataFrame(records)
+    plain = validate_records(frame, CATALOG, _config(), tmp_path / "plain")
+    finding = _finding(plain, "argument_not_in_text")
+    assert plain.passed and finding.severity == "warning" and finding.count == 1
+    assert finding.examples[0]["id"] == "r0" and "'Jay Chou'" in finding.examples[0]["detail"]
+    copying = validate_records(frame, CATALOG, _config(), tmp_path / "copying", copied_arguments=True)
+    assert not copying.passed and copying.failed_checks == ["argument_not_in_text"]
+    overridden = _config(severities={"argument_not_in_text": "warning"})
+    assert validate_records(frame, CATALOG, overridden, tmp_path / "kept", copied_arguments=True).passed

@@ -1,6 +1,7 @@
 """The report: the generated block of bench/RESULTS.md (command, machine, sizes, one table per dataset).
 
-The block between the markers is regenerated from the results JSON; the hand-written reading around it stays.
+The block between the markers is regenerated from the results JSON; the hand-written reading around it stays. Each
+results name (`--name`) has its own block, so runs of different sizes sit side by side in one report.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ from typing import Any
 from intentops.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
-MARK_START = "<!-- bench/public/run.py: generated block, do not edit by hand -->"
-MARK_END = "<!-- end of generated block -->"
+
+
+def marks(name: str) -> tuple[str, str]:
+    """The start and end markers of the block of results `name`."""
+    return (
+        f"<!-- bench/public/run.py: generated block {name}, do not edit by hand -->",
+        f"<!-- end of generated block {name} -->",
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -67,8 +74,9 @@ def render_block(results: dict[str, Any]) -> str:
     """Markdown for the generated block: command, machine, sizes, one table per dataset."""
     m = results["machine"]
     config = " + ".join(f"`{part}`" for part in [results["config"], *results["overrides"]])
+    start, end = marks(results["name"])
     lines = [
-        MARK_START,
+        start,
         "",
         f"Measured {results['finished']} ({_code_version(results)}) with:",
         "",
@@ -155,7 +163,7 @@ def render_block(results: dict[str, Any]) -> str:
                 "(which `replaces` them), and the reverse split."
             )
         lines += comparison_table(block.get("comparisons", []))
-    lines += ["", MARK_END]
+    lines += ["", end]
     return "\n".join(lines)
 
 
@@ -182,12 +190,14 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines + (["", *notes] if notes else [])
 
 
-def update_report(path: Path, block: str) -> None:
-    """Replace the generated block of the report (or start the file with it); the prose around it stays."""
+def update_report(path: Path, block: str, name: str) -> None:
+    """Replace the report's generated block of results `name` (or add it at the end); the prose and the other
+    blocks stay."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
+    start, end = marks(name)
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"

@@ -69,7 +69,7 @@ SMOKE_SETS = (
     "grpo__batch_size=4",
     "grpo__num_generations=2",
     "grpo__max_completion_length=8",
-    "evaluation__max_new_tokens=8",
+    "evaluation__max_new_tokens=24",  # the profile decodes constrained: room for a whole call in a 300-token vocabulary
 )
 
 # ---- command line ----------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     name = args.name or ("smoke" if args.smoke else "tiny-cpu")
     if args.render_only:
-        update_report(args.report, render_block(read_json(args.results_dir / f"{name}.json")))
+        update_report(args.report, render_block(read_json(args.results_dir / f"{name}.json")), name)
         log.info("regenerated the block of %s from %s", args.report, args.results_dir / f"{name}.json")
         return 0
     sizes: dict[str, int | None] = {
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = args.results_dir / f"{name}.json"
     write_json(out, results)
-    update_report(args.report, render_block(read_json(out)))
+    update_report(args.report, render_block(read_json(out)), name)
     failed = [
         f"{p.dataset}/{row.protocol or p.protocol}: {row.method}"
         for p in protocols

@@ -391,6 +391,7 @@ class EvaluationMetrics(BaseModel):
     exact_match: float | None = None
     decoding: str = ""
     constrained: bool | None = None
+    copy_arguments: bool | None = None
     dataset: EvaluatedDataset = Field(default_factory=EvaluatedDataset)
     model: dict[str, Any] = Field(default_factory=dict)
     mlflow_run_id: str = ""

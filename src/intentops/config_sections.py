@@ -316,6 +316,12 @@ class EvaluationConfig(ConfigSection):
         description="Generate only calls the catalog allows, as the vLLM server does (structured outputs); "
         "the unconstrained figures are reported beside.",
     )
+    copy_arguments: bool = Field(
+        False,
+        description="With constrained: every argument value must be a span of the utterance, copied as written "
+        "(for catalogs whose parameters are words the user said, e.g. a city or an order number; the data stage "
+        "reports how many training arguments are). Serving enforces the same.",
+    )
     label_score: Literal["sum", "mean"] = Field(
         "sum", description="label_scoring ranks by the label's total log-probability, or its mean per token."
     )

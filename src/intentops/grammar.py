@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# What a bare (unquoted) argument never holds, and the blanks it holds only between other characters.
+SEPARATORS = frozenset("\n,;()\"'\\（），；")
+BLANKS = frozenset(" \t")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "「": "」"}
 _NEEDS_QUOTES = re.compile(r"""[,;()"'\\（），；]|^\s|\s$""")

@@ -61,7 +61,17 @@ def problems(cfg: RunConfig) -> list[str]:
         *_vllm(cfg),
         *_prompt(cfg),
         *_processes(cfg),
+        *_copying(cfg),
     ]
+
+
+def _copying(cfg: RunConfig) -> list[str]:
+    if cfg.evaluation.copy_arguments and not cfg.evaluation.constrained:
+        return [
+            "evaluation__copy_arguments: copying arguments from the utterance is a constraint on decoding; "
+            "set evaluation__constrained=true as well"
+        ]
+    return []
 
 
 def _processes(cfg: RunConfig) -> list[str]:

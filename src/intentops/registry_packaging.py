@@ -257,6 +257,7 @@ def _pyfunc_model_config(cfg: RunConfig) -> dict[str, Any]:
         "max_new_tokens": cfg.evaluation.max_new_tokens,
         "dtype": cfg.model.dtype,
         "constrained": cfg.evaluation.constrained,
+        "copy_arguments": cfg.evaluation.copy_arguments,
         "label_score": cfg.evaluation.label_score,
         "label_normalization": cfg.evaluation.label_normalization,
     }

@@ -8,7 +8,7 @@ or KServe loads; this wrapper only makes the registered version usable with `mlf
 
 Model config (set at logging, overridable with `mlflow.pyfunc.load_model(uri, model_config={...})`):
 `decoding` (`generate` or `label_scoring`), `batch_size`, `max_new_tokens`, `dtype`, and the evaluation knobs that
-shape answers (`constrained`, `label_score`, `label_normalization`), so serving decodes as the model was evaluated.
+shape answers (`constrained`, `copy_arguments`, `label_score`, `label_normalization`), so serving decodes as the model was evaluated.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "max_new_tokens": 64,
     "dtype": "auto",
     "constrained": False,
+    "copy_arguments": False,
     "label_score": "sum",
     "label_normalization": "vocabulary",
 }
@@ -86,6 +87,7 @@ class IntentDetectorModel(PythonModel):
         cfg.evaluation.max_new_tokens = int(settings["max_new_tokens"])
         cfg.model.dtype = settings["dtype"]
         cfg.evaluation.constrained = bool(settings["constrained"])
+        cfg.evaluation.copy_arguments = bool(settings["copy_arguments"])
         cfg.evaluation.label_score = settings["label_score"]
         cfg.evaluation.label_normalization = settings["label_normalization"]
         builder = PromptBuilder.from_model_dir(model_dir)

@@ -174,7 +174,14 @@ def _validate(args: argparse.Namespace) -> int:
 
     cfg, catalog, data, inputs = _inputs(args, args.data)
     with replace_output(args.out, inputs, args.force, "validate") as out:
-        report = validate_records(data, catalog, cfg.data, out, uncertain_label=cfg.prompt.uncertain_label)
+        report = validate_records(
+            data,
+            catalog,
+            cfg.data,
+            out,
+            uncertain_label=cfg.prompt.uncertain_label,
+            copied_arguments=cfg.evaluation.constrained and cfg.evaluation.copy_arguments,
+        )
     _print(
         {
             "out": args.out,

@@ -183,8 +183,12 @@ def _predict(args: argparse.Namespace) -> int:
         endpoint, kind = state["endpoint"], kind or state.get("kind", "mlflow")
     kind = kind or "openai"
     builder = _prompt_builder(args, state)
+    evaluation = config_from_args(args).evaluation
+    copy_arguments = evaluation.constrained and evaluation.copy_arguments  # as the model was evaluated
     try:
-        with IntentClient(endpoint, kind, model=args.model, builder=builder, timeout_s=args.timeout) as client:
+        with IntentClient(
+            endpoint, kind, model=args.model, builder=builder, timeout_s=args.timeout, copy_arguments=copy_arguments
+        ) as client:
             answer = client.predict(args.text)
     except ClientError as exc:
         print(f"intentops predict: {exc}", file=sys.stderr)

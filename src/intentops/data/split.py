@@ -197,7 +197,11 @@ def split_dataset(
 
 
 def prepare_dataset(
-    records: str | Path | pd.DataFrame, catalog: Catalog, data_cfg: DataConfig, out_dir: str | Path
+    records: str | Path | pd.DataFrame,
+    catalog: Catalog,
+    data_cfg: DataConfig,
+    out_dir: str | Path,
+    copied_arguments: bool = False,
 ) -> DatasetManifest:
     """Validate, then split: the validate-dataset stage.
 
@@ -209,7 +213,7 @@ def prepare_dataset(
     report: ValidationReport
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        report = validate_records(records, catalog, data_cfg, tmp / VALIDATION_DIR)
+        report = validate_records(records, catalog, data_cfg, tmp / VALIDATION_DIR, copied_arguments=copied_arguments)
         if report.passed:
             manifest = _write_split(frame, catalog, data_cfg, tmp, _source(records), validated=True)
     report.out_dir = str(Path(out_dir) / VALIDATION_DIR)

@@ -23,6 +23,7 @@ from intentops.artifacts import FLAGGED_FILE, VALIDATION_JSON, VALIDATION_MD
 from intentops.catalog import UNCERTAIN_INTENT, Catalog
 from intentops.config import DataConfig
 from intentops.data.records import annotate, load_records, unseen_intents
+from intentops.grammar import parse_calls
 from intentops.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ CHECKS: dict[str, tuple[str, str]] = {
         "a multi-intent or multi-turn record uses an intent that has no single-intent data",
     ),
     "multi_share": ("warning", "multi-intent/multi-turn data is outside the configured share of single-intent data"),
+    "argument_not_in_text": (
+        "warning",
+        "an argument is not a span of its utterance (an error when evaluation.copy_arguments is on: decoding that "
+        "copies could never write it)",
+    ),
 }
 MAX_EXAMPLES = 10
 SEED_MULTI_SHARE = 0.2
@@ -94,12 +100,17 @@ class ValidationReport:
         }
 
 
-def severities(data_cfg: DataConfig) -> dict[str, str]:
-    """Default severities with `data.severities` applied; an unknown check id is an error, not a no-op."""
+def severities(data_cfg: DataConfig, copied_arguments: bool = False) -> dict[str, str]:
+    """Default severities with `data.severities` applied; an unknown check id is an error, not a no-op.
+    `copied_arguments` (answers may only copy argument values from the utterance) makes an argument that is not a
+    span an error unless `data.severities` says otherwise."""
     unknown = sorted(set(data_cfg.severities) - set(CHECKS))
     if unknown:
         raise ValueError(f"data.severities names unknown checks: {', '.join(unknown)} (known: {', '.join(CHECKS)})")
-    return {check: data_cfg.severities.get(check, default) for check, (default, _) in CHECKS.items()}
+    defaults = {check: default for check, (default, _) in CHECKS.items()}
+    if copied_arguments:
+        defaults["argument_not_in_text"] = "error"
+    return {check: data_cfg.severities.get(check, default) for check, default in defaults.items()}
 
 
 def _record_example(row: Any, detail: str = "") -> dict[str, Any]:
@@ -185,6 +196,22 @@ class _Checks:
             rows,
             details,
             f"{len(rows)} records pass arguments their intent does not declare, or miss required ones",
+        )
+
+    def argument_not_in_text(self) -> Finding | None:
+        details: list[str] = []
+        mask: list[bool] = []
+        for text, output in zip(self.parsed["text"], self.parsed["canonical"], strict=True):
+            missing = [arg for call in parse_calls(output) for arg in call.args if arg not in str(text)]
+            mask.append(bool(missing))
+            if missing:
+                details.append("not in the utterance: " + ", ".join(repr(arg) for arg in missing))
+        rows = self.parsed[mask]
+        return _per_record(
+            "argument_not_in_text",
+            rows,
+            details,
+            f"{len(rows)} records have arguments that are not spans of their utterance",
         )
 
     def empty_text(self) -> Finding | None:
@@ -362,15 +389,16 @@ def validate_records(
     data_cfg: DataConfig,
     out_dir: str | Path,
     uncertain_label: bool = False,
+    copied_arguments: bool = False,
 ) -> ValidationReport:
     """Run every enabled check on records (records.jsonl, a PAI train.json or a dataset folder).
 
     Writes report.json, report.md and flagged.jsonl to `out_dir` (atomically, as one folder) and returns the
     report; `report.passed` is False when any error-severity check fired. With `uncertain_label` (the config's
     `prompt.uncertain_label`) records answering `uncertain()` are valid; the catalog still rejects an intent of that
-    name.
+    name. `copied_arguments` makes arguments that are not spans of their utterance an error (`severities`).
     """
-    levels = severities(data_cfg)
+    levels = severities(data_cfg, copied_arguments)
     frame = annotate(load_records(records))
     checks = _Checks(frame, catalog, data_cfg, uncertain_label)
     errors: list[Finding] = []

@@ -128,6 +128,7 @@ def evaluate_model(
         "split": split,
         "decoding": eval_cfg.decoding,
         "constrained": eval_cfg.constrained,
+        "copy_arguments": eval_cfg.copy_arguments,
         "n": len(records),
     }
     with stage_run(stage, cfg, pipeline_run_id, params=params) as run:
@@ -147,6 +148,7 @@ def evaluate_model(
         )
         metrics["decoding"] = predictor.name
         metrics["constrained"] = predictor.constrained
+        metrics["copy_arguments"] = predictor.copy_arguments
         if eval_cfg.constrained:
             metrics["unconstrained"] = _unconstrained_figures(predictor, records, builder.labels)
         metrics["model"] = {

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import LogitsProcessor
 
 from intentops.catalog import UNCERTAIN_INTENT
+from intentops.grammar import BLANKS, SEPARATORS
 from intentops.prompting import PromptBuilder, ThoughtTemplate
 from intentops.serving.client import MAX_CALLS
 
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-_NOT_BARE = set(" \t\n,;()\"'\\（），；")
-_BLANKS = set(" \t")
+_NOT_BARE = SEPARATORS | BLANKS
+_BLANKS = BLANKS
 # Characters that can take the automaton towards acceptance from any state: closing punctuation, a bare argument,
 # the literals of the thought template and every label character. Shortest closings are searched over these.
 _CLOSING_CHARS = '()",;a'
@@ -259,15 +260,7 @@ class TokenGrammar:
 
     def advance(self, state: ByteState, token_id: int) -> ByteState | None:
         """The state after a token, or None when the token is not allowed there."""
-        data = self.bytes_of.get(int(token_id))
-        if data is None:
-            return None
-        current: ByteState | None = state
-        for byte in data:
-            current = self.step_byte(current, byte)
-            if current is None:
-                return None
-        return current
+        return walk_bytes(self, state, self.bytes_of.get(int(token_id)))
 
     def min_close(self, state: ByteState) -> int:
         """Fewest tokens to acceptance: finish a split character (a generic one), then close character by character."""
@@ -280,50 +273,91 @@ class TokenGrammar:
     def accepting(self, state: ByteState) -> bool:
         return not state[1] and self.grammar.accepting(state[0])
 
+    def start_for(self, source: str) -> ByteState:
+        """The start state for an answer to `source` (the catalog grammar does not depend on the utterance)."""
+        return self.start
+
+    def state_after(self, text: str, source: str) -> ByteState:
+        """The state once the answer to `source` has written `text` (a label path's fixed tokens)."""
+        return state_after(self, text, source)
+
     def options(self, state: ByteState) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids allowed after `state`, fewest tokens to acceptance after each), EOS included where it ends."""
         if state not in self._options:
-            import torch
-
-            ids: list[int] = []
-            distances: list[int] = []
-            stack = [(self.trie, state)]
-            while stack:
-                (children, ending), current = stack.pop()
-                if ending:
-                    closing = self.min_close(current)
-                    ids.extend(ending)
-                    distances.extend([closing] * len(ending))
-                for byte, child in children.items():
-                    nxt = self.step_byte(current, byte)
-                    if nxt is not None:
-                        stack.append((child, nxt))
-            if self.accepting(state):
-                ids.extend(self.eos_ids)
-                distances.extend([0] * len(self.eos_ids))
-            self._options[state] = (torch.tensor(ids, dtype=torch.long), torch.tensor(distances, dtype=torch.long))
+            self._options[state] = allowed_tokens(self, state)
         return self._options[state]
+
+
+def walk_bytes(grammar: Any, state: Any, data: bytes | None) -> Any:
+    """`grammar`'s state after `data` from `state`; None when a byte leaves the language (or there is no data)."""
+    if data is None:
+        return None
+    current = state
+    for byte in data:
+        current = grammar.step_byte(current, byte)
+        if current is None:
+            return None
+    return current
+
+
+def state_after(grammar: Any, text: str, source: str) -> Any:
+    """`grammar`'s state once the answer to `source` has written `text`; ValueError when it cannot start so."""
+    state = walk_bytes(grammar, grammar.start_for(source), text.encode("utf-8"))
+    if state is None:
+        raise ValueError(f"the call grammar does not accept {text!r} as the start of an answer")
+    return state
+
+
+def allowed_tokens(grammar: Any, state: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Walk `grammar`'s vocabulary trie from `state`, pruned where `step_byte` rejects: the tokens allowed there and
+    the fewest tokens to acceptance after each, EOS included where the answer may end."""
+    import torch
+
+    ids: list[int] = []
+    distances: list[int] = []
+    stack = [(grammar.trie, state)]
+    while stack:
+        (children, ending), current = stack.pop()
+        if ending:
+            closing = grammar.min_close(current)
+            ids.extend(ending)
+            distances.extend([closing] * len(ending))
+        for byte, child in children.items():
+            nxt = grammar.step_byte(current, byte)
+            if nxt is not None:
+                stack.append((child, nxt))
+    if grammar.accepting(state):
+        ids.extend(grammar.eos_ids)
+        distances.extend([0] * len(grammar.eos_ids))
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(distances, dtype=torch.long)
 
 
 class CallGrammarProcessor(LogitsProcessor):
     """A transformers logits processor for one `generate` call: rows may only write answers of the grammar.
 
-    Row states advance with each chosen token; a row that wrote an end-of-sequence token is left alone (generate pads
-    it). `start_states` lets a row begin mid-answer (label scoring continues after the chosen label).
+    `grammar` is a `TokenGrammar`, or a `copying.CopyingGrammar` when arguments must be spans of the utterance;
+    `sources` gives each row's utterance. Row states advance with each chosen token; a row that wrote an
+    end-of-sequence token is left alone (generate pads it). `start_states` lets a row begin mid-answer (label scoring
+    continues after the chosen label).
     """
 
     def __init__(
         self,
-        grammar: TokenGrammar,
+        grammar: Any,
         max_new_tokens: int,
-        start_states: Sequence[ByteState] | None = None,
+        start_states: Sequence[Any] | None = None,
+        sources: Sequence[str] | None = None,
     ) -> None:
         self.grammar = grammar
         self.max_new_tokens = max_new_tokens
+        if start_states is None and sources is not None:
+            start_states = [grammar.start_for(source) for source in sources]
         self.start_states = list(start_states) if start_states is not None else None
-        self.states: list[ByteState | None] = []
+        self.states: list[Any] = []
         self.prompt_length: int | None = None
-        shortest = max(grammar.min_close(s) for s in (self.start_states or [grammar.start]))
+        # The processor keeps the tokens after which the answer can still close in the remaining budget: it can
+        # write something for every row iff each start state has a token that leaves at most max_new_tokens - 1.
+        shortest = max(1 + int(grammar.options(s)[1].min()) for s in (self.start_states or [grammar.start]))
         if max_new_tokens < shortest:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} cannot hold a complete call (the shortest needs {shortest} tokens)"

@@ -28,13 +28,22 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from intentops.evaluation.constrained import TokenGrammar
+    from intentops.evaluation.copying import CopyingGrammar
 
 
-def token_grammar(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder) -> TokenGrammar:
-    """The catalog call grammar serving enforces, over this tokenizer's tokens."""
+def token_grammar(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    builder: PromptBuilder,
+    copy_arguments: bool = False,
+) -> TokenGrammar | CopyingGrammar:
+    """The catalog call grammar serving enforces, over this tokenizer's tokens (argument values copied from the
+    utterance with `copy_arguments`)."""
     from intentops.evaluation.constrained import CallGrammar, TokenGrammar
+    from intentops.evaluation.copying import CopyingGrammar
 
-    return TokenGrammar(CallGrammar.for_builder(builder), tokenizer, stop_token_ids(model, tokenizer))
+    grammar = TokenGrammar(CallGrammar.for_builder(builder), tokenizer, stop_token_ids(model, tokenizer))
+    return CopyingGrammar(grammar) if copy_arguments else grammar
 
 
 class GenerationPredictor(Predictor):
@@ -51,6 +60,7 @@ class GenerationPredictor(Predictor):
         sort_by_length: bool = True,
         prefix_cache: bool = True,
         constrained: bool = False,
+        copy_arguments: bool = False,
         progress: bool = True,
     ) -> None:
         self.model = model.eval()
@@ -61,13 +71,17 @@ class GenerationPredictor(Predictor):
         self.sort_by_length = sort_by_length
         self.prefix_cache = prefix_cache
         self.progress = progress
-        self.grammar = token_grammar(model, tokenizer, builder) if constrained else None
+        self.grammar = token_grammar(model, tokenizer, builder, copy_arguments) if constrained else None
 
     name = "generate"
 
     @property
     def constrained(self) -> bool:
         return self.grammar is not None
+
+    @property
+    def copy_arguments(self) -> bool:
+        return hasattr(self.grammar, "base")
 
     def unconstrained(self) -> GenerationPredictor:
         free = copy.copy(self)
@@ -84,7 +98,9 @@ class GenerationPredictor(Predictor):
             for batch in plan_batches([len(s) for s in sequences], self.batch_size, self.sort_by_length):
                 start = time.perf_counter()
                 processor = (
-                    CallGrammarProcessor(self.grammar, self.max_new_tokens) if self.grammar is not None else None
+                    CallGrammarProcessor(self.grammar, self.max_new_tokens, sources=[texts[i] for i in batch])
+                    if self.grammar is not None
+                    else None
                 )
                 completions = greedy_generate(
                     self.model, self.tokenizer, [sequences[i] for i in batch], self.max_new_tokens, prefix, processor

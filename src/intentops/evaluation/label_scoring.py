@@ -50,8 +50,6 @@ from intentops.prompting import PromptBuilder
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from intentops.evaluation.constrained import ByteState
-
 Normalization = Literal["vocabulary", "catalog"]
 # Rows waiting for argument completion are completed together once this many batches' worth have been scored.
 COMPLETION_POOL = 4
@@ -244,6 +242,7 @@ class LabelScoringPredictor(Predictor):
         length_normalized: bool = False,
         normalization: Normalization = "vocabulary",
         constrained: bool = False,
+        copy_arguments: bool = False,
         prefix_cache: bool = True,
         progress: bool = True,
     ) -> None:
@@ -274,11 +273,15 @@ class LabelScoringPredictor(Predictor):
         if constrained:
             from intentops.evaluation.generation import token_grammar
 
-            self.grammar = token_grammar(model, tokenizer, builder)
+            self.grammar = token_grammar(model, tokenizer, builder, copy_arguments)
 
     @property
     def constrained(self) -> bool:
         return self.grammar is not None
+
+    @property
+    def copy_arguments(self) -> bool:
+        return hasattr(self.grammar, "base")
 
     def unconstrained(self) -> LabelScoringPredictor:
         free = copy.copy(self)
@@ -370,7 +373,8 @@ class LabelScoringPredictor(Predictor):
             if len(waiting) == 1
             else ScoredBatch.concat([w.scored for w in waiting], n_prefix, self.pad_id)
         )
-        completions = iter(self._complete(scored, [b for w in waiting for b in w.best]))
+        sources = [texts[index] for w in waiting for index in w.indices]
+        completions = iter(self._complete(scored, [b for w in waiting for b in w.best], sources))
         spent = time.perf_counter() - start
         for group in waiting:
             for index, confidence in zip(group.indices, group.confidences, strict=True):
@@ -383,7 +387,7 @@ class LabelScoringPredictor(Predictor):
                 )
         return sum(len(w.indices) for w in waiting)
 
-    def _complete(self, scored: ScoredBatch, best: list[int]) -> list[str]:
+    def _complete(self, scored: ScoredBatch, best: list[int], sources: Sequence[str]) -> list[str]:
         """Each row's answer: the chosen label's `name()`, or its path's text and a greedy continuation (arguments)."""
         from intentops.evaluation.constrained import CallGrammarProcessor
 
@@ -402,7 +406,9 @@ class LabelScoringPredictor(Predictor):
             layers = [(keys[rows], values[rows]) for keys, values in layers]
         if self.grammar is not None:
             processor = CallGrammarProcessor(
-                self.grammar, self.max_new_tokens, [self._grammar_state(path.text) for path in paths]
+                self.grammar,
+                self.max_new_tokens,
+                [self.grammar.state_after(path.text, sources[row]) for row, path in zip(need, paths, strict=True)],
             )
             tails: Sequence[Sequence[int]] | torch.Tensor = greedy_continue(
                 self.model,
@@ -423,13 +429,3 @@ class LabelScoringPredictor(Predictor):
         ):
             completions[row] = path.text + tail
         return completions
-
-    def _grammar_state(self, text: str) -> ByteState:
-        """The call grammar's state once the answer has written `text` (a label path's fixed tokens)."""
-        assert self.grammar is not None
-        state = self.grammar.start
-        for byte in text.encode("utf-8"):
-            state = self.grammar.step_byte(state, byte)
-            if state is None:
-                raise ValueError(f"the call grammar does not accept {text!r} as the start of an answer")
-        return state

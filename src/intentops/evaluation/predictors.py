@@ -66,6 +66,7 @@ class Predictor(ABC):
 
     name: str = "predictor"
     constrained: bool = False  # answers restricted to the catalog call grammar
+    copy_arguments: bool = False  # and every argument value to a span of the utterance
 
     @abstractmethod
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
@@ -105,7 +106,8 @@ def make_predictor(
     """The predictor for `kind` (generate, label_scoring, vllm, auto), loading the model from `model_dir`.
 
     `vllm` and `auto` use vLLM only when it is importable; otherwise they fall back to batched generation.
-    `constrained` (default `cfg.evaluation.constrained`) restricts answers to the catalog call grammar.
+    `constrained` (default `cfg.evaluation.constrained`) restricts answers to the catalog call grammar, and then
+    `cfg.evaluation.copy_arguments` argument values to spans of the utterance.
     """
     from intentops.evaluation import vllm_predictor
 
@@ -114,6 +116,7 @@ def make_predictor(
     builder = builder or PromptBuilder.from_model_dir(model_dir)
     eval_cfg = cfg.evaluation
     constrained = eval_cfg.constrained if constrained is None else constrained
+    copy_arguments = constrained and eval_cfg.copy_arguments
     if kind in ("vllm", "auto"):
         if vllm_predictor.vllm_available():
             return vllm_predictor.VllmPredictor(
@@ -124,6 +127,7 @@ def make_predictor(
                 max_model_len=cfg.serving.max_model_len,
                 gpu_memory_utilization=cfg.serving.gpu_memory_utilization,
                 constrained=constrained,
+                copy_arguments=copy_arguments,
                 progress=progress,
             )
         log.info("evaluation.decoding=%s: vllm is not importable here, using batched transformers generation", kind)
@@ -137,6 +141,7 @@ def make_predictor(
         "batch_size": eval_cfg.batch_size,
         "max_new_tokens": eval_cfg.max_new_tokens,
         "constrained": constrained,
+        "copy_arguments": copy_arguments,
         "progress": progress,
     }
     if kind == "label_scoring":

@@ -85,19 +85,25 @@ def call_regex(builder: PromptBuilder) -> str:
     return "(?:" + "|".join(alternatives) + ")"
 
 
-def structured_outputs(builder: PromptBuilder, max_calls: int = MAX_CALLS) -> dict[str, Any]:
+def structured_outputs(builder: PromptBuilder, max_calls: int = MAX_CALLS, source: str | None = None) -> dict[str, Any]:
     """vLLM's `structured_outputs` request field limiting the answer to the catalog.
 
     `choice` when the answer can only be one of finitely many strings (parameterless labels, one call, no reasoning),
     else `regex` over the call grammar (several calls joined by ';', wrapped in the builder's thought template in
-    thought mode: the reasoning may be empty and holds no character that starts the template's middle).
+    thought mode: the reasoning may be empty and holds no character that starts the template's middle). With
+    `source`, every argument value must be a span of that utterance: a per-request EBNF `grammar` (`copy_grammar`).
     """
     if max_calls < 1:
         raise ValueError(f"max_calls must be at least 1, got {max_calls}")
     template = builder.template
-    if max_calls == 1 and template is None and all(_arity(builder, label)[1] == 0 for label in builder.labels):
+    takes_arguments = any(_arity(builder, label)[1] for label in builder.labels)
+    if max_calls == 1 and template is None and not takes_arguments:
         tokens = _answer_tokens(builder)
         return {"choice": [f"{tokens[label]}()" for label in builder.labels]}
+    if source is not None and takes_arguments:
+        from intentops.serving.copy_grammar import copied_arguments_grammar
+
+        return {"grammar": copied_arguments_grammar(builder, source, _answer_tokens(builder), max_calls)}
     one = call_regex(builder)
     calls = one if max_calls == 1 else f"{one}(?:;{one}){{0,{max_calls - 1}}}"
     if template is not None:
@@ -150,6 +156,7 @@ class IntentClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_tokens: int | None = None,
         api_key: str | None = None,
+        copy_arguments: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown endpoint kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -167,6 +174,7 @@ class IntentClient:
         self.timeout_s = timeout_s
         self._model = model
         self._constraint = structured_outputs(builder)
+        self.copy_arguments = copy_arguments
         if max_tokens is None and builder.cfg.output_mode == "thought":
             max_tokens = THOUGHT_MAX_TOKENS
         self.max_tokens = max_tokens or ANSWER_MAX_TOKENS
@@ -179,6 +187,11 @@ class IntentClient:
     @property
     def constraint(self) -> dict[str, Any]:
         return self._constraint
+
+    def constraint_for(self, text: str) -> dict[str, Any]:
+        """What an openai request for `text` carries: the catalog's constraint, with argument values copied from
+        `text` when the client was made with `copy_arguments` (as the model was evaluated)."""
+        return structured_outputs(self.builder, source=text) if self.copy_arguments else self._constraint
 
     def predict(self, text: str) -> dict[str, Any]:
         """`{intent, params, call, raw, valid, latency_ms}`; intent/params are None/[] when the answer is malformed."""
@@ -252,7 +265,7 @@ class IntentClient:
                 messages=self.builder.messages(text),
                 temperature=0.0,
                 max_tokens=self.max_tokens,
-                extra_body={"structured_outputs": self._constraint},
+                extra_body={"structured_outputs": self.constraint_for(text)},
             )
         except OpenAIError as exc:
             raise ClientError(f"{self.endpoint}: chat completion failed: {exc}") from exc

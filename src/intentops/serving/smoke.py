@@ -136,5 +136,11 @@ def openai_client(
 ) -> IntentClient:
     """The smoke-test client of a vLLM endpoint (KServe or plain Kubernetes); `api_key` when vLLM requires one."""
     return IntentClient(
-        url, "openai", model=cfg.serving.service_name, builder=builder, timeout_s=timeout_s, api_key=api_key
+        url,
+        "openai",
+        model=cfg.serving.service_name,
+        builder=builder,
+        timeout_s=timeout_s,
+        api_key=api_key,
+        copy_arguments=cfg.evaluation.constrained and cfg.evaluation.copy_arguments,
     )

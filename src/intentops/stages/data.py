@@ -68,7 +68,8 @@ def validate_dataset(
     with _timed({}) as meta:
         catalog = load_catalog(ensure_local(cfg.data.catalog))
         with stage_run("validate-dataset", cfg, pipeline_run_id, params={"catalog": cfg.data.catalog}):
-            prepare_dataset(Records(records_dir).records, catalog, cfg.data, dataset.path)
+            copied = cfg.evaluation.constrained and cfg.evaluation.copy_arguments
+            prepare_dataset(Records(records_dir).records, catalog, cfg.data, dataset.path, copied_arguments=copied)
             mlflow.log_dict(dataset.manifest(), f"dataset/{DATASET_MANIFEST}")
             mlflow.log_artifact(str(dataset.validation_report), artifact_path="dataset")
         meta.update(intents=len(catalog.names), **dataset.metadata())

@@ -102,6 +102,8 @@ def evaluate_champion(
     champion_cfg.evaluation.decoding = candidate.decoding or cfg.evaluation.decoding
     if candidate.constrained is not None:
         champion_cfg.evaluation.constrained = candidate.constrained
+    if candidate.copy_arguments is not None:
+        champion_cfg.evaluation.copy_arguments = candidate.copy_arguments
     champion_cfg.evaluation.baselines = False  # same records: the candidate's report already has them
 
     def run(model_dir: str | Path, registry: dict[str, Any] | None) -> None:
