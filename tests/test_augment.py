@@ -74,3 +74,20 @@ def test_a_shared_pool_draws_from_every_intent_in_the_same_script() -> None:
     texts = {substitute(RECORDS[0], pools, random.Random(seed), shared=True)["text"] for seed in range(40)}
     assert any("dinner is ready" in text or "I'll be late" in text for text in texts)
     assert not any("张伟" in text for text in texts)
+
+
+def test_similar_length_keeps_a_short_value_short() -> None:
+    """A name is swapped for another name-sized value of any intent, not for a sentence-long message."""
+    pools = value_pools(RECORDS, shared=True)
+    texts = {
+        substitute(RECORDS[0], pools, random.Random(seed), shared=True, similar_length=True)["text"]
+        for seed in range(40)
+    }
+    assert texts == {"Ring Olivia a call"}  # David (5 characters): Olivia (6); not Tom, Grandma or a message
+    long_value = {
+        "id": "m",
+        "text": "Tell Ann that the cat is fed now",
+        "output": "send_message(Ann,the cat is fed now)",
+    }
+    lone = substitute(long_value, value_pools([*RECORDS, long_value], shared=True), random.Random(0), True, True)
+    assert lone is not None and "the cat is fed now" not in lone["text"]  # nothing that long: any value of the pool

@@ -180,10 +180,12 @@ class SftConfig(ConfigSection):
         "split, so the model learns to copy arguments from the utterance instead of recalling them from the "
         "phrasing; 0 = off. Each copy adds up to one training split's worth of steps per epoch.",
     )
-    argument_swap_pool: Literal["intent", "shared"] = Field(
+    argument_swap_pool: Literal["intent", "shared", "similar_length"] = Field(
         "intent",
         description="Where swapped-in arguments come from: `intent` = values of the same parameter of the same "
-        "intent; `shared` = any argument value of the training split in the same script (Chinese, digits, other).",
+        "intent; `shared` = any argument value of the training split in the same script (Chinese, digits, other); "
+        "`similar_length` = the shared values within one character of the swapped one's length (all shared values "
+        "when none is).",
     )
     seed: int = Field(42, description="Training seed.")
 

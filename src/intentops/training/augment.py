@@ -5,7 +5,10 @@ in training (on the bundled example: 0.94 parameter accuracy on the training spl
 wrong arguments that are other training values, e.g. `call_contact(Olivia)` for "Ring David a call"). A substituted
 copy of a record keeps its phrasing and swaps every argument that appears verbatim in the utterance for another value
 the same parameter of the same intent takes elsewhere in the training split (or, with a shared pool, any argument
-of any intent), in the same script (Chinese, digits, other), in the text and in the answer alike. The phrasing then no longer predicts the argument;
+of any intent), in the same script (Chinese, digits, other), in the text and in the answer alike; `similar_length`
+draws from the shared pool only values within one character of the original's length where there are any, so a
+two-character city is not swapped for a sentence-long message and the phrasing keeps saying where a value of its kind
+sits. The phrasing then no longer predicts the argument;
 only the words of the utterance do, which is what the prompt asks for ("Copy argument values from the user's
 words"). Records without such arguments get no copies; the originals are always kept.
 """
@@ -75,7 +78,11 @@ def _spans(text: str, calls: list[Call]) -> list[tuple[int, int, int, int]] | No
 
 
 def substitute(
-    record: dict[str, Any], pools: dict[PoolKey, list[str]], rng: random.Random, shared: bool = False
+    record: dict[str, Any],
+    pools: dict[PoolKey, list[str]],
+    rng: random.Random,
+    shared: bool = False,
+    similar_length: bool = False,
 ) -> dict[str, Any] | None:
     """A copy of `record` with each argument found once in its text replaced by another pool value; None if none."""
     calls = _calls(record)
@@ -90,6 +97,8 @@ def substitute(
         choices = [
             v for v in pools.get(_key(calls[index], position, value, shared), []) if v != value and v not in text
         ]
+        if similar_length:
+            choices = [v for v in choices if abs(len(v) - len(value)) <= 1] or choices
         new = rng.choice(choices) if choices else value
         changed |= new != value
         args[index][position] = new
@@ -110,7 +119,7 @@ def substitute(
 
 
 def substituted_copies(
-    records: Sequence[dict[str, Any]], copies: int, seed: int, shared: bool = False
+    records: Sequence[dict[str, Any]], copies: int, seed: int, shared: bool = False, similar_length: bool = False
 ) -> list[dict[str, Any]]:
     """Up to `copies` argument-substituted copies of every record (drawn reproducibly from `seed`; `value_pools`)."""
     if copies <= 0:
@@ -120,7 +129,7 @@ def substituted_copies(
     out = []
     for record in records:
         for copy in range(copies):
-            new = substitute(record, pools, rng, shared)
+            new = substitute(record, pools, rng, shared, similar_length)
             if new is not None:
                 out.append({**new, "id": f"{new['id']}{copy}"})
     log.info("%d argument-substituted copies of %d training records added", len(out), len(records))

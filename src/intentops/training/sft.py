@@ -285,8 +285,10 @@ def run_sft(
         base_dir = resolve_base_model(dataset_dir, base_model, cfg, out)
     builder = PromptBuilder(catalog, cfg.prompt, examples=records)
     tokenizer = load_tokenizer(base_dir)
-    shared_pool = cfg.sft.argument_swap_pool == "shared"
-    swapped = substituted_copies(records, cfg.sft.argument_swaps, cfg.sft.seed, shared_pool)
+    pool = cfg.sft.argument_swap_pool
+    swapped = substituted_copies(
+        records, cfg.sft.argument_swaps, cfg.sft.seed, shared=pool != "intent", similar_length=pool == "similar_length"
+    )
     dataset = Dataset.from_list(sft_rows(records + swapped, builder))
     checkpoints = out / CHECKPOINTS
     resume_key = {
