@@ -30,7 +30,8 @@ _QUOTED_VALUE = frozenset({"quoted", "escape"})
 # Options of states outside the argument list are the catalog grammar's; only tokens that can open the argument
 # list, and so reach into a value within the same token, are checked against the utterance.
 _OPENS_ARGUMENTS = ord("(")
-# Bound on cached option sets: states depend on the utterance, so the cache is per request and may be dropped.
+# Bound on cached option sets (and per-utterance facts): states depend on the utterance, so what is cached serves
+# one request and may be dropped.
 _CACHE_LIMIT = 50_000
 
 
@@ -115,8 +116,9 @@ class CopyingGrammar:
         cached = self._options.get(state)
         if cached is not None:
             return cached
-        if len(self._options) >= _CACHE_LIMIT:
-            self._options.clear()
+        if len(self._options) >= _CACHE_LIMIT:  # a server answers unboundedly many utterances
+            for per_state_or_source in (self._options, self._char_cost, self._goes_on):
+                per_state_or_source.clear()
         base_state = state[0]
         if _is_arg(base_state[0]) or base_state[1]:
             result = allowed_tokens(self, state)
