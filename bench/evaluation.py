@@ -12,7 +12,8 @@ Qwen prompt. Against it, on the same SFT-trained tiny model and the same test re
   cached prompt, then greedy argument completion), a different decoder: its agreement with generation is measured,
   not assumed; and label scoring as a pure intent classifier (no arguments), which is what seed 001 measures; each
   with the whole vocabulary or the catalog's tokens as the normaliser;
-- generation constrained to the catalog call grammar (what the vLLM server enforces);
+- generation constrained to the catalog call grammar (what the vLLM server enforces), and with every argument value
+  copied from the utterance (`evaluation.copy_arguments`);
 - a throughput table: samples/s at batch 1, 8 and 32 for generate, constrained generate and label scoring.
 
     python bench/evaluation.py --write-readme                 # builds dataset + SFT model once under --work
@@ -295,6 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         constrained=True,
         progress=False,
     )
+    copying = GenerationPredictor(
+        model,
+        tokenizer,
+        builder,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        constrained=True,
+        copy_arguments=True,
+        progress=False,
+    )
     scoring = LabelScoringPredictor(
         model, tokenizer, builder, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
     )
@@ -312,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "batched generation, no prefix cache": (args.batch_size, generation_full_prompts.predict),
         "batched generation": (args.batch_size, generation.predict),
         "constrained generation": (args.batch_size, constrained.predict),
+        "constrained generation, arguments copied": (args.batch_size, copying.predict),
         "label scoring": (args.batch_size, scoring.predict),
         INTENT_ONLY: (args.batch_size, lambda t: label_scoring_intents_only(scoring, t)),
         CATALOG: (args.batch_size, catalog_scoring.predict),
@@ -330,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "generate": generation,
                 "constrained generate": constrained,
+                "constrained generate, arguments copied": copying,
                 "label scoring": scoring,
                 CATALOG: catalog_scoring,
             },
