@@ -275,49 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     if torch.cuda.is_available():
         model = model.to("cuda")
     builder = PromptBuilder.from_model_dir(model_dir)
-    generation = GenerationPredictor(
-        model, tokenizer, builder, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
-    )
-    generation_full_prompts = GenerationPredictor(
-        model,
-        tokenizer,
-        builder,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        prefix_cache=False,
-        progress=False,
-    )
-    constrained = GenerationPredictor(
-        model,
-        tokenizer,
-        builder,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        constrained=True,
-        progress=False,
-    )
-    copying = GenerationPredictor(
-        model,
-        tokenizer,
-        builder,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        constrained=True,
-        copy_arguments=True,
-        progress=False,
-    )
-    scoring = LabelScoringPredictor(
-        model, tokenizer, builder, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False
-    )
-    catalog_scoring = LabelScoringPredictor(
-        model,
-        tokenizer,
-        builder,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        normalization="catalog",
-        progress=False,
-    )
+    common = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "progress": False}
+    generation = GenerationPredictor(model, tokenizer, builder, **common)
+    generation_full_prompts = GenerationPredictor(model, tokenizer, builder, prefix_cache=False, **common)
+    constrained = GenerationPredictor(model, tokenizer, builder, constrained=True, **common)
+    copying = GenerationPredictor(model, tokenizer, builder, constrained=True, copy_arguments=True, **common)
+    scoring = LabelScoringPredictor(model, tokenizer, builder, **common)
+    catalog_scoring = LabelScoringPredictor(model, tokenizer, builder, normalization="catalog", **common)
     methods: dict[str, tuple[int, Callable[[Sequence[str]], list[Prediction]]]] = {
         "seed 002 loop": (1, lambda t: seed002_loop(model, tokenizer, builder, t)),
         "batched generation, no prefix cache": (args.batch_size, generation_full_prompts.predict),
