@@ -207,3 +207,22 @@ def test_mine_stage_reads_only_the_scoring_pass(tmp_path: Path, small_dataset_di
     assert out["coverage"] == 1.0 and "stage_seconds" in out
     assert Rollouts(rollouts).metadata() == {"rows": len(rows), "scoring_rows": len(rows)}
     HardSet(tmp_path / "hard").check()
+
+
+def test_a_stage_process_skips_the_shutdown_collections_and_still_flushes_its_output(tmp_path: Path) -> None:
+    """A task's process freezes its objects at exit (interpreter shutdown would walk them all in cyclic garbage
+    collections), after the stage's own exit handlers and before logging's, so buffered output still lands."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "stage.log"
+    script = (
+        "import atexit, gc, logging\n"
+        f"logging.basicConfig(filename={str(log)!r}, level=logging.INFO)\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+        "import intentops.stages\n"
+        "logging.getLogger('stage').info('last line of the stage')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert "frozen at exit: True" in done.stdout
+    assert "last line of the stage" in log.read_text(encoding="utf-8")

@@ -25,9 +25,10 @@ DESCRIPTION = (
     "artifact, which every later stage reads; derive the GPU node selector and tolerations from the cluster knobs."
 )
 # Run the installed module with kfp's executor; kfp.local's SubprocessRunner also runs it (it needs executor_main).
+# The module's path is looked up without importing it (that would import kfp and pydantic once more, ~1.5 s).
 _RUN = (
     'python3 -m kfp.dsl.executor_main --component_module_path "$(python3 -c '
-    '\'import components.resolve_config.component as m; print(m.__file__)\')" "$@"'
+    '\'import importlib.util; print(importlib.util.find_spec("components.resolve_config.component").origin)\')" "$@"'
 )
 
 

@@ -7,6 +7,9 @@ its output artifact (always with `stage_seconds`). SFT, GRPO and evaluation open
 evaluation records its run id in its metrics; the other stages open theirs here.
 """
 
+import atexit
+import gc
+
 from intentops.stages.data import ChangeCheck, check_changes, convert_itag, validate_dataset
 from intentops.stages.evaluation import (
     EvaluateOutputs,
@@ -18,6 +21,12 @@ from intentops.stages.evaluation import (
 )
 from intentops.stages.release import deploy_vllm, register_model
 from intentops.stages.training import ChainResult, GrpoOutputs, grpo, mine_hard_samples, sft_warmup, train_chain
+
+# A pipeline task is a process that ends soon after its stage returns, and the cyclic garbage collections of
+# interpreter shutdown walk every object torch, transformers and TRL created: about 3 s per task on the 2-core
+# machine (bench/README.md, "orchestration"). Frozen objects are skipped; exiting frees their memory anyway, and
+# atexit handlers registered before this one (logging, weakref finalizers) still run after it.
+atexit.register(gc.freeze)
 
 __all__ = [
     "ChainResult",

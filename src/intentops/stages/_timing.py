@@ -1,4 +1,9 @@
-"""Wall time of a stage, recorded in its artifact metadata."""
+"""Wall time of a stage, recorded in its artifact metadata.
+
+Each stage function opens its `timed` block before it imports its own libraries (mlflow, torch, TRL): loading them
+is the stage's work wherever it runs. What a run summary calls orchestration overhead is what is left of the wall
+time: starting a process per task, the KFP executor around the stage function, kfp.local's bookkeeping.
+"""
 
 from __future__ import annotations
 

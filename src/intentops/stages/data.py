@@ -24,14 +24,15 @@ log = logging.getLogger(__name__)
 
 def convert_itag(cfg: RunConfig, records_dir: str | Path, pipeline_run_id: str | None = None) -> dict[str, Any]:
     """iTAG manifest (`data.manifest`) -> records; fails when the reject rate exceeds `data.max_reject_rate`."""
-    import mlflow
-
-    from intentops.data.itag import convert_manifest
-    from intentops.io import sha256_file
-    from intentops.tracking import stage_run
 
     records = Records(records_dir)
     with _timed({}) as meta:
+        import mlflow
+
+        from intentops.data.itag import convert_manifest
+        from intentops.io import sha256_file
+        from intentops.tracking import stage_run
+
         with stage_run("convert-itag", cfg, pipeline_run_id, params={"manifest": cfg.data.manifest}):
             report = convert_manifest(cfg.data.manifest, records.path, cfg.data.max_reject_rate)
             mlflow.log_metrics(
@@ -57,15 +58,16 @@ def validate_dataset(
     cfg: RunConfig, records_dir: str | Path, dataset_dir: str | Path, pipeline_run_id: str | None = None
 ) -> dict[str, Any]:
     """Records -> validated, split dataset; fails on any validation error (the report lists the records)."""
-    import mlflow
-
-    from intentops.catalog import load_catalog
-    from intentops.data.split import prepare_dataset
-    from intentops.storage import ensure_local
-    from intentops.tracking import stage_run
 
     dataset = Dataset(dataset_dir)
     with _timed({}) as meta:
+        import mlflow
+
+        from intentops.catalog import load_catalog
+        from intentops.data.split import prepare_dataset
+        from intentops.storage import ensure_local
+        from intentops.tracking import stage_run
+
         catalog = load_catalog(ensure_local(cfg.data.catalog))
         with stage_run("validate-dataset", cfg, pipeline_run_id, params={"catalog": cfg.data.catalog}):
             copied = cfg.evaluation.constrained and cfg.evaluation.copy_arguments

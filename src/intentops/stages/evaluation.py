@@ -65,10 +65,10 @@ def evaluate(
     split: str = "test",
 ) -> EvaluateOutputs:
     """Score a model on a dataset split: metrics, per-record predictions, reports, confusion matrix."""
-    from intentops.evaluation import evaluate_model
-    from intentops.stages.training import resolved_model
-
     with _timed({}) as meta:
+        from intentops.evaluation import evaluate_model
+        from intentops.stages.training import resolved_model
+
         model_dir = resolved_model(cfg, model_dir)
         evaluate_model(model_dir, dataset_dir, cfg, evaluation_dir, pipeline_run_id, split)
     return _evaluate_outputs(Evaluation(evaluation_dir), meta)
@@ -88,8 +88,6 @@ def evaluate_champion(
     champion (or `gate.mode=disabled`) the evaluation folder says so (no_model.json) and the gate decides on
     thresholds alone.
     """
-    from intentops.evaluation import evaluate_model
-
     candidate = Evaluation(candidate_evaluation_dir).metrics()
     dataset = Dataset(dataset_dir)
     if candidate.dataset.hash != dataset.dataset_hash:
@@ -107,6 +105,8 @@ def evaluate_champion(
     champion_cfg.evaluation.baselines = False  # same records: the candidate's report already has them
 
     def run(model_dir: str | Path, registry: dict[str, Any] | None) -> None:
+        from intentops.evaluation import evaluate_model
+
         log.info("evaluating the champion %s on the candidate's test set", model_dir)
         evaluate_model(
             model_dir,
@@ -160,15 +160,15 @@ def gate(
 
     `dataset_dir` supplies the catalog, whose domains add per-domain comparisons.
     """
-    import mlflow
-
-    from intentops.artifacts import GATE_HTML
-    from intentops.catalog import load_catalog
-    from intentops.evaluation.gate import write_gate
-    from intentops.evaluation.gate_report import gate_scalar_metrics
-    from intentops.tracking import stage_run
-
     with _timed({}) as meta:
+        import mlflow
+
+        from intentops.artifacts import GATE_HTML
+        from intentops.catalog import load_catalog
+        from intentops.evaluation.gate import write_gate
+        from intentops.evaluation.gate_report import gate_scalar_metrics
+        from intentops.tracking import stage_run
+
         catalog = load_catalog(Dataset(dataset_dir).catalog_path) if dataset_dir is not None else None
         decision = decide_gate(candidate_evaluation_dir, champion_evaluation_dir, cfg.gate, catalog)
         result = GateResult(decision_dir)

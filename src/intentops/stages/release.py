@@ -24,10 +24,10 @@ def register_model(
     pipeline_run_id: str,
 ) -> tuple[Any, dict[str, Any]]:
     """Register the candidate (@challenger; @champion when the gate passed); returns (version, UI metadata)."""
-    from intentops.registry import register_model as register
-    from intentops.stages.training import resolved_model
-
     with _timed({}) as meta:
+        from intentops.registry import register_model as register
+        from intentops.stages.training import resolved_model
+
         version = register(
             resolved_model(cfg, model_dir),
             cfg,
@@ -51,14 +51,14 @@ def deploy_vllm(cfg: RunConfig, version: str, pipeline_run_id: str | None = None
 
     The `local` target's server is stopped after its smoke test, so a pipeline step never leaves a process behind.
     """
-    import mlflow
-
-    from intentops.serving.deploy import deploy, stop_local
-    from intentops.tracking import stage_run
-
     target = cfg.serving.target
     local = target == "local"
     with _timed({}) as meta:
+        import mlflow
+
+        from intentops.serving.deploy import deploy, stop_local
+        from intentops.tracking import stage_run
+
         with stage_run("deploy-vllm", cfg, pipeline_run_id, params={"target": target, "version": version}):
             try:
                 result = deploy(cfg, version=version, target=target, record=not local)

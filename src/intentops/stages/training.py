@@ -58,9 +58,9 @@ def sft_warmup(
     cfg: RunConfig, dataset_dir: str | Path, model_dir: str | Path, pipeline_run_id: str | None = None
 ) -> dict[str, Any]:
     """Supervised warm-up from `model.base_model` (or the tiny profile's model) on the training split."""
-    from intentops.training.sft import run_sft
-
     with _timed({}) as meta:
+        from intentops.training.sft import run_sft
+
         launched = (
             _launched(
                 "sft",
@@ -105,9 +105,9 @@ def grpo(
     taught (`prompt.uncertain_label`, `sft.uncertain_share` > 0), stage 1 first relabels the training records the
     warmed-up model is least sure of `uncertain()` and trains on that copy, which joins the rollouts artifact.
     """
-    from intentops.training.grpo import GrpoResult, run_grpo
-
     with _timed({}) as meta:
+        from intentops.training.grpo import GrpoResult, run_grpo
+
         start = resolved_model(cfg, start_model_dir)
         if stage == "grpo1" and cfg.prompt.uncertain_label and cfg.sft.uncertain_share > 0:
             from intentops.training.uncertain import relabel_uncertain
@@ -151,12 +151,12 @@ def mine_hard_samples(
     stage 1 trained on (`Rollouts.trained_on`: its uncertain-relabelled copy, if any); the curriculum refuses a pass
     made from another training set.
     """
-    import mlflow
-
-    from intentops.tracking import stage_run
-    from intentops.training.curriculum import mine_hard_samples as mine
-
     with _timed({}) as meta:
+        import mlflow
+
+        from intentops.tracking import stage_run
+        from intentops.training.curriculum import mine_hard_samples as mine
+
         with stage_run("mine-hard-samples", cfg, pipeline_run_id, params=cfg.mining.model_dump()):
             rollouts = Rollouts(rollouts_dir)
             train = rollouts.trained_on(Dataset(dataset_dir).train)
