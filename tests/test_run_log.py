@@ -106,3 +106,27 @@ def test_run_log_keeps_everything_in_the_file_and_the_previous_run_aside(tmp_pat
     with run_log(tmp_path, full=True):
         sys.stdout.write(RAW)
     assert capsys.readouterr().out == RAW
+
+
+def test_the_console_drops_nanobinds_exit_report_of_a_fast_exiting_task() -> None:
+    """Triton's bindings list what the skipped shutdown collections would have freed; the log file keeps it."""
+    raw = [
+        "    [KFP Executor 2026-12-02 14:05:03,615 INFO]: Wrote executor output file to /tmp/run/executor_output.json.",
+        "    nanobind: leaked 4 instances!",
+        ' - leaked instance 0x7fd5073cdbe8 of type "triton._C.libtriton.ir.attribute"',
+        "    nanobind: leaked 64 types!",
+        '     - leaked type "triton._C.libtriton.ir.location"',
+        "     - ... skipped remainder",
+        "    nanobind: leaked 514 functions!",
+        '     - leaked function "__str__"',
+        "    nanobind: this is likely caused by a reference counting issue in the binding code.",
+        "    See https://nanobind.readthedocs.io/en/latest/refleaks.html    ",
+        "    - leaked items in my own stage's list: 3",
+        "14:05:04.326 - INFO - Task \x1b[96m'sft-warmup'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+    ]
+    console = ConsoleFilter()
+    shown = [out for line in raw for out in console.feed(line)]
+    assert shown == [
+        "    - leaked items in my own stage's list: 3",
+        "14:05:04.326 - INFO - Task \x1b[96m'sft-warmup'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+    ]

@@ -209,11 +209,18 @@ def test_mine_stage_reads_only_the_scoring_pass(tmp_path: Path, small_dataset_di
     HardSet(tmp_path / "hard").check()
 
 
-def test_a_stage_process_skips_the_shutdown_collections_and_still_flushes_its_output(tmp_path: Path) -> None:
-    """A task's process freezes its objects at exit (interpreter shutdown would walk them all in cyclic garbage
-    collections), after the stage's own exit handlers and before logging's, so buffered output still lands."""
+@pytest.mark.parametrize("fast_exit", [True, False])
+def test_a_local_task_skips_the_shutdown_collections_and_still_flushes_its_output(
+    tmp_path: Path, fast_exit: bool
+) -> None:
+    """A local run's task process freezes its objects at exit (interpreter shutdown would walk them all in cyclic
+    garbage collections), after the stage's own exit handlers and before logging's, so buffered output still lands;
+    without the local run's switch (a pod on a cluster) it exits as usual."""
+    import os
     import subprocess
     import sys
+
+    from intentops.stages import FAST_EXIT_ENV
 
     log = tmp_path / "stage.log"
     script = (
@@ -223,6 +230,11 @@ def test_a_stage_process_skips_the_shutdown_collections_and_still_flushes_its_ou
         "import intentops.stages\n"
         "logging.getLogger('stage').info('last line of the stage')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
-    assert "frozen at exit: True" in done.stdout
+    env = {key: value for key, value in os.environ.items() if key != FAST_EXIT_ENV}
+    if fast_exit:
+        env[FAST_EXIT_ENV] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120, env=env
+    )
+    assert f"frozen at exit: {fast_exit}" in done.stdout
     assert "last line of the stage" in log.read_text(encoding="utf-8")

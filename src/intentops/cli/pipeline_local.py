@@ -16,6 +16,7 @@ from pathlib import Path
 from intentops.cli.pipeline_build import TRAINING, PipelineError, compile_pipeline
 from intentops.config import RunConfig
 from intentops.run_summary import RunSummary, summarize_run, task_outputs
+from intentops.stages import FAST_EXIT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def execute_local(stem: str, cfg: RunConfig, workdir: Path, tracking_uri: str | 
     # transformers' per-file bars ("Loading weights", "Writing model shards") too; the Trainer's step bar and the
     # evaluation's bar are their own tqdm and stay: one bar per long stage.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Each task skips the shutdown garbage collections (about 3 s per task; intentops.stages).
+    os.environ.setdefault(FAST_EXIT_ENV, "1")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = local_tracking(cfg, tracking_uri, workdir)

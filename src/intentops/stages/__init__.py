@@ -9,6 +9,7 @@ evaluation records its run id in its metrics; the other stages open theirs here.
 
 import atexit
 import gc
+import os
 
 from intentops.stages.data import ChangeCheck, check_changes, convert_itag, validate_dataset
 from intentops.stages.evaluation import (
@@ -22,13 +23,18 @@ from intentops.stages.evaluation import (
 from intentops.stages.release import deploy_vllm, register_model
 from intentops.stages.training import ChainResult, GrpoOutputs, grpo, mine_hard_samples, sft_warmup, train_chain
 
-# A pipeline task is a process that ends soon after its stage returns, and the cyclic garbage collections of
-# interpreter shutdown walk every object torch, transformers and TRL created: about 3 s per task on the 2-core
-# machine (bench/README.md, "orchestration"). Frozen objects are skipped; exiting frees their memory anyway, and
-# atexit handlers registered before this one (logging, weakref finalizers) still run after it.
-atexit.register(gc.freeze)
+# Set by `intentops run` for its kfp.local tasks. A task is a process that ends soon after its stage returns, and
+# the cyclic garbage collections of interpreter shutdown walk every object torch, transformers and TRL created:
+# about 3 s per task on the 2-core machine (bench/README.md, "orchestration"). Frozen objects are skipped and the
+# exiting process frees their memory anyway; atexit handlers registered before this one (logging, weakref
+# finalizers) still run after it. Not on a cluster: there a pod's teardown is small next to scheduling it, and
+# Triton's nanobind bindings report the objects no collection freed as leaks, in every training pod's log.
+FAST_EXIT_ENV = "INTENTOPS_FAST_EXIT"
+if os.environ.get(FAST_EXIT_ENV) == "1":
+    atexit.register(gc.freeze)
 
 __all__ = [
+    "FAST_EXIT_ENV",
     "ChainResult",
     "ChangeCheck",
     "EvaluateOutputs",
