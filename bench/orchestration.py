@@ -1,0 +1,68 @@
+"""Where a local run's orchestration overhead goes: each task's wall time against its stage's own seconds.
+
+    python bench/orchestration.py intentops-run            # the work folder of a finished `intentops run`
+
+A task's wall time runs from kfp.local's "Executing task" line to its "finished with status" line in WORKDIR/run.log;
+its stage seconds are the `stage_seconds` the stage function recorded (WORKDIR/summary.json). What is left is the
+process start, the KFP executor around the stage function, and the process exit; the gaps between tasks are
+kfp.local's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import datetime
+from itertools import pairwise
+from pathlib import Path
+
+from intentops.run_log import RUN_LOG
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_LINE = re.compile(r"(\d\d:\d\d:\d\d\.\d+) - \w+ - (Executing task|Task) '([^']+)'(.*)")
+
+
+def task_spans(run_log: Path) -> dict[str, tuple[float, float]]:
+    """{task: (start, end)} in seconds of the day, from kfp.local's lines in a run log."""
+    starts: dict[str, float] = {}
+    spans: dict[str, tuple[float, float]] = {}
+    for line in run_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _TASK_LINE.match(_ANSI.sub("", line))
+        if not match:
+            continue
+        clock, kind, task, rest = match.groups()
+        moment = datetime.strptime(clock, "%H:%M:%S.%f")
+        seconds = moment.hour * 3600 + moment.minute * 60 + moment.second + moment.microsecond / 1e6
+        if kind == "Executing task":
+            starts[task] = seconds
+        elif "finished with status" in rest and task in starts:
+            spans[task] = (starts[task], seconds)
+    return spans
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("workdir", type=Path, help="Work folder of a finished `intentops run`.")
+    args = parser.parse_args(argv)
+    summary = json.loads((args.workdir / "summary.json").read_text(encoding="utf-8"))
+    spans = task_spans(args.workdir / RUN_LOG)
+    stage_seconds = summary["stage_seconds"]
+    print("| task | task wall s | stage s | outside the stage s |")
+    print("|---|---:|---:|---:|")
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    for task, (start, end) in ordered:
+        stage = stage_seconds.get(task, 0.0)
+        print(f"| {task} | {end - start:.1f} | {stage:.1f} | {end - start - stage:.1f} |")
+    in_tasks = sum(end - start - stage_seconds.get(task, 0.0) for task, (start, end) in ordered)
+    gaps = sum(max(0.0, nxt[1][0] - cur[1][1]) for cur, nxt in pairwise(ordered))
+    print(
+        f"\npipeline wall {summary['wall_seconds']:.1f} s; stages {summary['stages_total_seconds']:.1f} s; "
+        f"outside the stages, inside tasks {in_tasks:.1f} s; between tasks {gaps:.1f} s; "
+        f"orchestration overhead {summary['overhead_seconds']:.1f} s ({summary['overhead_share']:.1%})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
