@@ -1,6 +1,8 @@
 """Where a local run's orchestration overhead goes: each task's wall time against its stage's own seconds.
 
     python bench/orchestration.py intentops-run            # the work folder of a finished `intentops run`
+    python bench/orchestration.py --exit-cost              # seconds a stage process spends exiting, with and without
+                                                           # the local runs' fast exit (intentops.stages.FAST_EXIT_ENV)
 
 A task's wall time runs from kfp.local's "Executing task" line to its "finished with status" line in WORKDIR/run.log;
 its stage seconds are the `stage_seconds` the stage function recorded (WORKDIR/summary.json). What is left is the
@@ -12,12 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
 from intentops.run_log import RUN_LOG
+from intentops.stages import FAST_EXIT_ENV
+
+# What a training stage's process has imported by the time it exits.
+STAGE_IMPORTS = "import mlflow, torch, transformers; import intentops.training.grpo; import intentops.stages"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_LINE = re.compile(r"(\d\d:\d\d:\d\d\.\d+) - \w+ - (Executing task|Task) '([^']+)'(.*)")
@@ -41,10 +51,30 @@ def task_spans(run_log: Path) -> dict[str, tuple[float, float]]:
     return spans
 
 
+def exit_seconds(fast_exit: bool) -> float:
+    """Seconds from a stage-like process's last statement to its exit, with or without the fast exit."""
+    env = {key: value for key, value in os.environ.items() if key != FAST_EXIT_ENV}
+    if fast_exit:
+        env[FAST_EXIT_ENV] = "1"
+    script = f"{STAGE_IMPORTS}\nimport time; print(time.time(), flush=True)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    return time.time() - float(done.stdout.split()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("workdir", type=Path, help="Work folder of a finished `intentops run`.")
+    parser.add_argument("workdir", type=Path, nargs="?", help="Work folder of a finished `intentops run`.")
+    parser.add_argument("--exit-cost", action="store_true", help="Time a stage process's exit instead.")
     args = parser.parse_args(argv)
+    if args.exit_cost:
+        for fast_exit in (False, True):
+            print(
+                f"exit after the stage imports, fast exit {'on' if fast_exit else 'off'}: "
+                f"{exit_seconds(fast_exit):.2f} s"
+            )
+        return 0
+    if args.workdir is None:
+        parser.error("give a work folder, or --exit-cost")
     summary = json.loads((args.workdir / "summary.json").read_text(encoding="utf-8"))
     spans = task_spans(args.workdir / RUN_LOG)
     stage_seconds = summary["stage_seconds"]
