@@ -26,6 +26,7 @@ from intentops.registry import (
     register_model,
     rollback,
 )
+from intentops.registry_cas import upsert
 
 
 def _mlflow_client(target):
@@ -141,6 +142,51 @@ def test_concurrent_registrations_of_a_passed_candidate_agree_on_the_champion(
     assert {result.version for result in results} == {"1"}
     assert all(result.is_champion for result in results)
     assert len(_versions(mlflow_tracking, pipeline_run_id="run-pass")) == 1 and _champion(mlflow_tracking) == "1"
+
+
+def test_concurrent_writers_of_one_new_tag_or_alias_all_succeed(mlflow_tracking) -> None:
+    """MLflow's SQL store upserts a tag or alias as select-then-insert, so two writers of the same new row can collide
+    (`UNIQUE constraint failed`); both writes must still succeed (seen in CI as a failed concurrent registration)."""
+    client = _mlflow_client(mlflow_tracking)
+    _complete_versions(mlflow_tracking, 1)
+    name, writers, rounds = mlflow_tracking.model_name, 6, 8
+    barrier = threading.Barrier(writers)
+
+    def write(writer: int) -> None:
+        for round_ in range(rounds):
+            barrier.wait(timeout=60)
+            upsert(client.set_model_version_tag, name, "1", f"race.{round_}", "same")
+            upsert(client.set_registered_model_tag, name, f"race.{round_}", str(writer))
+            upsert(client.set_registered_model_alias, name, f"race-{round_}", "1")
+
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(writers)))
+    version = client.get_model_version(name, "1")
+    assert all(version.tags[f"race.{round_}"] == "same" for round_ in range(rounds))
+    assert len(version.aliases) == rounds
+
+
+def test_upsert_repeats_only_a_lost_insert_race() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
+
+    calls: list[tuple[str, ...]] = []
+
+    def lost_once(*args: str) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: model_version_tags.key", error_code=BAD_REQUEST
+            )
+
+    upsert(lost_once, "model", "1", "key", "value")
+    assert calls == [("model", "1", "key", "value")] * 2
+
+    def invalid(*args: str) -> None:
+        raise MlflowException("Invalid value for tag key", error_code=INVALID_PARAMETER_VALUE)
+
+    with pytest.raises(MlflowException, match="Invalid value"):
+        upsert(invalid, "model", "1", "key", "value")
 
 
 def test_registration_does_not_promote_over_a_champion_the_gate_never_saw(

@@ -39,6 +39,7 @@ from intentops.registry_cas import (
     compare_and_move,
     is_missing,
     moved_error,
+    upsert,
 )
 from intentops.registry_packaging import (
     MAX_TAG_CHARS,
@@ -221,7 +222,7 @@ def _make_champion(client: MlflowClient, name: str, version: str, reason: str, e
         raise moved_error(name, current, expected, "another promotion moved it (nothing changed)")
     # The predecessor is written before the alias moves, so a champion never lacks its rollback target.
     if current is not None:
-        client.set_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG, current)
+        upsert(client.set_model_version_tag, name, version, PREVIOUS_CHAMPION_TAG, current)
     elif PREVIOUS_CHAMPION_TAG in client.get_model_version(name, version).tags:
         # First champion (or the alias was removed by hand): a stale predecessor must not become a rollback target.
         client.delete_model_version_tag(name, version, PREVIOUS_CHAMPION_TAG)
@@ -229,11 +230,11 @@ def _make_champion(client: MlflowClient, name: str, version: str, reason: str, e
         log.info("registry: %s version %s was made champion by a concurrent call", name, version)
         return
     if current is not None:
-        client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, current)
+        upsert(client.set_registered_model_tag, name, PREVIOUS_CHAMPION_TAG, current)
     elif PREVIOUS_CHAMPION_TAG in client.get_registered_model(name).tags:
         client.delete_registered_model_tag(name, PREVIOUS_CHAMPION_TAG)
-    client.set_model_version_tag(name, version, PROMOTED_AT_TAG, _now())
-    client.set_model_version_tag(name, version, PROMOTION_REASON_TAG, reason[:MAX_TAG_CHARS])
+    upsert(client.set_model_version_tag, name, version, PROMOTED_AT_TAG, _now())
+    upsert(client.set_model_version_tag, name, version, PROMOTION_REASON_TAG, reason[:MAX_TAG_CHARS])
     log.info(
         "registry: %s@%s -> version %s (%s; previous champion: %s)", name, CHAMPION, version, reason, current or "none"
     )
@@ -279,12 +280,12 @@ def rollback(cfg: RunConfig) -> RegisteredVersion:
             "which no longer exists; promote a version by hand instead"
         ) from None
     compare_and_move(client, name, target.version, current.version)
-    client.set_registered_model_tag(name, ROLLED_BACK_FROM_TAG, current.version)
+    upsert(client.set_registered_model_tag, name, ROLLED_BACK_FROM_TAG, current.version)
     if target.previous_champion:
-        client.set_registered_model_tag(name, PREVIOUS_CHAMPION_TAG, target.previous_champion)
+        upsert(client.set_registered_model_tag, name, PREVIOUS_CHAMPION_TAG, target.previous_champion)
     elif PREVIOUS_CHAMPION_TAG in client.get_registered_model(name).tags:
         client.delete_registered_model_tag(name, PREVIOUS_CHAMPION_TAG)
-    client.set_model_version_tag(name, current.version, ROLLED_BACK_AT_TAG, _now())
+    upsert(client.set_model_version_tag, name, current.version, ROLLED_BACK_AT_TAG, _now())
     log.info("registry: rolled %s@%s back from version %s to %s", name, CHAMPION, current.version, target.version)
     return _model_version(client, name, target.version)
 
@@ -353,11 +354,11 @@ def set_deployment(cfg: RunConfig, version: str | int, endpoint: str, target: st
     client = _client(cfg)
     name = cfg.registry.model_name
     deployed = _model_version(client, name, version)
-    client.set_model_version_tag(name, deployed.version, DEPLOYMENT_ENDPOINT_TAG, endpoint)
-    client.set_model_version_tag(name, deployed.version, DEPLOYMENT_TARGET_TAG, target)
-    client.set_model_version_tag(name, deployed.version, DEPLOYED_AT_TAG, _now())
-    client.set_registered_model_tag(name, DEPLOYED_VERSION_TAG, deployed.version)
-    client.set_registered_model_tag(name, DEPLOYMENT_ENDPOINT_TAG, endpoint)
+    upsert(client.set_model_version_tag, name, deployed.version, DEPLOYMENT_ENDPOINT_TAG, endpoint)
+    upsert(client.set_model_version_tag, name, deployed.version, DEPLOYMENT_TARGET_TAG, target)
+    upsert(client.set_model_version_tag, name, deployed.version, DEPLOYED_AT_TAG, _now())
+    upsert(client.set_registered_model_tag, name, DEPLOYED_VERSION_TAG, deployed.version)
+    upsert(client.set_registered_model_tag, name, DEPLOYMENT_ENDPOINT_TAG, endpoint)
     log.info("registry: %s version %s deployed to %s at %s", name, deployed.version, target, endpoint)
     return _model_version(client, name, deployed.version)
 
@@ -404,7 +405,7 @@ def register_model(
         created = create_version(candidate, cfg, pipeline_run_id, version_tags(candidate, pipeline_run_id), client)
         version = _settle_registration(client, name, pipeline_run_id, created)
 
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    upsert(client.set_registered_model_alias, name, CHALLENGER, version)
     log.info("registry: %s@%s -> version %s", name, CHALLENGER, version)
     if candidate.gate_passed:
         # The champion the gate compared with must still be the champion; else the version stays a challenger.
@@ -416,7 +417,7 @@ def register_model(
             version,
             "gate failed" if candidate.gate is not None else "no gate decision",
         )
-    client.set_model_version_tag(name, version, REGISTRATION_TAG, REGISTRATION_COMPLETE)
+    upsert(client.set_model_version_tag, name, version, REGISTRATION_TAG, REGISTRATION_COMPLETE)
     return _model_version(client, name, version)
 
 

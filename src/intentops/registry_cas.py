@@ -9,6 +9,7 @@ this does and does not guarantee.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from intentops.registry_packaging import RegistryError
@@ -65,7 +66,7 @@ def compare_and_move(client: MlflowClient, name: str, version: str, expected: st
     `version` already was the champion.
     """
     claim = f"{uuid.uuid4().hex}:{version}"
-    client.set_registered_model_tag(name, CHAMPION_CLAIM_TAG, claim)
+    upsert(client.set_registered_model_tag, name, CHAMPION_CLAIM_TAG, claim)
     before, claimed = champion_and_claim(client, name)
     if before == version:
         return False
@@ -73,7 +74,7 @@ def compare_and_move(client: MlflowClient, name: str, version: str, expected: st
         raise moved_error(name, before, expected, "another promotion moved it first (nothing changed)")
     if claimed != claim and not claimed.endswith(f":{version}"):
         raise moved_error(name, before, expected, "another promotion is moving it right now (nothing changed)")
-    client.set_registered_model_alias(name, CHAMPION, version)
+    upsert(client.set_registered_model_alias, name, CHAMPION, version)
     after, claimed = champion_and_claim(client, name)
     if after != version or not (claimed == claim or claimed.endswith(f":{version}")):
         raise ChampionMovedError(
@@ -81,3 +82,32 @@ def compare_and_move(client: MlflowClient, name: str, version: str, expected: st
             "promotion ran at the same time; check `intentops champion` before trying again"
         )
     return True
+
+
+# How SQLite, PostgreSQL and MySQL word a lost insert race; MLflow's SQL store passes it on as BAD_REQUEST.
+_LOST_INSERT_RACE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")
+
+
+def lost_insert_race(exc: Exception) -> bool:
+    """True when another writer inserted the same new tag or alias row first."""
+    from mlflow.exceptions import MlflowException
+
+    return (
+        isinstance(exc, MlflowException)
+        and exc.error_code == "BAD_REQUEST"
+        and any(marker in str(exc) for marker in _LOST_INSERT_RACE)
+    )
+
+
+def upsert(write: Callable[..., object], *args: object) -> None:
+    """One of the client's tag or alias writes, repeated once if it lost an insert race.
+
+    MLflow's SQL store upserts with select-then-insert, so two writers of the same new row collide and one gets a
+    unique-constraint error; the repeat finds the row and updates it, as a sequential write would have.
+    """
+    try:
+        write(*args)
+    except Exception as exc:
+        if not lost_insert_race(exc):
+            raise
+        write(*args)
