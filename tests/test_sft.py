@@ -190,6 +190,16 @@ def test_deepspeed_configs_load_through_the_trainer_arguments(name: str, tmp_pat
         unset_hf_deepspeed_config()  # later tests in this process must not see a ZeRO-3 context
 
 
+def test_weight_decay_reaches_the_optimizer(training_config: RunConfig, tmp_path: Path) -> None:
+    from intentops.training.sft import sft_training_args
+
+    assert sft_training_args(training_config, tmp_path).weight_decay == 0.0
+    cfg = RunConfig.from_flat({"sft__weight_decay": 0.1}, base=training_config)
+    assert sft_training_args(cfg, tmp_path).weight_decay == 0.1
+    with pytest.raises(ValueError, match="weight_decay"):
+        RunConfig.from_flat({"sft__weight_decay": -1}, base=training_config)
+
+
 def test_deepspeed_path_must_exist(training_config: RunConfig, tmp_path: Path) -> None:
     from intentops.training.sft import sft_training_args
 

@@ -154,6 +154,12 @@ class SftConfig(ConfigSection):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation.")
     max_length: int = Field(1024, ge=16, description="Max tokens per example (prompt + completion).")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Warm-up share of steps.")
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="AdamW weight decay: shrinks the weights a little every step, against memorising a small training "
+        "split; 0 = off.",
+    )
     logging_steps: int = Field(10, ge=1, description="Log every N steps.")
     save_steps: int = Field(200, ge=1, description="Checkpoint every N steps.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")

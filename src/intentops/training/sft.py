@@ -214,6 +214,7 @@ def sft_training_args(cfg: RunConfig, checkpoints: Path) -> Any:
         output_dir=str(checkpoints),
         num_train_epochs=cfg.sft.epochs,
         learning_rate=cfg.sft.learning_rate,
+        weight_decay=cfg.sft.weight_decay,
         per_device_train_batch_size=cfg.sft.batch_size,
         gradient_accumulation_steps=cfg.sft.gradient_accumulation_steps,
         max_length=cfg.sft.max_length,
